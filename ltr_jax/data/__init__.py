@@ -1,0 +1,1 @@
+"""ltr_jax/data."""
