@@ -1,0 +1,62 @@
+"""Orbax checkpoints of a stage's train state: the only module that imports Orbax."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import jax
+import orbax.checkpoint as ocp
+
+
+class CorruptCheckpointError(RuntimeError):
+    """A checkpoint exists but cannot be read back into the expected state."""
+
+
+class Checkpointer:
+    """Saves and restores a pytree per step under one directory (newest ``max_to_keep``)."""
+
+    def __init__(self, directory: str, *, max_to_keep: int = 2):
+        self.directory = os.path.abspath(directory)
+        options = ocp.CheckpointManagerOptions(
+            max_to_keep=max_to_keep, create=True, enable_async_checkpointing=False
+        )
+        self._manager = ocp.CheckpointManager(self.directory, options=options)
+
+    def latest_step(self) -> int | None:
+        return self._manager.latest_step()
+
+    def save(self, step: int, state) -> None:
+        self._manager.save(step, args=ocp.args.StandardSave(state), force=True)
+
+    def restore_latest(self, target):
+        """Restores the newest checkpoint into the structure of ``target``; ``target`` if none.
+
+        Raises:
+          CorruptCheckpointError: the newest checkpoint cannot be read. Nothing is deleted:
+            the message names the folder to move aside to resume from the one before it.
+        """
+        step = self.latest_step()
+        if step is None:
+            return target
+        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
+        try:
+            restored = self._manager.restore(step, args=ocp.args.StandardRestore(abstract))
+        except Exception as e:  # Orbax raises many types for truncated/corrupt files
+            path = os.path.join(self.directory, str(step))
+            older = [s for s in self._manager.all_steps() if s < step]
+            hint = (
+                f"move it aside (e.g. `mv {path} {path}.corrupt`) to resume from step "
+                f"{max(older)}" if older else f"move it aside (e.g. `mv {path} {path}.corrupt`) "
+                "to restart this stage from scratch"
+            )
+            raise CorruptCheckpointError(
+                f"Checkpoint {path} cannot be restored ({type(e).__name__}: {e}). It may be "
+                f"truncated or from an incompatible config. Nothing was changed: {hint}."
+            ) from e
+        logging.info("Restored %s at step %d.", self.directory, step)
+        return restored
+
+    def close(self) -> None:
+        self._manager.wait_until_finished()
+        self._manager.close()

@@ -1,0 +1,75 @@
+"""The base experiment config: every key a run may set, with its default.
+
+Config files in ``configs/`` start from ``base_config()`` and change values; they never add
+keys, so a misspelt override (``--config.data.imbalance_factr=50``) fails, naming the valid
+keys. Derived values (steps per epoch, scaled learning rate, k per class) are computed by
+functions at run time and never written back. Nothing here calls JAX.
+"""
+
+from __future__ import annotations
+
+import ml_collections as mlc
+from ml_collections import config_dict
+
+
+def optim(name: str = "adamw", lr: float = 1e-3, lr_base_batch: int = 256, **kw) -> mlc.ConfigDict:
+    """An optimizer section: peak lr = lr * batch_size / lr_base_batch, warm-up then cosine."""
+    c = mlc.ConfigDict(
+        dict(name=name, lr=lr, lr_base_batch=lr_base_batch, b1=0.9, b2=0.95, momentum=0.9,
+             nesterov=False, weight_decay=0.05, warmup_epochs=5.0)
+    )  # fmt: skip
+    c.update(kw)
+    return c
+
+
+def supervised_section(**kw) -> mlc.ConfigDict:
+    """A stage trained from scratch with a classification loss (the ``ce`` baseline family)."""
+    c = mlc.ConfigDict(
+        dict(
+            epochs=200,
+            batch_size=128,
+            sampler="uniform",  # uniform | class_balanced
+            augment="crop_flip",  # crop_flip | simclr
+            augment_strength=1.0,
+            loss="ce",  # ce | balanced_softmax | logit_adjust
+            logit_adjust_tau=1.0,
+            optim=optim("sgd", lr=0.1, lr_base_batch=128, weight_decay=2e-4, warmup_epochs=5.0),
+        )
+    )
+    c.update(kw)
+    return c
+
+
+def base_config() -> mlc.ConfigDict:
+    """All keys with defaults (CIFAR-10-LT IF 100, cross-entropy ResNet-32)."""
+    c = mlc.ConfigDict()
+    c.seed = 0
+    c.pipeline = ("ce",)  # stage names run in order; see ltr_jax.pipeline.STAGES
+    c.data = mlc.ConfigDict(
+        dict(
+            name="cifar10",  # cifar10 | cifar100 | synthetic
+            data_dir=config_dict.placeholder(str),  # TFDS data_dir; None: TFDS default
+            manual_dir=config_dict.placeholder(str),  # folder holding the official archive
+            download=True,
+            allow_unverified_archive=False,
+            imbalance_factor=100,
+            many_threshold=500,  # Many: more training images than this
+            few_threshold=200,  # Few: fewer training images than this
+            synthetic=dict(num_classes=10, train_per_class=100, test_per_class=20, seed=0),
+        )
+    )
+    c.model = mlc.ConfigDict(
+        dict(encoder="cifar_resnet32", dtype="float32", proj_hidden=2048, proj_dim=128)
+    )
+    c.train = mlc.ConfigDict(
+        dict(
+            log_every_steps=50,
+            eval_every_epochs=10.0,  # 0: only at the end
+            checkpoint_every_steps=500,
+            max_checkpoints=2,
+            eval_batch_size=512,
+            tensorboard=True,
+        )
+    )
+    c.ce = supervised_section()
+    return c

@@ -1,0 +1,71 @@
+"""In-device-memory CIFAR-scale data: the long-tailed training set, batches, eval padding.
+
+The whole (long-tailed) training set lives on every device as uint8; a step gathers its
+batch by position inside the jitted step and shards it over the ``data`` mesh axis, so no
+image crosses the host-device boundary during training.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+
+import jax
+import numpy as np
+
+from ltr_jax import runtime
+from ltr_jax.data import long_tail
+from ltr_jax.data.sources import Dataset
+
+
+@dataclasses.dataclass(frozen=True)
+class LongTailData:
+    """The long-tailed training set and the (balanced) test set, on the host."""
+
+    train_images: np.ndarray  # uint8 [N, H, W, 3]
+    train_labels: np.ndarray  # int32 [N]
+    train_index: np.ndarray  # int64 [N] original positions in the official train split
+    test_images: np.ndarray
+    test_labels: np.ndarray
+    num_classes: int
+    class_counts: np.ndarray  # int64 [C]
+    groups: long_tail.ShotGroups
+
+
+def make_long_tail(dataset: Dataset, data_config) -> LongTailData:
+    """Applies the LDAM-protocol subset and the Many/Medium/Few thresholds of ``config.data``."""
+    train = dataset.train
+    pos = long_tail.ldam_subset(
+        train.labels, train.index, dataset.num_classes, data_config.imbalance_factor
+    )
+    labels = train.labels[pos].astype(np.int32)
+    counts = np.bincount(labels, minlength=dataset.num_classes)
+    groups = long_tail.shot_groups(counts, data_config.many_threshold, data_config.few_threshold)
+    logging.info(
+        "Long-tailed train set: IF %s, %d images, class counts %s; many/medium/few classes %d/%d/%d.",
+        data_config.imbalance_factor, len(pos), counts.tolist(),
+        len(groups.many), len(groups.medium), len(groups.few),
+    )  # fmt: skip
+    return LongTailData(
+        train_images=train.images[pos], train_labels=labels, train_index=train.index[pos],
+        test_images=dataset.test.images, test_labels=dataset.test.labels.astype(np.int32),
+        num_classes=dataset.num_classes, class_counts=counts, groups=groups,
+    )  # fmt: skip
+
+
+def device_train_data(lt: LongTailData, mesh) -> dict:
+    """The training set replicated on every device: ``{"images": uint8, "labels": int32}``."""
+    return runtime.put_replicated(mesh, {"images": lt.train_images, "labels": lt.train_labels})
+
+
+def gather(data: dict, positions: jax.Array, mesh) -> dict:
+    """The examples at ``positions`` (int [B]), batch axis sharded over ``data``."""
+    positions = jax.lax.with_sharding_constraint(positions, runtime.batch_sharded(mesh))
+    return {"images": data["images"][positions], "labels": data["labels"][positions]}
+
+
+def pad_to_batches(n: int, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Positions covering ``n`` rows in whole batches (last row repeated) and the real-row mask."""
+    total = -(-n // batch_size) * batch_size
+    positions = np.minimum(np.arange(total), n - 1)
+    return positions, np.arange(total) < n

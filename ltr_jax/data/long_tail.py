@@ -1,0 +1,89 @@
+"""Long-tailed subsets (LDAM protocol) and Many/Medium/Few class groups.
+
+The subset is a pure function of (labels, original indices, imbalance factor), so one prepared
+dataset serves every imbalance factor.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+VALID_IMBALANCE_FACTORS = (1, 10, 20, 50, 100, 200)
+
+
+def long_tail_counts(n_max: int, num_classes: int, imbalance_factor: float) -> np.ndarray:
+    """Per-class counts n_c = floor(n_max * IF^(-c / (C - 1))) of the LDAM protocol.
+
+    Args:
+      n_max: images in the largest class (5000 for CIFAR-10, 500 for CIFAR-100).
+      num_classes: number of classes C.
+      imbalance_factor: ratio between the largest and the smallest class.
+
+    Returns:
+      int64 [C] counts, non-increasing.
+    """
+    if imbalance_factor < 1:
+        raise ValueError(f"imbalance_factor must be >= 1, got {imbalance_factor}.")
+    if num_classes == 1:
+        return np.array([n_max], np.int64)
+    c = np.arange(num_classes, dtype=np.float64)
+    return np.floor(n_max * imbalance_factor ** (-c / (num_classes - 1))).astype(np.int64)
+
+
+def ldam_subset(
+    labels: np.ndarray, original_index: np.ndarray, num_classes: int, imbalance_factor: float
+) -> np.ndarray:
+    """Positions of the long-tailed training subset, exactly as the LDAM code draws it.
+
+    NumPy's legacy global RNG is seeded with 0 and, for each class in order, the class's
+    positions in the ORIGINAL train order are shuffled and the first n_c kept. The global RNG
+    state is saved and restored, so callers' randomness is untouched.
+
+    Args:
+      labels: int [N] labels of the full (balanced) training split.
+      original_index: int [N] position of each example in the official split.
+      num_classes: C.
+      imbalance_factor: IF.
+
+    Returns:
+      int64 [M] positions into ``labels`` (sorted ascending), M = sum of the LT counts.
+    """
+    labels = np.asarray(labels)
+    order = np.argsort(np.asarray(original_index), kind="stable")  # official order
+    ordered_labels = labels[order]
+    n_max = int(np.bincount(ordered_labels, minlength=num_classes).max())
+    counts = long_tail_counts(n_max, num_classes, imbalance_factor)
+    saved = np.random.get_state()
+    try:
+        np.random.seed(0)
+        chosen = []
+        for c, n_c in enumerate(counts):
+            idx = np.where(ordered_labels == c)[0]
+            np.random.shuffle(idx)
+            chosen.append(idx[:n_c])
+    finally:
+        np.random.set_state(saved)
+    return np.sort(order[np.concatenate(chosen)])
+
+
+@dataclasses.dataclass(frozen=True)
+class ShotGroups:
+    """Class ids of the Many / Medium / Few groups (by training count)."""
+
+    many: np.ndarray
+    medium: np.ndarray
+    few: np.ndarray
+
+    def as_dict(self) -> dict[str, list[int]]:
+        return {k: getattr(self, k).tolist() for k in ("many", "medium", "few")}
+
+
+def shot_groups(train_counts: np.ndarray, many_threshold: int, few_threshold: int) -> ShotGroups:
+    """Many: count > many_threshold; Few: count < few_threshold; Medium otherwise."""
+    counts = np.asarray(train_counts)
+    many = counts > many_threshold
+    few = counts < few_threshold
+    ids = np.arange(len(counts))
+    return ShotGroups(many=ids[many], medium=ids[~many & ~few], few=ids[few])

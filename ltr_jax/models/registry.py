@@ -1,0 +1,49 @@
+"""The explicit name -> factory registry of encoders, and model builders used by the stages."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import jax.numpy as jnp
+from flax import nnx
+
+from ltr_jax.models import heads, resnet
+
+ENCODERS: dict[str, Callable[..., nnx.Module]] = {
+    "cifar_resnet8": resnet.cifar_resnet8,
+    "cifar_resnet18": resnet.cifar_resnet18,
+    "cifar_resnet32": resnet.cifar_resnet32,
+    "cifar_resnet34": resnet.cifar_resnet34,
+}
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def compute_dtype(name: str):
+    """Maps ``config.model.dtype`` to a JAX dtype, failing with the valid names."""
+    if name not in DTYPES:
+        raise ValueError(f"Unknown model.dtype {name!r}; valid: {', '.join(DTYPES)}.")
+    return DTYPES[name]
+
+
+def make_encoder(name: str, *, dtype: str = "float32", rngs: nnx.Rngs) -> nnx.Module:
+    """Builds a registered encoder; an unknown name fails with the list of valid names."""
+    if name not in ENCODERS:
+        raise ValueError(f"Unknown model.encoder {name!r}; valid: {', '.join(sorted(ENCODERS))}.")
+    return ENCODERS[name](dtype=compute_dtype(dtype), rngs=rngs)
+
+
+def make_classifier(model_config, num_classes: int, *, rngs: nnx.Rngs) -> heads.Classifier:
+    """Encoder + linear head from ``config.model`` (keys ``encoder``, ``dtype``)."""
+    encoder = make_encoder(model_config.encoder, dtype=model_config.dtype, rngs=rngs)
+    return heads.Classifier(encoder, heads.LinearHead(encoder.feature_dim, num_classes, rngs=rngs))
+
+
+def make_contrastive(model_config, *, rngs: nnx.Rngs) -> heads.ContrastiveNet:
+    """Encoder + projection head from ``config.model`` (``proj_hidden``, ``proj_dim``)."""
+    dtype = compute_dtype(model_config.dtype)
+    encoder = make_encoder(model_config.encoder, dtype=model_config.dtype, rngs=rngs)
+    projection = heads.ProjectionHead(
+        encoder.feature_dim, model_config.proj_hidden, model_config.proj_dim, dtype=dtype, rngs=rngs
+    )
+    return heads.ContrastiveNet(encoder, projection)

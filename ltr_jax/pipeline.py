@@ -1,0 +1,86 @@
+"""The stage graph: load data once, run each configured stage in order, skip finished ones.
+
+The workdir is the whole truth of a run: ``config.json`` (refused if a rerun's config differs),
+``metrics.jsonl``, and per stage ``<stage>/checkpoints`` and ``<stage>/results.json``.
+Rerunning the same command resumes from where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Callable, Sequence
+
+import jax
+
+from ltr_jax import runtime, writers
+from ltr_jax.data import batches, sources
+from ltr_jax.stages import common, supervised
+
+STAGES: dict[str, Callable[[common.StageContext], dict]] = {
+    "ce": lambda ctx: supervised.run(ctx, "ce"),
+}
+
+
+def check_stages(names: Sequence[str]) -> tuple[str, ...]:
+    """Validates stage names against the registry."""
+    bad = [n for n in names if n not in STAGES]
+    if bad:
+        raise ValueError(f"Unknown stage(s) {bad}; valid: {', '.join(STAGES)}.")
+    return tuple(names)
+
+
+def _config_diff(a: dict, b: dict, prefix: str = "") -> list[str]:
+    keys = sorted(set(a) | set(b))
+    diffs = []
+    for k in keys:
+        va, vb = a.get(k), b.get(k)
+        if isinstance(va, dict) and isinstance(vb, dict):
+            diffs += _config_diff(va, vb, f"{prefix}{k}.")
+        elif va != vb:
+            diffs.append(f"{prefix}{k}: {va!r} -> {vb!r}")
+    return diffs
+
+
+def record_config(config, workdir: str) -> None:
+    """Writes WORKDIR/config.json, or checks that a resumed run uses the same config."""
+    current = json.loads(config.to_json())
+    path = os.path.join(workdir, "config.json")
+    if os.path.exists(path):
+        with open(path) as f:
+            saved = json.load(f)
+        diffs = _config_diff(saved, current)
+        if diffs:
+            raise ValueError(
+                f"{workdir} holds a run with a different config ({'; '.join(diffs)}). "
+                "Use a new --workdir, or rerun with the recorded config to resume."
+            )
+    elif jax.process_index() == 0:
+        writers.write_json(path, current)
+
+
+def run(config, workdir: str, stages: Sequence[str] | None = None) -> dict[str, dict]:
+    """Runs the pipeline (``config.pipeline`` unless ``stages`` is given).
+
+    Returns:
+      The results of every requested stage, by name (read back for finished stages).
+    """
+    names = check_stages(stages if stages else config.pipeline)
+    os.makedirs(workdir, exist_ok=True)
+    record_config(config, workdir)
+    mesh = runtime.make_mesh()
+    lt = batches.make_long_tail(sources.load_dataset(config.data), config.data)
+    ctx = common.StageContext(config, workdir, mesh, lt, runtime.root_key(config.seed))
+    results = {}
+    for name in names:
+        path = common.results_path(workdir, name)
+        if os.path.exists(path):
+            logging.info("Stage %s already finished (%s): skipped.", name, path)
+            with open(path) as f:
+                results[name] = json.load(f)
+            continue
+        results[name] = STAGES[name](ctx)
+        common.write_results(ctx, name, results[name])
+        logging.info("Stage %s: top-1 %.2f%%", name, results[name].get("top1", float("nan")))
+    return results

@@ -1,0 +1,82 @@
+"""What every stage shares: the run context, stage keys and folders, evaluation, results."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import zlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from ltr_jax import metrics, train_lib, writers
+from ltr_jax.data import augment
+from ltr_jax.data.batches import LongTailData
+
+
+@dataclasses.dataclass(frozen=True)
+class StageContext:
+    """The inputs of every stage: frozen config, workdir, mesh, data and the run's root key."""
+
+    config: object  # ml_collections.FrozenConfigDict
+    workdir: str
+    mesh: jax.sharding.Mesh
+    data: LongTailData
+    root_key: jax.Array
+
+
+def stage_key(ctx: StageContext, stage: str) -> jax.Array:
+    """A key per stage name, stable across runs and Python processes."""
+    return jax.random.fold_in(ctx.root_key, zlib.crc32(stage.encode()) & 0x7FFFFFFF)
+
+
+def results_path(workdir: str, stage: str) -> str:
+    return os.path.join(workdir, stage, "results.json")
+
+
+def write_results(ctx: StageContext, stage: str, results: dict) -> None:
+    if jax.process_index() == 0:
+        writers.write_json(results_path(ctx.workdir, stage), results)
+
+
+def eval_graphdef(model: nnx.Module, trainable=nnx.Param):
+    """The graphdef of ``model`` with BatchNorm using running statistics (eval mode)."""
+    return train_lib.split_model(nnx.view(model, use_running_average=True), trainable)[0]
+
+
+def make_logits_fn(graphdef_eval):
+    """``logits_fn(state, images_uint8) -> float32 logits``, jitted."""
+
+    @jax.jit
+    def logits_fn(state: train_lib.TrainState, images: jax.Array) -> jax.Array:
+        model = train_lib.merge_model(graphdef_eval, state)
+        return model(augment.to_float(images)).astype(jnp.float32)
+
+    return logits_fn
+
+
+def evaluate(ctx: StageContext, logits_fn, state: train_lib.TrainState) -> dict:
+    """Top-1, Many/Medium/Few and per-class accuracy on the test set (percent)."""
+    data = ctx.data
+    preds = train_lib.apply_in_batches(
+        lambda x: jnp.argmax(logits_fn(state, x), -1),
+        (data.test_images,), ctx.config.train.eval_batch_size, ctx.mesh,
+    )  # fmt: skip
+    return metrics.classification_report(preds, data.test_labels, data.num_classes, data.groups)
+
+
+def final_results(ctx: StageContext, report: dict, *, epochs: int, num_steps: int) -> dict:
+    """The fields every ``<stage>/results.json`` carries."""
+    data = ctx.data
+    return dict(
+        report,
+        epoch=epochs,
+        num_steps=num_steps,
+        train_class_counts=np.asarray(data.class_counts).tolist(),
+        groups=data.groups.as_dict(),
+        imbalance_factor=ctx.config.data.imbalance_factor,
+        dataset=ctx.config.data.name,
+        encoder=ctx.config.model.encoder,
+    )

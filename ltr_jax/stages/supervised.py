@@ -1,0 +1,75 @@
+"""Supervised training from scratch with a classification loss: the ``ce`` baseline family.
+
+Section ``config.<stage>`` chooses the loss (ce, balanced softmax, logit adjustment), the
+sampler (uniform or class-balanced) and the augmentation.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from ltr_jax import runtime, train_lib
+from ltr_jax.data import augment, batches, sampler
+from ltr_jax.losses import classification
+from ltr_jax.models import registry
+from ltr_jax.stages import common
+
+AUGMENTS = ("crop_flip", "simclr", "none")
+
+
+def make_augment(name: str, strength: float):
+    """``fn(key, float images) -> images`` for a named augmentation."""
+    if name == "crop_flip":
+        return lambda key, x: augment.crop_flip(key, x)
+    if name == "simclr":
+        return lambda key, x: augment.simclr(key, x, strength=strength)
+    if name == "none":
+        return lambda key, x: x
+    raise ValueError(f"Unknown augment {name!r}; valid: {', '.join(AUGMENTS)}.")
+
+
+def run(ctx: common.StageContext, stage: str = "ce") -> dict:
+    """Trains encoder + linear head on the long-tailed set; returns the final test metrics."""
+    cfg, data, mesh = ctx.config[stage], ctx.data, ctx.mesh
+    runtime.check_batch_size(cfg.batch_size, mesh, f"{stage}.batch_size")
+    key = common.stage_key(ctx, stage)
+    model = registry.make_classifier(ctx.config.model, data.num_classes, rngs=nnx.Rngs(key))
+    spe = train_lib.steps_per_epoch(len(data.train_labels), cfg.batch_size)
+    num_steps = cfg.epochs * spe
+    tx, schedule = train_lib.make_optimizer(
+        cfg.optim, batch_size=cfg.batch_size, num_steps=num_steps, steps_per_epoch=spe
+    )
+    graphdef, state = train_lib.init_train_state(model, tx)
+    logits_fn = common.make_logits_fn(common.eval_graphdef(model))
+    sample = sampler.make_batch_sampler(
+        cfg.sampler, jax.random.fold_in(key, 1), data.train_labels, data.num_classes,
+        cfg.batch_size,
+    )  # fmt: skip
+    loss = classification.make_classification_loss(
+        cfg.loss, data.class_counts, cfg.logit_adjust_tau
+    )
+    aug = make_augment(cfg.augment, cfg.augment_strength)
+
+    def batch_fn(device_data, state):
+        return batches.gather(device_data, sample(state.step), mesh)
+
+    def loss_fn(model, batch, key):
+        logits = model(aug(key, augment.to_float(batch["images"])))
+        acc = jnp.mean(jnp.argmax(logits, -1) == batch["labels"])
+        return loss(logits, batch["labels"]), {"train_acc": acc}
+
+    train_step = train_lib.make_train_step(graphdef, tx, batch_fn, loss_fn, mesh)
+    logging.info("%s: %d epochs x %d steps of batch %d.", stage, cfg.epochs, spe, cfg.batch_size)
+    state = train_lib.run_loop(
+        stage=stage, workdir=ctx.workdir, state=runtime.put_replicated(mesh, state),
+        train_step=train_step, data=batches.device_train_data(data, mesh),
+        root_key=jax.random.fold_in(key, 2), num_steps=num_steps, steps_per_epoch=spe,
+        images_per_step=cfg.batch_size, train_config=ctx.config.train, schedule=schedule,
+        evaluate=lambda s: common.evaluate(ctx, logits_fn, s),
+    )  # fmt: skip
+    report = common.evaluate(ctx, logits_fn, state)
+    return common.final_results(ctx, report, epochs=cfg.epochs, num_steps=num_steps)

@@ -1,0 +1,203 @@
+"""The one training loop: train state, optimizer, a jitted step builder and a resumable loop.
+
+A stage supplies a model, an optimizer config, ``batch_fn(data, state) -> batch`` (runs inside
+the step, on device) and ``loss_fn(model, batch, key) -> (loss, metrics)``. Randomness of step t
+is ``fold_in(root_key, t)`` and the data order is a pure function of the step, so the state
+below is all a resumed run needs.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from ltr_jax import checkpointing, runtime, writers
+
+
+@flax.struct.dataclass
+class TrainState:
+    """Everything that changes during training (and nothing else)."""
+
+    step: jax.Array
+    params: Any  # trainable nnx.Param state
+    batch_stats: Any  # nnx.BatchStat state
+    frozen: Any  # every other variable (e.g. a frozen encoder)
+    opt_state: Any
+    extra: Any = None  # stage-specific state, e.g. the current IP-DPP selection
+
+
+def steps_per_epoch(num_examples: int, batch_size: int) -> int:
+    """Steps in one epoch with the last partial batch dropped."""
+    if num_examples < batch_size:
+        raise ValueError(f"batch_size {batch_size} exceeds the {num_examples} training examples.")
+    return num_examples // batch_size
+
+
+def scaled_learning_rate(optim_config, batch_size: int) -> float:
+    """Peak learning rate ``lr * batch_size / lr_base_batch`` (linear scaling rule)."""
+    return optim_config.lr * batch_size / optim_config.lr_base_batch
+
+
+def _decay_mask(params):
+    # No weight decay on biases and 1-D parameters (BatchNorm scales and offsets).
+    return jax.tree.map(lambda x: x.ndim > 1, params)
+
+
+def make_optimizer(optim_config, *, batch_size: int, num_steps: int, steps_per_epoch: int):
+    """AdamW or SGD with linear warm-up then cosine to 0, per step.
+
+    Returns:
+      (optax transformation, learning-rate schedule).
+    """
+    peak = scaled_learning_rate(optim_config, batch_size)
+    warmup = min(int(optim_config.warmup_epochs * steps_per_epoch), max(num_steps - 1, 0))
+    schedule = optax.warmup_cosine_decay_schedule(0.0, peak, warmup, max(num_steps, 1), 0.0)
+    wd = optim_config.weight_decay
+    if optim_config.name == "adamw":
+        tx = optax.adamw(schedule, optim_config.b1, optim_config.b2, weight_decay=wd,
+                         mask=_decay_mask)  # fmt: skip
+    elif optim_config.name == "sgd":
+        tx = optax.chain(
+            optax.add_decayed_weights(wd, mask=_decay_mask),
+            optax.sgd(schedule, momentum=optim_config.momentum, nesterov=optim_config.nesterov),
+        )
+    else:
+        raise ValueError(f"Unknown optim.name {optim_config.name!r}; valid: adamw, sgd.")
+    return tx, schedule
+
+
+def split_model(model: nnx.Module, trainable=nnx.Param):
+    """Splits a model into (graphdef, trainable params, batch stats, everything else)."""
+    return nnx.split(model, trainable, nnx.BatchStat, ...)
+
+
+def init_train_state(model: nnx.Module, tx, trainable=nnx.Param, extra=None):
+    """Returns (graphdef, TrainState at step 0)."""
+    graphdef, params, batch_stats, frozen = split_model(model, trainable)
+    state = TrainState(
+        step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats, frozen=frozen,
+        opt_state=tx.init(params), extra=extra,
+    )  # fmt: skip
+    return graphdef, state
+
+
+def merge_model(graphdef, state: TrainState) -> nnx.Module:
+    return nnx.merge(graphdef, state.params, state.batch_stats, state.frozen)
+
+
+def make_train_step(graphdef, tx, batch_fn: Callable, loss_fn: Callable, mesh):
+    """Builds ``train_step(state, data, root_key) -> (state, metrics)``, jitted, state donated.
+
+    ``batch_fn(data, state)`` selects and shards the batch on device; ``loss_fn(model, batch,
+    key)`` returns (scalar loss, dict of scalar metrics). State and metrics are replicated.
+    """
+
+    def train_step(state: TrainState, data, root_key):
+        key = jax.random.fold_in(root_key, state.step)
+        batch = batch_fn(data, state)
+
+        def objective(params, batch_stats):
+            # Batch stats are differentiated too (their gradient is zero and dropped): NNX may
+            # only mutate variables that belong to the innermost trace.
+            model = nnx.merge(graphdef, params, batch_stats, state.frozen)
+            loss, metrics = loss_fn(model, batch, key)
+            return loss, (metrics, nnx.state(model, nnx.BatchStat))
+
+        grad_fn = jax.value_and_grad(objective, argnums=(0, 1), has_aux=True)
+        (loss, (metrics, batch_stats)), (grads, _) = grad_fn(state.params, state.batch_stats)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        metrics = dict(metrics, loss=loss, grad_norm=optax.global_norm(grads))
+        new_state = state.replace(
+            step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state
+        )
+        return new_state, metrics
+
+    rep = runtime.replicated(mesh)
+    return jax.jit(train_step, donate_argnums=(0,), out_shardings=(rep, rep))
+
+
+def run_loop(
+    *,
+    stage: str,
+    workdir: str,
+    state: TrainState,
+    train_step: Callable,
+    data,
+    root_key: jax.Array,
+    num_steps: int,
+    steps_per_epoch: int,
+    images_per_step: int,
+    train_config,
+    schedule: Callable | None = None,
+    evaluate: Callable[[TrainState], dict] | None = None,
+    before_step: Callable[[int, TrainState], TrainState] | None = None,
+) -> TrainState:
+    """Runs ``train_step`` until ``num_steps``, resuming from the stage's latest checkpoint.
+
+    ``before_step(step, state)`` runs on the host before each step (e.g. periodic IP-DPP
+    re-draws) and must be a pure function of (step, state) for resumes to be exact.
+    Checkpoints go to WORKDIR/<stage>/checkpoints every ``train_config.checkpoint_every_steps``
+    and at the end; metrics to WORKDIR/metrics.jsonl every ``log_every_steps``.
+    """
+    ckpt = checkpointing.Checkpointer(
+        os.path.join(workdir, stage, "checkpoints"), max_to_keep=train_config.max_checkpoints
+    )
+    state = ckpt.restore_latest(state)
+    start = int(jax.device_get(state.step))
+    writer = writers.MetricWriter(workdir, stage, tensorboard=train_config.tensorboard)
+    writer.truncate_after(start)
+    if start:
+        logging.info("%s: resumed from step %d of %d.", stage, start, num_steps)
+    progress = writers.Progress(num_steps, start, stage, images_per_step)
+    eval_every = int(train_config.eval_every_epochs * steps_per_epoch)
+    for step in range(start, num_steps):
+        if before_step is not None:
+            state = before_step(step, state)
+        state, metrics = train_step(state, data, root_key)
+        done = step + 1
+        if done % train_config.log_every_steps == 0 or done == num_steps:
+            host = {k: float(v) for k, v in jax.device_get(metrics).items()}
+            host["epoch"] = done / steps_per_epoch
+            if schedule is not None:
+                host["lr"] = float(schedule(step))
+            host["images_per_s"] = progress.update(done, host)
+            writer.write(done, host)
+        if evaluate is not None and eval_every and done % eval_every == 0 and done < num_steps:
+            writer.write(done, {f"eval_{k}": v for k, v in evaluate(state).items()})
+        if done % train_config.checkpoint_every_steps == 0 or done == num_steps:
+            ckpt.save(done, state)
+    ckpt.close()
+    progress.close()
+    writer.close()
+    return state
+
+
+def apply_in_batches(fn: Callable, arrays: tuple, batch_size: int, mesh) -> np.ndarray:
+    """Applies a jitted ``fn(*batch)`` over host arrays in padded, sharded batches.
+
+    The last batch is padded to full size (so one compiled shape serves every batch) and the
+    padded rows are dropped from the output.
+
+    Returns:
+      The outputs of every real row, concatenated on the host.
+    """
+    n = len(arrays[0])
+    sharding = runtime.batch_sharded(mesh)
+    outs = []
+    for start in range(0, n, batch_size):
+        chunk = [a[start : start + batch_size] for a in arrays]
+        real = len(chunk[0])
+        chunk = [np.concatenate([c, np.repeat(c[-1:], batch_size - real, 0)]) for c in chunk]
+        out = fn(*[jax.device_put(c, sharding) for c in chunk])
+        outs.append(jax.tree.map(lambda x, r=real: np.asarray(x)[:r], out))
+    return jax.tree.map(lambda *xs: np.concatenate(xs), *outs)
