@@ -9,7 +9,9 @@ Rerunning the same command resumes the run in its workdir.
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -55,5 +57,43 @@ def main(argv):
         logging.info("%s: top1=%.2f %s (%s)", name, res["top1"], groups, workdir)
 
 
+def _load_config(config_arg: str):
+    path, _, arg = config_arg.partition(":")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"Config file {path} does not exist.")
+    spec = importlib.util.spec_from_file_location("_ltr_config", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(arg) if arg else module.get_config()
+
+
+def check_overrides(argv: list[str]) -> str | None:
+    """Returns an error naming the valid keys for the first unknown ``--config.a.b`` override."""
+    config_arg = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
+    overrides = [a[len("--config.") :].split("=", 1)[0] for a in argv if a.startswith("--config.")]
+    if config_arg is None or not overrides:
+        return None
+    config = _load_config(config_arg)
+    for dotted in overrides:
+        node, walked = config, []
+        for part in dotted.split("."):
+            if not hasattr(node, "keys") or part not in node:
+                valid = ", ".join(sorted(node.keys())) if hasattr(node, "keys") else "(none)"
+                where = ".".join(["config", *walked])
+                return f"Unknown config key {where}.{part} in --config.{dotted}. Valid keys of {where}: {valid}."
+            node, walked = node[part], walked + [part]
+    return None
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+    error = check_overrides(argv)
+    if error:
+        sys.exit(f"run.py: {error}")
+    try:
+        return flags.FLAGS(argv)
+    except flags.Error as e:
+        sys.exit(f"run.py: {e}")
+
+
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=_parse_flags)

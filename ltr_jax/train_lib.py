@@ -116,7 +116,7 @@ def make_train_step(graphdef, tx, batch_fn: Callable, loss_fn: Callable, mesh):
         (loss, (metrics, batch_stats)), (grads, _) = grad_fn(state.params, state.batch_stats)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        metrics = dict(metrics, loss=loss, grad_norm=optax.global_norm(grads))
+        metrics = dict(metrics, loss=loss, grad_norm=optax.tree.norm(grads))
         new_state = state.replace(
             step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state
         )
