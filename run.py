@@ -37,13 +37,15 @@ class _QuietLibraries:
     """Drops INFO chatter of Orbax (which logs every save through absl) from the console."""
 
     def filter(self, record) -> bool:
-        return record.levelno >= logging.WARNING or "orbax" not in record.pathname
+        return record.levelno >= 30 or "orbax" not in record.pathname  # 30: stdlib WARNING
 
 
 def main(argv):
     del argv
     logging.set_verbosity(logging.INFO)
-    logging.get_absl_handler().addFilter(_QuietLibraries())
+    import logging as std_logging
+
+    std_logging.getLogger("absl").addFilter(_QuietLibraries())  # Orbax logs through absl
     runtime.init_distributed(_MULTIHOST.value)
     from ml_collections import FrozenConfigDict
 
@@ -54,7 +56,8 @@ def main(argv):
         groups = " ".join(
             f"{g}={res[g]:.2f}" for g in ("many", "medium", "few") if res.get(g) is not None
         )
-        logging.info("%s: top1=%.2f %s (%s)", name, res["top1"], groups, workdir)
+        if "top1" in res:
+            logging.info("%s: top1=%.2f %s (%s)", name, res["top1"], groups, workdir)
 
 
 def _load_config(config_arg: str):

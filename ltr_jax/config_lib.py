@@ -72,4 +72,64 @@ def base_config() -> mlc.ConfigDict:
         )
     )
     c.ce = supervised_section()
+    c.stage1 = mlc.ConfigDict(
+        dict(
+            epochs=1000,
+            batch_size=1024,
+            augment_strength=2.0,  # SimCLR strength s (the reference code's stage-1 value)
+            bns=dict(form="reference", tau=0.5, m=4),  # form: reference | paper
+            optim=optim("adamw", lr=1e-3, lr_base_batch=256, warmup_epochs=20.0),
+        )
+    )
+    c.probe = mlc.ConfigDict(
+        dict(
+            encoder_from="stage1",  # stage1 | random (an untrained encoder, for comparison)
+            per_class=100,  # class-balanced subset size (smaller classes whole)
+            epochs=100,
+            batch_size=64,
+            optim=optim("adamw", lr=2.5e-4, lr_base_batch=64, warmup_epochs=20.0),
+        )
+    )
+    c.stage2 = mlc.ConfigDict(
+        dict(
+            head_init="probe",  # probe | random (the reference code's fresh head)
+            train="all",  # all | head (frozen encoder, BatchNorm in eval mode)
+            p_source="clean",  # clean | augmented (the reference code's choice)
+            sampler="structured",  # an ltr_jax.dpp.METHODS name; "uniform" = reference code
+            kernel_scale="paper",  # paper (alpha 1/N) | reference (alpha 1/N^2)
+            k_per_class=0,  # 0: 10 x the smallest class count
+            redraw_every_epochs=10,
+            epochs=100,
+            batch_size=64,
+            augment="simclr",
+            augment_strength=1.0,
+            optim=optim("adamw", lr=2.5e-4, lr_base_batch=64, warmup_epochs=5.0),
+        )
+    )
     return c
+
+
+def smoke(config: mlc.ConfigDict) -> mlc.ConfigDict:
+    """Shrinks any config to a CPU run of seconds per stage on synthetic data (``:smoke``)."""
+    config.data.update(name="synthetic", imbalance_factor=10, many_threshold=50, few_threshold=20)
+    config.model.update(encoder="cifar_resnet8", proj_hidden=64, proj_dim=32)
+    config.train.update(log_every_steps=5, eval_every_epochs=1.0, checkpoint_every_steps=10,
+                        eval_batch_size=64)  # fmt: skip
+    config.ce.update(epochs=2, batch_size=32)
+    config.ce.optim.warmup_epochs = 0.5
+    config.stage1.update(epochs=2, batch_size=32)
+    config.stage1.optim.warmup_epochs = 0.5
+    config.probe.update(epochs=3, batch_size=16, per_class=20)
+    config.probe.optim.update(lr=1e-2, warmup_epochs=1.0)
+    config.stage2.update(epochs=4, batch_size=16, redraw_every_epochs=2, k_per_class=20)
+    config.stage2.optim.warmup_epochs = 0.5
+    return config
+
+
+def apply_arg(config: mlc.ConfigDict, arg: str | None) -> mlc.ConfigDict:
+    """Applies a config-file argument: None (the full recipe) or ``smoke``."""
+    if arg == "smoke":
+        return smoke(config)
+    if arg:
+        raise ValueError(f"Unknown config argument {arg!r}; valid: smoke (or none).")
+    return config

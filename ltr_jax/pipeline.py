@@ -16,10 +16,13 @@ import jax
 
 from ltr_jax import runtime, writers
 from ltr_jax.data import batches, sources
-from ltr_jax.stages import common, supervised
+from ltr_jax.stages import common, probe, rebalance, representation, supervised
 
 STAGES: dict[str, Callable[[common.StageContext], dict]] = {
     "ce": lambda ctx: supervised.run(ctx, "ce"),
+    "stage1": representation.run,
+    "probe": probe.run,
+    "stage2": rebalance.run,
 }
 
 
@@ -82,5 +85,5 @@ def run(config, workdir: str, stages: Sequence[str] | None = None) -> dict[str, 
             continue
         results[name] = STAGES[name](ctx)
         common.write_results(ctx, name, results[name])
-        logging.info("Stage %s: top-1 %.2f%%", name, results[name].get("top1", float("nan")))
+        logging.info("Stage %s finished: %s", name, common.results_path(workdir, name))
     return results

@@ -141,13 +141,16 @@ def run_loop(
     schedule: Callable | None = None,
     evaluate: Callable[[TrainState], dict] | None = None,
     before_step: Callable[[int, TrainState], TrainState] | None = None,
+    eval_every_steps: int | None = None,
 ) -> TrainState:
     """Runs ``train_step`` until ``num_steps``, resuming from the stage's latest checkpoint.
 
     ``before_step(step, state)`` runs on the host before each step (e.g. periodic IP-DPP
     re-draws) and must be a pure function of (step, state) for resumes to be exact.
     Checkpoints go to WORKDIR/<stage>/checkpoints every ``train_config.checkpoint_every_steps``
-    and at the end; metrics to WORKDIR/metrics.jsonl every ``log_every_steps``.
+    and at the end; metrics to WORKDIR/metrics.jsonl every ``log_every_steps``, and
+    ``evaluate(state)`` (prefixed ``eval_``) every ``eval_every_steps`` (default: every
+    ``train_config.eval_every_epochs``) and not at the last step, which the caller evaluates.
     """
     ckpt = checkpointing.Checkpointer(
         os.path.join(workdir, stage, "checkpoints"), max_to_keep=train_config.max_checkpoints
@@ -159,7 +162,7 @@ def run_loop(
     if start:
         logging.info("%s: resumed from step %d of %d.", stage, start, num_steps)
     progress = writers.Progress(num_steps, start, stage, images_per_step)
-    eval_every = int(train_config.eval_every_epochs * steps_per_epoch)
+    eval_every = eval_every_steps or int(train_config.eval_every_epochs * steps_per_epoch)
     for step in range(start, num_steps):
         if before_step is not None:
             state = before_step(step, state)

@@ -32,6 +32,14 @@ def read_jsonl(path: str) -> list[dict]:
         return [json.loads(line) for line in f if line.strip()]
 
 
+def write_jsonl(path: str, records: list[dict]) -> None:
+    """Rewrites a JSONL file atomically."""
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    with open(f"{path}.tmp", "w") as f:
+        f.writelines(json.dumps(r, default=_jsonable) + "\n" for r in records)
+    os.replace(f"{path}.tmp", path)
+
+
 def write_json(path: str, obj) -> None:
     """Writes JSON atomically (temporary file + rename), so a kill never leaves half a file."""
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
@@ -61,9 +69,7 @@ class MetricWriter:
         keep = [
             r for r in read_jsonl(self.path) if r.get("stage") != self.stage or r["step"] <= step
         ]
-        with open(self.path + ".tmp", "w") as f:
-            f.writelines(json.dumps(r) + "\n" for r in keep)
-        os.replace(self.path + ".tmp", self.path)
+        write_jsonl(self.path, keep)
 
     def write(self, step: int, metrics: dict) -> None:
         if not self.enabled:

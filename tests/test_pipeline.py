@@ -16,7 +16,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 import run  # noqa: E402
 
-SMOKE = os.path.join(ROOT, "configs", "cifar10_lt.py") + ":smoke"
+SMOKE = os.path.join(ROOT, "configs", "baselines", "ce_cifar10_lt.py") + ":smoke"
 
 
 def _smoke_config(**ce):

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from ltr_jax import metrics, train_lib, writers
+from ltr_jax import checkpointing, metrics, train_lib, writers
 from ltr_jax.data import augment
 from ltr_jax.data.batches import LongTailData
 
@@ -80,3 +80,27 @@ def final_results(ctx: StageContext, report: dict, *, epochs: int, num_steps: in
         dataset=ctx.config.data.name,
         encoder=ctx.config.model.encoder,
     )
+
+
+def _module_dir(workdir: str, stage: str, what: str) -> str:
+    return os.path.join(workdir, stage, what)
+
+
+def save_module(ctx: StageContext, stage: str, what: str, module: nnx.Module) -> None:
+    """Exports a module's variables (params and batch stats) for later stages."""
+    ckpt = checkpointing.Checkpointer(_module_dir(ctx.workdir, stage, what), max_to_keep=1)
+    ckpt.save(0, nnx.state(module))
+    ckpt.close()
+
+
+def load_module(ctx: StageContext, stage: str, what: str, module: nnx.Module) -> nnx.Module:
+    """Loads variables exported by :func:`save_module` into ``module`` (in place)."""
+    directory = _module_dir(ctx.workdir, stage, what)
+    ckpt = checkpointing.Checkpointer(directory, max_to_keep=1)
+    if ckpt.latest_step() is None:
+        raise FileNotFoundError(
+            f"{directory} does not exist: run stage {stage!r} first (e.g. --stages={stage})."
+        )
+    nnx.update(module, ckpt.restore_latest(nnx.state(module)))
+    ckpt.close()
+    return module

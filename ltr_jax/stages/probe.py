@@ -1,0 +1,116 @@
+"""The linear probe (SPEC §2): a new linear head on the frozen encoder, in eval mode.
+
+Features of a seeded class-balanced subset of the long-tailed training set and of the test
+set are computed once with BatchNorm in eval mode (its statistics never change: the encoder
+is not part of the trained state), then the head is trained on them with AdamW and cosine
+decay. Reports the last epoch's test metrics, and the maximum over epochs under a clearly
+separate name (the reference code's model selection on the test set).
+"""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+from flax import nnx
+
+from ltr_jax import metrics, runtime, train_lib, writers
+from ltr_jax.data import augment, batches, sampler
+from ltr_jax.losses import classification
+from ltr_jax.models import heads, registry
+from ltr_jax.stages import common
+
+STAGE = "probe"
+
+
+def balanced_subset(labels: np.ndarray, per_class: int, seed: int) -> np.ndarray:
+    """Sorted positions of up to ``per_class`` random images of every class (seeded)."""
+    rng = np.random.default_rng(seed)
+    chosen = []
+    for c in np.unique(labels):
+        idx = np.flatnonzero(labels == c)
+        chosen.append(idx if len(idx) <= per_class else rng.choice(idx, per_class, replace=False))
+    return np.sort(np.concatenate(chosen))
+
+
+def make_features_fn(encoder: nnx.Module):
+    """``features(images_uint8) -> float32 [B, D]`` with the encoder in eval mode, jitted."""
+    graphdef, state = nnx.split(nnx.view(encoder, use_running_average=True))
+
+    @jax.jit
+    def features(state, images):
+        return nnx.merge(graphdef, state)(augment.to_float(images))
+
+    return lambda images: features(state, images)
+
+
+def encoder_for_probe(ctx: common.StageContext, key: jax.Array) -> nnx.Module:
+    """The stage-1 encoder, or a randomly initialised one (``probe.encoder_from='random'``)."""
+    encoder = registry.make_encoder(
+        ctx.config.model.encoder, dtype=ctx.config.model.dtype, rngs=nnx.Rngs(key)
+    )
+    source = ctx.config.probe.encoder_from
+    if source == "stage1":
+        return common.load_module(ctx, "stage1", "encoder", encoder)
+    if source != "random":
+        raise ValueError(f"Unknown probe.encoder_from {source!r}; valid: stage1, random.")
+    return encoder
+
+
+def run(ctx: common.StageContext) -> dict:
+    """Trains and evaluates the linear probe; exports the head to WORKDIR/probe/head."""
+    cfg, data, mesh = ctx.config[STAGE], ctx.data, ctx.mesh
+    runtime.check_batch_size(cfg.batch_size, mesh, f"{STAGE}.batch_size")
+    key = common.stage_key(ctx, STAGE)
+    encoder = encoder_for_probe(ctx, jax.random.fold_in(key, 0))
+    features = make_features_fn(encoder)
+    eval_batch = ctx.config.train.eval_batch_size
+    subset = balanced_subset(data.train_labels, cfg.per_class, ctx.config.seed)
+    train_x = train_lib.apply_in_batches(features, (data.train_images[subset],), eval_batch, mesh)
+    test_x = train_lib.apply_in_batches(features, (data.test_images,), eval_batch, mesh)
+    train_y = data.train_labels[subset]
+
+    head = heads.LinearHead(encoder.feature_dim, data.num_classes, rngs=nnx.Rngs(key))
+    spe = train_lib.steps_per_epoch(len(subset), cfg.batch_size)
+    num_steps = cfg.epochs * spe
+    tx, schedule = train_lib.make_optimizer(
+        cfg.optim, batch_size=cfg.batch_size, num_steps=num_steps, steps_per_epoch=spe
+    )
+    graphdef, state = train_lib.init_train_state(head, tx)
+    sample_key = jax.random.fold_in(key, 1)
+
+    def batch_fn(device_data, state):
+        positions = sampler.uniform_batch(sample_key, state.step, len(subset), cfg.batch_size)
+        return batches.gather(device_data, positions, mesh)
+
+    def loss_fn(model, batch, key):
+        return classification.cross_entropy(model(batch["images"]), batch["labels"]), {}
+
+    logits_fn = jax.jit(lambda state, x: train_lib.merge_model(graphdef, state)(x))
+
+    def evaluate(state):
+        logits = train_lib.apply_in_batches(
+            lambda x: logits_fn(state, x), (test_x,), eval_batch, mesh
+        )
+        return metrics.classification_report(
+            logits.argmax(-1), data.test_labels, data.num_classes, data.groups
+        )
+
+    state = train_lib.run_loop(
+        stage=STAGE, workdir=ctx.workdir, state=runtime.put_replicated(mesh, state),
+        train_step=train_lib.make_train_step(graphdef, tx, batch_fn, loss_fn, mesh),
+        data=runtime.put_replicated(mesh, {"images": train_x, "labels": train_y}),
+        root_key=jax.random.fold_in(key, 2), num_steps=num_steps, steps_per_epoch=spe,
+        images_per_step=cfg.batch_size, train_config=ctx.config.train, schedule=schedule,
+        evaluate=evaluate, eval_every_steps=spe,
+    )  # fmt: skip
+    common.save_module(ctx, STAGE, "head", train_lib.merge_model(graphdef, state))
+    report = evaluate(state)
+    history = [r["eval_top1"] for r in writers.read_jsonl(f"{ctx.workdir}/metrics.jsonl")
+               if r.get("stage") == STAGE and "eval_top1" in r]  # fmt: skip
+    results = common.final_results(ctx, report, epochs=cfg.epochs, num_steps=num_steps)
+    results.update(
+        max_over_epochs_top1=max(history + [report["top1"]]),  # secondary: test-set selection
+        encoder_from=cfg.encoder_from,
+        probe_train_size=int(len(subset)),
+    )
+    return results

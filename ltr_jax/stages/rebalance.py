@@ -1,0 +1,209 @@
+"""Stage 2: IP-DPP rebalancing and fine-tuning (SPEC §3).
+
+Every ``redraw_every_epochs`` epochs (and before epoch 0) each class with more than k images
+is cut to k images by a draw from the IP-DPP (an exact k-DPP whose kernel favours images the
+current model gets wrong); smaller classes are kept whole. The draw is part of the train
+state, so a resumed run trains on exactly the subset the uninterrupted run used. Encoder from
+stage 1, head from the probe; cross-entropy fine-tuning with AdamW.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from ltr_jax import dpp, runtime, train_lib, writers
+from ltr_jax.data import augment, batches, sampler
+from ltr_jax.losses import classification
+from ltr_jax.models import registry
+from ltr_jax.stages import common, supervised
+
+STAGE = "stage2"
+
+
+def k_per_class(cfg, class_counts: np.ndarray) -> int:
+    """``stage2.k_per_class``, or 10 x the smallest class count when it is 0."""
+    return int(cfg.k_per_class) if cfg.k_per_class > 0 else int(10 * np.min(class_counts))
+
+
+def class_table(labels: np.ndarray, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """Positions grouped by class, padded: int32 [C, Nmax] (0 where padded) and valid [C, Nmax]."""
+    per_class = [np.flatnonzero(labels == c).astype(np.int32) for c in range(num_classes)]
+    return dpp.pad_per_class(per_class)
+
+
+def draw_subset(key, p, table, valid, k: int, cfg) -> tuple[np.ndarray, np.ndarray]:
+    """One IP-DPP draw over every class.
+
+    Args:
+      key: this draw's key.
+      p: float [N] confidence p(y_i | x_i) of every training image.
+      table, valid: the :func:`class_table` of the training labels.
+      k: images per class.
+      cfg: the ``stage2`` config (sampler, kernel_scale).
+
+    Returns:
+      (sorted int32 [M] positions of the drawn subset, bool [C, Nmax] selection).
+    """
+    p_table = np.where(valid, p[table], 0.0).astype(np.float32)  # [C, Nmax]
+    sel = np.asarray(
+        dpp.sample_ip_dpp_batched(key, p_table, valid, k, cfg.kernel_scale, cfg.sampler)
+    )
+    return np.sort(table[sel]).astype(np.int32), sel
+
+
+def draw_log(p, table, valid, sel, cfg) -> dict:
+    """Per-class counts, mean p of drawn vs whole class, and log det(S_Y) of one draw."""
+    p_table = np.where(valid, p[table], 0.0).astype(np.float32)
+    log_det = jax.vmap(lambda q, s, v: dpp.log_det_selected(q, s, cfg.kernel_scale, v))(
+        p_table, sel, valid
+    )
+    mean = lambda m: (p_table * m).sum(1) / np.maximum(m.sum(1), 1)
+    return {
+        "counts": sel.sum(1).tolist(),
+        "mean_p_drawn": mean(sel).tolist(),
+        "mean_p_class": mean(valid).tolist(),
+        "log_det": np.asarray(log_det, np.float64).tolist(),
+    }
+
+
+def make_confidence_fn(graphdef_eval, p_source: str, strength: float):
+    """``conf(state, images, positions, key) -> p(y | x)`` in eval mode, clean or augmented."""
+    if p_source not in ("clean", "augmented"):
+        raise ValueError(f"Unknown stage2.p_source {p_source!r}; valid: clean, augmented.")
+
+    @jax.jit
+    def conf(state, images, labels, positions, key):
+        x = augment.to_float(images)
+        if p_source == "augmented":  # per-image keys: independent of how batches are cut
+            keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(positions)
+            x = jax.vmap(lambda k_, im: augment.simclr_image(k_, im, strength))(keys, x)
+        logits = train_lib.merge_model(graphdef_eval, state)(x)
+        probs = jax.nn.softmax(logits.astype(jnp.float32))
+        return jnp.take_along_axis(probs, labels[:, None], 1)[:, 0]
+
+    return conf
+
+
+def build_model(ctx: common.StageContext, key: jax.Array) -> nnx.Module:
+    """Classifier with the stage-1 encoder and the probe's head (or a fresh head)."""
+    cfg, data = ctx.config[STAGE], ctx.data
+    model = registry.make_classifier(ctx.config.model, data.num_classes, rngs=nnx.Rngs(key))
+    common.load_module(ctx, "stage1", "encoder", model.encoder)
+    if cfg.head_init == "probe":
+        common.load_module(ctx, "probe", "head", model.head)
+    elif cfg.head_init != "random":
+        raise ValueError(f"Unknown stage2.head_init {cfg.head_init!r}; valid: probe, random.")
+    return model
+
+
+def trainable_filter(train: str):
+    if train == "all":
+        return nnx.Param
+    if train == "head":
+        return nnx.All(nnx.Param, nnx.PathContains("head"))
+    raise ValueError(f"Unknown stage2.train {train!r}; valid: all, head.")
+
+
+def _append_draw(path: str, record: dict) -> None:
+    """Appends a draw record, first dropping records of this draw or later (a resumed run)."""
+    kept = [r for r in writers.read_jsonl(path) if r["draw"] < record["draw"]]
+    writers.write_jsonl(path, kept + [record])
+
+
+def make_redraw(ctx, cfg, conf_fn, table, valid, k: int, draw_every: int, key):
+    """``before_step(step, state)``: a new IP-DPP draw at every ``draw_every`` steps."""
+    data, mesh = ctx.data, ctx.mesh
+    draws_path = os.path.join(ctx.workdir, STAGE, "draws.jsonl")
+    summary = writers.MetricWriter(ctx.workdir, f"{STAGE}_draw", tensorboard=False)
+    arrays = (data.train_images, data.train_labels, np.arange(len(data.train_labels)))
+
+    def before_step(step: int, state: train_lib.TrainState) -> train_lib.TrainState:
+        if step % draw_every:
+            return state
+        n = step // draw_every
+        draw_key = jax.random.fold_in(key, n)
+        p = train_lib.apply_in_batches(
+            lambda *a: conf_fn(state, *a, draw_key), arrays, ctx.config.train.eval_batch_size, mesh
+        )
+        positions, sel = draw_subset(draw_key, p, table, valid, k, cfg)
+        log = draw_log(p, table, valid, sel, cfg)
+        if jax.process_index() == 0:
+            _append_draw(draws_path, {"draw": n, "step": step, "epoch": step / draw_every
+                                      * cfg.redraw_every_epochs, **log})  # fmt: skip
+            summary.truncate_after(step - 1)
+            summary.write(step, {
+                "mean_p_drawn": float(np.mean(log["mean_p_drawn"])),
+                "mean_p_class": float(np.mean(log["mean_p_class"])),
+                "log_det_sum": float(np.sum(log["log_det"])),
+            })  # fmt: skip
+        logging.info("%s: draw %d at step %d, %d images, mean p drawn %.3f vs class %.3f.",
+                     STAGE, n, step, len(positions), np.mean(log["mean_p_drawn"]),
+                     np.mean(log["mean_p_class"]))  # fmt: skip
+        return state.replace(extra=runtime.put_replicated(mesh, positions))
+
+    return before_step
+
+
+def run(ctx: common.StageContext) -> dict:
+    """IP-DPP re-draws + fine-tuning; returns the final test metrics and draw summary."""
+    cfg, data, mesh = ctx.config[STAGE], ctx.data, ctx.mesh
+    runtime.check_batch_size(cfg.batch_size, mesh, f"{STAGE}.batch_size")
+    key = common.stage_key(ctx, STAGE)
+    trainable = trainable_filter(cfg.train)
+    model = build_model(ctx, jax.random.fold_in(key, 0))
+    if cfg.train == "head":  # frozen encoder: BatchNorm statistics stay as stage 1 left them
+        model = nnx.view(model, use_running_average=True)
+    k = k_per_class(cfg, data.class_counts)
+    table, valid = class_table(data.train_labels, data.num_classes)
+    subset_size = int(np.minimum(data.class_counts, k).sum())
+    spe = train_lib.steps_per_epoch(subset_size, cfg.batch_size)
+    num_steps = cfg.epochs * spe
+    tx, schedule = train_lib.make_optimizer(
+        cfg.optim, batch_size=cfg.batch_size, num_steps=num_steps, steps_per_epoch=spe
+    )
+    graphdef, state = train_lib.init_train_state(
+        model, tx, trainable, extra=np.zeros(subset_size, np.int32)
+    )
+    graphdef_eval = common.eval_graphdef(model, trainable)
+    conf_fn = make_confidence_fn(graphdef_eval, cfg.p_source, cfg.augment_strength)
+    logits_fn = common.make_logits_fn(graphdef_eval)
+    sample_key = jax.random.fold_in(key, 1)
+    aug = supervised.make_augment(cfg.augment, cfg.augment_strength)
+
+    def batch_fn(device_data, state):
+        idx = sampler.uniform_batch(sample_key, state.step, subset_size, cfg.batch_size)
+        return batches.gather(device_data, state.extra[idx], mesh)
+
+    def loss_fn(model, batch, key):
+        logits = model(aug(key, augment.to_float(batch["images"])))
+        acc = jnp.mean(jnp.argmax(logits, -1) == batch["labels"])
+        return classification.cross_entropy(logits, batch["labels"]), {"train_acc": acc}
+
+    redraw = make_redraw(ctx, cfg, conf_fn, table, valid, k, cfg.redraw_every_epochs * spe,
+                         jax.random.fold_in(key, 3))  # fmt: skip
+    logging.info("%s: k=%d per class, %d images per draw, %d epochs x %d steps.", STAGE, k,
+                 subset_size, cfg.epochs, spe)  # fmt: skip
+    state = train_lib.run_loop(
+        stage=STAGE, workdir=ctx.workdir, state=runtime.put_replicated(mesh, state),
+        train_step=train_lib.make_train_step(graphdef, tx, batch_fn, loss_fn, mesh),
+        data=batches.device_train_data(data, mesh), root_key=jax.random.fold_in(key, 2),
+        num_steps=num_steps, steps_per_epoch=spe, images_per_step=cfg.batch_size,
+        train_config=ctx.config.train, schedule=schedule,
+        evaluate=lambda s: common.evaluate(ctx, logits_fn, s), before_step=redraw,
+    )  # fmt: skip
+    report = common.evaluate(ctx, logits_fn, state)
+    results = common.final_results(ctx, report, epochs=cfg.epochs, num_steps=num_steps)
+    history = [r["eval_top1"] for r in writers.read_jsonl(os.path.join(ctx.workdir, "metrics.jsonl"))
+               if r.get("stage") == STAGE and "eval_top1" in r]  # fmt: skip
+    results.update(
+        max_over_epochs_top1=max(history + [report["top1"]]), k_per_class=k,
+        subset_size=subset_size, sampler=cfg.sampler, kernel_scale=cfg.kernel_scale,
+        head_init=cfg.head_init, train=cfg.train, p_source=cfg.p_source,
+    )  # fmt: skip
+    return results

@@ -1,0 +1,77 @@
+"""Stage 1: BNS representation learning (SPEC §2).
+
+Two SimCLR views of every image go through encoder + projection head in one forward pass
+(BatchNorm sees both views), and the BNS loss compares them over the global batch. The
+trained encoder is exported to WORKDIR/stage1/encoder for the probe and stage 2.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from ltr_jax import runtime, train_lib
+from ltr_jax.data import augment, batches, sampler
+from ltr_jax.losses import bns
+from ltr_jax.models import registry
+from ltr_jax.stages import common
+
+STAGE = "stage1"
+
+
+def make_loss_fn(cfg):
+    """``loss_fn(model, batch, key)``: two views, one forward pass, BNS loss."""
+
+    def loss_fn(model, batch, key):
+        key_v1, key_v2, key_loss = jax.random.split(key, 3)
+        x = augment.to_float(batch["images"])  # [B, H, W, 3]
+        views = jnp.concatenate(
+            [augment.simclr(key_v1, x, cfg.augment_strength),
+             augment.simclr(key_v2, x, cfg.augment_strength)]
+        )  # fmt: skip
+        z1, z2 = jnp.split(model(views), 2)  # [B, D] each
+        loss = bns.bns_loss(
+            z1, z2, batch["labels"], key_loss, tau=cfg.bns.tau, m=cfg.bns.m, form=cfg.bns.form
+        )
+        return loss, {"pos_sim": jnp.mean(jnp.sum(z1 * z2, -1))}
+
+    return loss_fn
+
+
+def run(ctx: common.StageContext) -> dict:
+    """Trains encoder + projection head with BNS; exports the encoder."""
+    cfg, data, mesh = ctx.config[STAGE], ctx.data, ctx.mesh
+    runtime.check_batch_size(cfg.batch_size, mesh, f"{STAGE}.batch_size")
+    if cfg.bns.form not in bns.FORMS:
+        raise ValueError(f"Unknown stage1.bns.form {cfg.bns.form!r}; valid: {bns.FORMS}.")
+    key = common.stage_key(ctx, STAGE)
+    model = registry.make_contrastive(ctx.config.model, rngs=nnx.Rngs(key))
+    spe = train_lib.steps_per_epoch(len(data.train_labels), cfg.batch_size)
+    num_steps = cfg.epochs * spe
+    tx, schedule = train_lib.make_optimizer(
+        cfg.optim, batch_size=cfg.batch_size, num_steps=num_steps, steps_per_epoch=spe
+    )
+    graphdef, state = train_lib.init_train_state(model, tx)
+    sample_key = jax.random.fold_in(key, 1)
+
+    def batch_fn(device_data, state):
+        positions = sampler.uniform_batch(sample_key, state.step, len(data.train_labels),
+                                          cfg.batch_size)  # fmt: skip
+        return batches.gather(device_data, positions, mesh)
+
+    train_step = train_lib.make_train_step(graphdef, tx, batch_fn, make_loss_fn(cfg), mesh)
+    logging.info("%s: %d epochs x %d steps of batch %d (2 views).", STAGE, cfg.epochs, spe,
+                 cfg.batch_size)  # fmt: skip
+    state = train_lib.run_loop(
+        stage=STAGE, workdir=ctx.workdir, state=runtime.put_replicated(mesh, state),
+        train_step=train_step, data=batches.device_train_data(data, mesh),
+        root_key=jax.random.fold_in(key, 2), num_steps=num_steps, steps_per_epoch=spe,
+        images_per_step=cfg.batch_size, train_config=ctx.config.train, schedule=schedule,
+    )  # fmt: skip
+    model = train_lib.merge_model(graphdef, jax.device_get(state))
+    common.save_module(ctx, STAGE, "encoder", model.encoder)
+    return {"epoch": cfg.epochs, "num_steps": num_steps, "bns_form": cfg.bns.form,
+            "encoder": ctx.config.model.encoder}  # fmt: skip

@@ -1,0 +1,171 @@
+"""The two-stage pipeline end to end on synthetic data: stage1 -> probe -> stage2.
+
+Covers the frozen encoder of the probe, IP-DPP draws (counts, logging, distinct draws) and
+exact resumes of stage 2 after a crash during a re-draw and after SIGKILL during fine-tuning.
+"""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+from ml_collections import FrozenConfigDict
+
+from ltr_jax import pipeline, writers
+from ltr_jax.models import registry
+from ltr_jax.stages import common, probe, rebalance
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+import run  # noqa: E402
+
+SMOKE = os.path.join(ROOT, "configs", "cifar10_lt.py") + ":smoke"
+
+
+def _config(**stage2):
+    config = run._load_config(SMOKE)
+    config.stage2.update(stage2)
+    return FrozenConfigDict(config)
+
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory):
+    """A workdir with stage1 and probe finished (shared by the tests below)."""
+    workdir = str(tmp_path_factory.mktemp("pretrained"))
+    pipeline.run(_config(), workdir, ["stage1", "probe"])
+    return workdir
+
+
+def _copy(src, dst):
+    shutil.copytree(src, dst)
+    return str(dst)
+
+
+def _encoder_state(workdir):
+    config = _config()
+    encoder = registry.make_encoder(config.model.encoder, rngs=nnx.Rngs(0))
+    ctx = common.StageContext(config, workdir, None, None, None)
+    return jax.device_get(nnx.state(common.load_module(ctx, "stage1", "encoder", encoder)))
+
+
+def test_probe_results_and_frozen_encoder(pretrained, tmp_path):
+    results = json.loads(open(os.path.join(pretrained, "probe", "results.json")).read())
+    for key in ("top1", "many", "medium", "few", "per_class_acc", "max_over_epochs_top1"):
+        assert key in results
+    assert results["max_over_epochs_top1"] >= results["top1"]
+    before = _encoder_state(pretrained)
+    workdir = _copy(pretrained, tmp_path / "again")
+    shutil.rmtree(os.path.join(workdir, "probe"))
+    pipeline.run(_config(), workdir, ["probe"])
+    after = _encoder_state(workdir)
+    for a, b in zip(jax.tree.leaves(before), jax.tree.leaves(after)):
+        np.testing.assert_array_equal(a, b)  # parameters and BatchNorm statistics
+
+
+def test_features_fn_leaves_batchnorm_untouched():
+    encoder = registry.make_encoder("cifar_resnet8", rngs=nnx.Rngs(0))
+    before = jax.device_get(nnx.state(encoder))
+    feats = probe.make_features_fn(encoder)(np.full((4, 32, 32, 3), 200, np.uint8))
+    assert feats.shape == (4, 64)
+    for a, b in zip(jax.tree.leaves(before), jax.tree.leaves(jax.device_get(nnx.state(encoder)))):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_balanced_subset():
+    labels = np.repeat(np.arange(3), [50, 8, 3])
+    pos = probe.balanced_subset(labels, 5, seed=0)
+    assert np.bincount(labels[pos]).tolist() == [5, 5, 3]
+    np.testing.assert_array_equal(pos, probe.balanced_subset(labels, 5, seed=0))
+
+
+def test_draw_subset_counts_and_preference():
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(3), [300, 40, 10])
+    p = rng.beta(5, 1, len(labels))  # mostly confident, with a spread
+    table, valid = rebalance.class_table(labels, 3)
+    cfg = FrozenConfigDict(dict(kernel_scale="paper", sampler="structured"))
+    positions, sel = rebalance.draw_subset(jax.random.key(0), p, table, valid, 20, cfg)
+    assert np.bincount(labels[positions], minlength=3).tolist() == [20, 20, 10]
+    assert len(set(positions.tolist())) == len(positions)
+    log = rebalance.draw_log(p, table, valid, sel, cfg)
+    assert log["counts"] == [20, 20, 10] and np.isfinite(log["log_det"]).all()
+    # Low-confidence images are favoured: over several draws, drawn mean p < class mean p.
+    drawn = [rebalance.draw_log(p, table, valid, rebalance.draw_subset(
+        jax.random.key(s), p, table, valid, 20, cfg)[1], cfg)["mean_p_drawn"][0]
+        for s in range(10)]  # fmt: skip
+    assert np.mean(drawn) < log["mean_p_class"][0]
+
+
+def test_k_per_class_default():
+    cfg = FrozenConfigDict(dict(k_per_class=0))
+    assert rebalance.k_per_class(cfg, np.array([5000, 50])) == 500
+    assert rebalance.k_per_class(FrozenConfigDict(dict(k_per_class=7)), np.array([9, 3])) == 7
+
+
+def _stage2_results(workdir):
+    return json.loads(open(os.path.join(workdir, "stage2", "results.json")).read())
+
+
+@pytest.fixture(scope="module")
+def straight(pretrained, tmp_path_factory):
+    workdir = _copy(pretrained, tmp_path_factory.mktemp("s") / "straight")
+    pipeline.run(_config(), workdir)
+    return workdir
+
+
+def test_stage2_logs_distinct_draws(straight):
+    draws = writers.read_jsonl(os.path.join(straight, "stage2", "draws.jsonl"))
+    assert [d["draw"] for d in draws] == [0, 1]
+    assert draws[0]["counts"] == draws[1]["counts"]
+    assert max(draws[0]["counts"]) == 20
+    records = writers.read_jsonl(os.path.join(straight, "metrics.jsonl"))
+    assert len([r for r in records if r["stage"] == "stage2_draw"]) == 2
+    results = _stage2_results(straight)
+    assert results["sampler"] == "structured" and results["k_per_class"] == 20
+
+
+def test_stage2_resume_after_crash_during_redraw(pretrained, straight, tmp_path, monkeypatch):
+    workdir = _copy(pretrained, tmp_path / "crashed")
+    calls = {"n": 0}
+    original = rebalance.draw_subset
+
+    def crash_on_second_draw(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt("simulated kill during a re-draw")
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(rebalance, "draw_subset", crash_on_second_draw)
+    with pytest.raises(KeyboardInterrupt):
+        pipeline.run(_config(), workdir)
+    monkeypatch.setattr(rebalance, "draw_subset", original)
+    pipeline.run(_config(), workdir)
+    assert _stage2_results(workdir) == _stage2_results(straight)
+    load = lambda d: writers.read_jsonl(os.path.join(d, "stage2", "draws.jsonl"))
+    assert load(workdir) == load(straight)
+
+
+@pytest.mark.slow
+def test_stage2_resume_after_sigkill(pretrained, straight, tmp_path):
+    workdir = _copy(pretrained, tmp_path / "killed")
+    cmd = [sys.executable, os.path.join(ROOT, "run.py"), f"--config={SMOKE}",
+           f"--workdir={workdir}"]  # fmt: skip
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)  # fmt: skip
+    ckpts = os.path.join(workdir, "stage2", "checkpoints")
+    deadline = time.time() + 240
+    while not (os.path.isdir(ckpts) and any(d.isdigit() for d in os.listdir(ckpts))):
+        assert proc.poll() is None and time.time() < deadline, "stage 2 ended before the kill"
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert _stage2_results(workdir) == _stage2_results(straight)
