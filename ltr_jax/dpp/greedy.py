@@ -86,11 +86,20 @@ def greedy_map(kernel: ArrayLike, k: int, mask: ArrayLike | None = None) -> jax.
     return keep_small_classes(sel, valid, k)
 
 
-def greedy_map_structured(d: jax.Array, alpha: jax.Array, p: jax.Array, valid: jax.Array, k: int):
+def greedy_map_structured(
+    d: jax.Array, alpha: jax.Array, p: jax.Array, valid: jax.Array, k: int
+) -> jax.Array:
     """Greedy MAP for S = diag(d) + alpha p p^T without forming S (columns in O(N)).
 
+    Args:
+      d: [N] diagonal part (0 on masked items).
+      alpha: scalar rank-one weight.
+      p: [N] confidences (0 on masked items).
+      valid: [N] bool, items that may be chosen.
+      k: number of items (static), below the number of valid items.
+
     Returns:
-      [N] bool selection mask (k items; the caller handles classes with at most k items).
+      [N] bool selection mask with k True entries.
     """
     idx = jnp.arange(d.shape[0])
 

@@ -46,7 +46,9 @@ def check_scale(scale: str) -> None:
         raise ValueError(f"Unknown kernel scale {scale!r}; expected one of {SCALES}.")
 
 
-def ip_dpp_parts(p: ArrayLike, scale: str = "paper", mask: ArrayLike | None = None) -> IPKernelParts:
+def ip_dpp_parts(
+    p: ArrayLike, scale: str = "paper", mask: ArrayLike | None = None
+) -> IPKernelParts:
     """Diagonal-plus-rank-one parts (d, alpha, p) of the IP-DPP kernel.
 
     Args:

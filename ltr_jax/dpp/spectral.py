@@ -17,7 +17,7 @@ from ltr_jax.dpp.greedy import chain_rule_select
 from ltr_jax.dpp.kernels import as_float, keep_small_classes, mark_masked, valid_mask
 
 
-def _shift_up(row: jax.Array) -> jax.Array:
+def shift_up(row: jax.Array) -> jax.Array:
     """[-inf, row[0], ..., row[-2]]: the log table row for l - 1."""
     return jnp.concatenate([jnp.full((1,), -jnp.inf, row.dtype), row[:-1]])
 
@@ -36,7 +36,7 @@ def esp_table(log_values: jax.Array, k: int) -> tuple[jax.Array, jax.Array]:
     init = jnp.full((k + 1,), -jnp.inf, log_values.dtype).at[0].set(0.0)
 
     def step(row, log_v):
-        return jnp.logaddexp(row, log_v + _shift_up(row)), row
+        return jnp.logaddexp(row, log_v + shift_up(row)), row
 
     last, prev_rows = jax.lax.scan(step, init, log_values)
     return prev_rows, last
@@ -77,7 +77,9 @@ def sample_eigen_subset(key: jax.Array, log_lam: jax.Array, k: int) -> jax.Array
         take = (left > 0) & (lu < w_in - jnp.logaddexp(w_in, row[left]))
         return left - take.astype(left.dtype), take
 
-    _, take = jax.lax.scan(step, jnp.asarray(k, jnp.int32), (prev_rows, log_lam, log_u), reverse=True)
+    _, take = jax.lax.scan(
+        step, jnp.asarray(k, jnp.int32), (prev_rows, log_lam, log_u), reverse=True
+    )
     return take
 
 

@@ -25,7 +25,7 @@ from ltr_jax.dpp.kernels import (
     sampling_parts,
     valid_mask,
 )
-from ltr_jax.dpp.spectral import _shift_up
+from ltr_jax.dpp.spectral import shift_up
 
 
 def _log_weights(parts: IPKernelParts) -> tuple[jax.Array, jax.Array]:
@@ -53,9 +53,9 @@ def structured_tables(
     def step(carry, x):
         a, b = carry
         ld, lq = x
-        a_up = _shift_up(a)
+        a_up = shift_up(a)
         new_a = jnp.logaddexp(a, ld + a_up)
-        new_b = jnp.logaddexp(jnp.logaddexp(b, ld + _shift_up(b)), lq + a_up)
+        new_b = jnp.logaddexp(jnp.logaddexp(b, ld + shift_up(b)), lq + a_up)
         return (new_a, new_b), (a, b)
 
     last, prev = jax.lax.scan(step, (init_a, init_b), (log_d, log_q))

@@ -32,9 +32,15 @@ def balanced_subset(labels: np.ndarray, per_class: int, seed: int) -> np.ndarray
     return np.sort(np.concatenate(chosen))
 
 
-def make_features_fn(encoder: nnx.Module):
-    """``features(images_uint8) -> float32 [B, D]`` with the encoder in eval mode, jitted."""
+def make_features_fn(encoder: nnx.Module, mesh=None):
+    """``features(images_uint8) -> float32 [B, D]`` with the encoder in eval mode, jitted.
+
+    With a ``mesh``, the encoder's variables are replicated on it, to meet batches sharded
+    over its ``data`` axis.
+    """
     graphdef, state = nnx.split(nnx.view(encoder, use_running_average=True))
+    if mesh is not None:
+        state = runtime.put_replicated(mesh, state)
 
     @jax.jit
     def features(state, images):
@@ -43,8 +49,32 @@ def make_features_fn(encoder: nnx.Module):
     return lambda images: features(state, images)
 
 
+def calibrate_batchnorm(encoder: nnx.Module, images: np.ndarray, batch_size: int = 256,
+                        num_batches: int = 40) -> nnx.Module:  # fmt: skip
+    """Re-estimates BatchNorm running statistics with train-mode passes over ``images``.
+
+    An untrained encoder's statistics are the initial (0, 1), under which eval-mode features
+    of a deep ResNet blow up; random weights with statistics of the data are the meaningful
+    "random features" baseline. Deterministic: batches are taken in order, cycling.
+    """
+    graphdef, state = nnx.split(encoder)
+
+    @jax.jit
+    def update(state, x):
+        model = nnx.merge(graphdef, state)
+        model(augment.to_float(x))
+        return nnx.state(model)
+
+    for b in range(num_batches):
+        idx = (np.arange(batch_size) + b * batch_size) % len(images)
+        state = update(state, images[idx])
+    nnx.update(encoder, state)
+    return encoder
+
+
 def encoder_for_probe(ctx: common.StageContext, key: jax.Array) -> nnx.Module:
-    """The stage-1 encoder, or a randomly initialised one (``probe.encoder_from='random'``)."""
+    """The stage-1 encoder, or random weights with BatchNorm statistics of the training set
+    (``probe.encoder_from='random'``, the baseline a learned representation must beat)."""
     encoder = registry.make_encoder(
         ctx.config.model.encoder, dtype=ctx.config.model.dtype, rngs=nnx.Rngs(key)
     )
@@ -53,7 +83,7 @@ def encoder_for_probe(ctx: common.StageContext, key: jax.Array) -> nnx.Module:
         return common.load_module(ctx, "stage1", "encoder", encoder)
     if source != "random":
         raise ValueError(f"Unknown probe.encoder_from {source!r}; valid: stage1, random.")
-    return encoder
+    return calibrate_batchnorm(encoder, ctx.data.train_images)
 
 
 def run(ctx: common.StageContext) -> dict:
@@ -62,7 +92,7 @@ def run(ctx: common.StageContext) -> dict:
     runtime.check_batch_size(cfg.batch_size, mesh, f"{STAGE}.batch_size")
     key = common.stage_key(ctx, STAGE)
     encoder = encoder_for_probe(ctx, jax.random.fold_in(key, 0))
-    features = make_features_fn(encoder)
+    features = make_features_fn(encoder, mesh)
     eval_batch = ctx.config.train.eval_batch_size
     subset = balanced_subset(data.train_labels, cfg.per_class, ctx.config.seed)
     train_x = train_lib.apply_in_batches(features, (data.train_images[subset],), eval_batch, mesh)

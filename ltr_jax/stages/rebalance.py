@@ -51,9 +51,13 @@ def draw_subset(key, p, table, valid, k: int, cfg) -> tuple[np.ndarray, np.ndarr
       (sorted int32 [M] positions of the drawn subset, bool [C, Nmax] selection).
     """
     p_table = np.where(valid, p[table], 0.0).astype(np.float32)  # [C, Nmax]
-    sel = np.asarray(
-        dpp.sample_ip_dpp_batched(key, p_table, valid, k, cfg.kernel_scale, cfg.sampler)
-    )
+    sel = valid.copy()  # classes with at most k images are kept whole
+    big = np.flatnonzero(valid.sum(1) > k)  # only these need a draw (dense methods are O(N^3))
+    if len(big):
+        drawn = dpp.sample_ip_dpp_batched(
+            key, p_table[big], valid[big], k, cfg.kernel_scale, cfg.sampler
+        )
+        sel[big] = np.asarray(drawn)
     return np.sort(table[sel]).astype(np.int32), sel
 
 

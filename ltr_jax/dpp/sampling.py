@@ -1,0 +1,187 @@
+"""IP-DPP subset selection for one class or a padded batch of classes (SPEC section 3).
+
+Convention shared by every sampler in `ltr_jax.dpp`: a draw is an [N] boolean selection mask
+with exactly min(k, n_valid) True entries, all on valid items (a class with at most k valid
+items is kept whole). `selection_indices` turns a mask into k int32 indices.
+"""
+
+from collections.abc import Sequence
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.typing import ArrayLike
+
+from ltr_jax.dpp.alg1 import sample_paper_alg1
+from ltr_jax.dpp.greedy import greedy_map_structured
+from ltr_jax.dpp.kernels import (
+    as_float,
+    check_scale,
+    ip_dpp_kernel,
+    keep_small_classes,
+    sampling_parts,
+    valid_mask,
+)
+from ltr_jax.dpp.rejection import sample_structured_core
+from ltr_jax.dpp.spectral import sample_k_dpp
+from ltr_jax.dpp.structured import sample_structured_dp_core
+
+METHODS = ("structured", "structured_dp", "spectral", "paper_alg1", "greedy_map", "uniform")
+
+
+def sample_uniform(key: jax.Array, valid: jax.Array, k: int) -> jax.Array:
+    """Uniformly random k of the valid items (the reference code's effective behaviour).
+
+    Returns:
+      [N] bool selection mask (k items when at least k are valid).
+    """
+    u = jax.random.uniform(key, valid.shape)
+    _, idx = jax.lax.top_k(jnp.where(valid, u, -1.0), k)  # masked items rank last
+    return jnp.zeros(valid.shape, bool).at[idx].set(True) & valid
+
+
+def _draw(key: jax.Array, p: jax.Array, valid: jax.Array, k: int, scale: str, method: str):
+    """Dispatches one class's draw; k < N is guaranteed by the caller."""
+    if method == "structured":
+        return sample_structured_core(key, sampling_parts(p, scale, valid), valid, k)
+    if method == "structured_dp":
+        return sample_structured_dp_core(key, sampling_parts(p, scale, valid), valid, k)
+    if method == "greedy_map":
+        return greedy_map_structured(*sampling_parts(p, scale, valid), valid, k)
+    if method == "uniform":
+        return sample_uniform(key, valid, k)
+    kernel = ip_dpp_kernel(p, scale, valid)
+    if method == "spectral":
+        return sample_k_dpp(key, kernel, k, valid)
+    return sample_paper_alg1(key, kernel, k, valid)
+
+
+def _check_method(method: str, scale: str) -> None:
+    if method not in METHODS:
+        raise ValueError(f"Unknown IP-DPP method {method!r}; expected one of {METHODS}.")
+    check_scale(scale)
+
+
+def _sample_one(key, p, valid, k, scale, method):
+    if k >= p.shape[0]:
+        return valid
+    return keep_small_classes(_draw(key, p, valid, k, scale, method), valid, k)
+
+
+@partial(jax.jit, static_argnames=("k", "scale", "method"))
+def sample_ip_dpp(
+    key: jax.Array,
+    p: ArrayLike,
+    k: int,
+    scale: str = "paper",
+    method: str = "structured",
+    mask: ArrayLike | None = None,
+) -> jax.Array:
+    """Draws k items of one class with the IP-DPP kernel S = diag(d) + alpha p p^T.
+
+    Methods: "structured" (exact k-DPP, conditional Bernoulli + rejection, the default),
+    "structured_dp" (exact, dynamic programme), "spectral" (exact, eigh of the dense kernel),
+    "paper_alg1" (the paper's Algorithm 1), "greedy_map" (Chen et al. 2018), "uniform".
+
+    Args:
+      key: PRNG key.
+      p: [N] confidences p(y_i | x_i).
+      k: items per class (static).
+      scale: "paper" (alpha = 1/N) or "reference" (alpha = 1/N^2).
+      method: one of METHODS (static).
+      mask: optional [N] bool; masked (padding) items are never drawn.
+
+    Returns:
+      [N] bool selection mask with min(k, n_valid) True entries.
+    """
+    _check_method(method, scale)
+    p = as_float(p)
+    return _sample_one(key, p, valid_mask(p, mask), k, scale, method)
+
+
+@partial(jax.jit, static_argnames=("k", "scale", "method"))
+def sample_ip_dpp_batched(
+    key: jax.Array,
+    p: ArrayLike,
+    valid: ArrayLike,
+    k: int,
+    scale: str = "paper",
+    method: str = "structured",
+) -> jax.Array:
+    """Draws every class of a padded batch in one compiled call (vmap over classes).
+
+    Class c uses `jax.random.fold_in(key, c)`, so row c equals
+    `sample_ip_dpp(fold_in(key, c), p[c], k, scale, method, mask=valid[c])`.
+
+    Args:
+      key: PRNG key of this draw.
+      p: [C, Nmax] padded confidences.
+      valid: [C, Nmax] bool, True for real items.
+      k: items per class (static); classes with at most k valid items are kept whole.
+      scale: "paper" or "reference".
+      method: one of METHODS (static).
+
+    Returns:
+      [C, Nmax] bool selection mask.
+    """
+    _check_method(method, scale)
+    p = as_float(p)
+    valid = jnp.asarray(valid).astype(bool)
+    keys = jax.vmap(lambda c: jax.random.fold_in(key, c))(jnp.arange(p.shape[0]))
+    one = partial(_sample_one, k=k, scale=scale, method=method)
+    return jax.vmap(one)(keys, p, valid)
+
+
+def selection_indices(sel: ArrayLike, k: int, fill_value: int = -1) -> jax.Array:
+    """The indices of the True entries of a selection mask, padded to length k.
+
+    Args:
+      sel: [N] bool selection mask.
+      k: output length (static).
+      fill_value: index used when fewer than k items are selected.
+
+    Returns:
+      [k] int32 increasing indices.
+    """
+    (idx,) = jnp.nonzero(jnp.asarray(sel), size=k, fill_value=fill_value)
+    return idx.astype(jnp.int32)
+
+
+def bucket_size(n: int, multiple: int = 128, power_of_two: bool = False) -> int:
+    """Padded length for n items: the next multiple of `multiple` (or power of two, at least it).
+
+    Few distinct padded shapes mean few compilations across datasets and re-draws.
+    """
+    if power_of_two:
+        return max(multiple, 1 << max(n - 1, 0).bit_length())
+    return max(multiple, -(-n // multiple) * multiple)
+
+
+def pad_per_class(
+    values: Sequence[ArrayLike], multiple: int = 128, power_of_two: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
+    """Pads per-class arrays into the [C, Nmax] form of `sample_ip_dpp_batched` (host side).
+
+    Args:
+      values: C one-dimensional arrays (e.g. per-class confidences), of varying lengths.
+      multiple: Nmax is rounded up to a multiple of this.
+      power_of_two: round Nmax up to a power of two (at least `multiple`) instead.
+
+    Returns:
+      padded [C, Nmax] (zeros after each class's items) and valid [C, Nmax] bool.
+    """
+    arrays = [np.asarray(v).reshape(-1) for v in values]
+    n_max = bucket_size(max(len(a) for a in arrays), multiple, power_of_two)
+    padded = np.zeros((len(arrays), n_max), np.result_type(*arrays))
+    valid = np.zeros((len(arrays), n_max), bool)
+    for c, a in enumerate(arrays):
+        padded[c, : len(a)] = a
+        valid[c, : len(a)] = True
+    return padded, valid
+
+
+def unpad_selection(sel: ArrayLike, sizes: Sequence[int]) -> list[np.ndarray]:
+    """Per-class indices (into each class's own item list) of a [C, Nmax] selection mask."""
+    sel = np.asarray(sel)
+    return [np.flatnonzero(sel[c, :n]) for c, n in enumerate(sizes)]
