@@ -16,13 +16,14 @@ import jax
 
 from ltr_jax import runtime, writers
 from ltr_jax.data import batches, sources
-from ltr_jax.stages import common, probe, rebalance, representation, supervised
+from ltr_jax.stages import common, crt, probe, rebalance, representation, supervised
 
 STAGES: dict[str, Callable[[common.StageContext], dict]] = {
     "ce": lambda ctx: supervised.run(ctx, "ce"),
     "stage1": representation.run,
     "probe": probe.run,
     "stage2": rebalance.run,
+    "crt": crt.run,
 }
 
 
@@ -47,19 +48,30 @@ def _config_diff(a: dict, b: dict, prefix: str = "") -> list[str]:
 
 
 def record_config(config, workdir: str) -> None:
-    """Writes WORKDIR/config.json, or checks that a resumed run uses the same config."""
+    """Writes WORKDIR/config.json, or checks that a resumed run uses the same config.
+
+    Changes are allowed only in ``pipeline`` and in the sections of stages that have not
+    started (no ``WORKDIR/<stage>/`` yet): e.g. copy a workdir after stage 1 and the probe to
+    try several stage-2 settings. The recorded config is then updated.
+    """
     current = json.loads(config.to_json())
     path = os.path.join(workdir, "config.json")
     if os.path.exists(path):
         with open(path) as f:
             saved = json.load(f)
         diffs = _config_diff(saved, current)
-        if diffs:
+        started = lambda key: key not in STAGES or os.path.exists(os.path.join(workdir, key))
+        blocking = [d for d in diffs if d.split(".")[0].split(":")[0] != "pipeline"
+                    and started(d.split(".")[0].split(":")[0])]  # fmt: skip
+        if blocking:
             raise ValueError(
-                f"{workdir} holds a run with a different config ({'; '.join(diffs)}). "
+                f"{workdir} holds a run with a different config ({'; '.join(blocking)}). "
                 "Use a new --workdir, or rerun with the recorded config to resume."
             )
-    elif jax.process_index() == 0:
+        if not diffs:
+            return
+        logging.info("Config changes for stages not yet started: %s", "; ".join(diffs))
+    if jax.process_index() == 0:
         writers.write_json(path, current)
 
 

@@ -59,8 +59,17 @@ def test_smoke_pipeline_writes_the_whole_truth(tmp_path):
 
 def test_rerun_with_another_config_is_refused(tmp_path):
     pipeline.record_config(FrozenConfigDict(_smoke_config()), str(tmp_path))
-    with pytest.raises(ValueError, match=r"ce.epochs: 2 -> 3.*new --workdir"):
-        pipeline.record_config(FrozenConfigDict(_smoke_config(epochs=3)), str(tmp_path))
+    # A stage that has not started may still change (its section only) ...
+    pipeline.record_config(FrozenConfigDict(_smoke_config(epochs=3)), str(tmp_path))
+    assert json.loads((tmp_path / "config.json").read_text())["ce"]["epochs"] == 3
+    # ... but not once it has started, and shared sections never.
+    os.makedirs(tmp_path / "ce")
+    with pytest.raises(ValueError, match=r"ce.epochs: 3 -> 4.*new --workdir"):
+        pipeline.record_config(FrozenConfigDict(_smoke_config(epochs=4)), str(tmp_path))
+    config = _smoke_config(epochs=3)
+    config.seed = 1
+    with pytest.raises(ValueError, match=r"seed: 0 -> 1"):
+        pipeline.record_config(FrozenConfigDict(config), str(tmp_path))
 
 
 def test_unknown_stage_and_override_errors():
