@@ -18,7 +18,9 @@ from ml_collections import config_flags
 
 from ltr_jax import pipeline, runtime
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.", lock_config=True)
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Experiment config file.", lock_config=True
+)
 _WORKDIR = flags.DEFINE_string(
     "workdir", None, "Run folder (default: workdirs/<config name>[_<arg>])."
 )
@@ -83,7 +85,10 @@ def check_overrides(argv: list[str]) -> str | None:
             if not hasattr(node, "keys") or part not in node:
                 valid = ", ".join(sorted(node.keys())) if hasattr(node, "keys") else "(none)"
                 where = ".".join(["config", *walked])
-                return f"Unknown config key {where}.{part} in --config.{dotted}. Valid keys of {where}: {valid}."
+                return (
+                    f"Unknown config key {where}.{part} in --config.{dotted}. "
+                    f"Valid keys of {where}: {valid}."
+                )
             node, walked = node[part], walked + [part]
     return None
 

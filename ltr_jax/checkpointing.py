@@ -46,8 +46,9 @@ class Checkpointer:
             path = os.path.join(self.directory, str(step))
             older = [s for s in self._manager.all_steps() if s < step]
             hint = (
-                f"move it aside (e.g. `mv {path} {path}.corrupt`) to resume from step "
-                f"{max(older)}" if older else f"move it aside (e.g. `mv {path} {path}.corrupt`) "
+                f"move it aside (e.g. `mv {path} {path}.corrupt`) to resume from step {max(older)}"
+                if older
+                else f"move it aside (e.g. `mv {path} {path}.corrupt`) "
                 "to restart this stage from scratch"
             )
             raise CorruptCheckpointError(

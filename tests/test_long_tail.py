@@ -32,7 +32,7 @@ def test_cifar10_if100_per_class():
 
 
 def test_subset_follows_ldam_protocol():
-    """Same positions as the LDAM code's loop over the original order, whatever the storage order."""
+    """The LDAM code's loop over the original order picks the same images, in any storage order."""
     labels, index = _balanced(10, 500)
     counts = long_tail.long_tail_counts(500, 10, 100)
     np.random.seed(0)  # the LDAM reference loop, verbatim in spirit

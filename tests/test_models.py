@@ -35,7 +35,9 @@ def test_resnet32_with_head_is_ldam_size():
 
 def test_resnet18_feature_shape():
     encoder = nnx.eval_shape(lambda: registry.make_encoder("cifar_resnet18", rngs=nnx.Rngs(0)))
-    out = jax.eval_shape(lambda m, x: m(x), encoder, jax.ShapeDtypeStruct((2, 32, 32, 3), jnp.float32))
+    out = jax.eval_shape(
+        lambda m, x: m(x), encoder, jax.ShapeDtypeStruct((2, 32, 32, 3), jnp.float32)
+    )
     assert out.shape == (2, 512)
 
 
@@ -48,7 +50,9 @@ def test_shapes_and_modes(name="cifar_resnet8"):
     model.eval()
     model(x)
     after = nnx.state(model, nnx.BatchStat)
-    assert all(jax.tree.leaves(jax.tree.map(lambda a, b: bool((a == b).all()), stats_before, after)))
+    assert all(
+        jax.tree.leaves(jax.tree.map(lambda a, b: bool((a == b).all()), stats_before, after))
+    )
     net = registry.make_contrastive(config, rngs=nnx.Rngs(0))
     z = net(x)
     assert z.shape == (4, 16)

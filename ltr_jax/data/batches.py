@@ -42,7 +42,7 @@ def make_long_tail(dataset: Dataset, data_config) -> LongTailData:
     counts = np.bincount(labels, minlength=dataset.num_classes)
     groups = long_tail.shot_groups(counts, data_config.many_threshold, data_config.few_threshold)
     logging.info(
-        "Long-tailed train set: IF %s, %d images, class counts %s; many/medium/few classes %d/%d/%d.",
+        "Long-tailed train set: IF %s, %d images, class counts %s; many/medium/few %d/%d/%d.",
         data_config.imbalance_factor, len(pos), counts.tolist(),
         len(groups.many), len(groups.medium), len(groups.few),
     )  # fmt: skip

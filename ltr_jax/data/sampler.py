@@ -54,7 +54,9 @@ def class_balanced_batch(
     return jnp.asarray(by_class)[jnp.asarray(starts)[cls] + within]
 
 
-def make_batch_sampler(kind: str, key: jax.Array, labels: np.ndarray, num_classes: int, batch_size: int):
+def make_batch_sampler(
+    kind: str, key: jax.Array, labels: np.ndarray, num_classes: int, batch_size: int
+):
     """Returns ``fn(step) -> int32 [batch_size]`` positions for the named sampler."""
     if kind == "uniform":
         return lambda step: uniform_batch(key, step, len(labels), batch_size)

@@ -13,7 +13,7 @@ import jax
 import numpy as np
 from flax import nnx
 
-from ltr_jax import metrics, runtime, train_lib, writers
+from ltr_jax import metrics, runtime, train_lib
 from ltr_jax.data import augment, batches, sampler
 from ltr_jax.losses import classification
 from ltr_jax.models import heads, registry
@@ -135,11 +135,9 @@ def run(ctx: common.StageContext) -> dict:
     )  # fmt: skip
     common.save_module(ctx, STAGE, "head", train_lib.merge_model(graphdef, state))
     report = evaluate(state)
-    history = [r["eval_top1"] for r in writers.read_jsonl(f"{ctx.workdir}/metrics.jsonl")
-               if r.get("stage") == STAGE and "eval_top1" in r]  # fmt: skip
     results = common.final_results(ctx, report, epochs=cfg.epochs, num_steps=num_steps)
     results.update(
-        max_over_epochs_top1=max(history + [report["top1"]]),  # secondary: test-set selection
+        max_over_epochs_top1=common.max_over_epochs_top1(ctx, STAGE, report["top1"]),
         encoder_from=cfg.encoder_from,
         probe_train_size=int(len(subset)),
     )

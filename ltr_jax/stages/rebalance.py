@@ -203,10 +203,8 @@ def run(ctx: common.StageContext) -> dict:
     )  # fmt: skip
     report = common.evaluate(ctx, logits_fn, state)
     results = common.final_results(ctx, report, epochs=cfg.epochs, num_steps=num_steps)
-    history = [r["eval_top1"] for r in writers.read_jsonl(os.path.join(ctx.workdir, "metrics.jsonl"))
-               if r.get("stage") == STAGE and "eval_top1" in r]  # fmt: skip
     results.update(
-        max_over_epochs_top1=max(history + [report["top1"]]), k_per_class=k,
+        max_over_epochs_top1=common.max_over_epochs_top1(ctx, STAGE, report["top1"]), k_per_class=k,
         subset_size=subset_size, sampler=cfg.sampler, kernel_scale=cfg.kernel_scale,
         head_init=cfg.head_init, train=cfg.train, p_source=cfg.p_source,
     )  # fmt: skip
