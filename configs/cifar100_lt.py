@@ -15,7 +15,7 @@ def get_config(arg: str | None = None):
     config = config_lib.base_config()
     config.pipeline = ("stage1", "probe", "stage2")
     config.data.update(name="cifar100", imbalance_factor=100, many_threshold=100, few_threshold=20)
-    config.data.synthetic.num_classes = 100
+    config.data.synthetic.update(num_classes=100, train_per_class=40, test_per_class=10)
     config.model.encoder = "cifar_resnet34"
     config.stage1.batch_size = 512
     config.probe.update(per_class=50)
