@@ -36,9 +36,12 @@ def check_stages(names: Sequence[str]) -> tuple[str, ...]:
 
 
 def _config_diff(a: dict, b: dict, prefix: str = "") -> list[str]:
-    keys = sorted(set(a) | set(b))
+    """Differences from recorded config ``a`` to ``b``; keys that ``a`` lacks (added to the
+    code after the run was recorded, with their default) are not differences."""
     diffs = []
-    for k in keys:
+    for k in sorted(set(a) | set(b)):
+        if k not in a:
+            continue
         va, vb = a.get(k), b.get(k)
         if isinstance(va, dict) and isinstance(vb, dict):
             diffs += _config_diff(va, vb, f"{prefix}{k}.")

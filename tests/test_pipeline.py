@@ -70,6 +70,11 @@ def test_rerun_with_another_config_is_refused(tmp_path):
     config.seed = 1
     with pytest.raises(ValueError, match=r"seed: 0 -> 1"):
         pipeline.record_config(FrozenConfigDict(config), str(tmp_path))
+    # A key added to the code after the run was recorded (with its default) is no change.
+    saved = json.loads((tmp_path / "config.json").read_text())
+    del saved["train"]["tensorboard"]
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    pipeline.record_config(FrozenConfigDict(_smoke_config(epochs=3)), str(tmp_path))
 
 
 def test_unknown_stage_and_override_errors():
