@@ -8,6 +8,9 @@ functions at run time and never written back. Nothing here calls JAX.
 
 from __future__ import annotations
 
+import importlib.util
+import os
+
 import ml_collections as mlc
 from ml_collections import config_dict
 
@@ -31,8 +34,13 @@ def supervised_section(**kw) -> mlc.ConfigDict:
             sampler="uniform",  # uniform | class_balanced
             augment="crop_flip",  # crop_flip | simclr
             augment_strength=1.0,
-            loss="ce",  # ce | balanced_softmax | logit_adjust
+            loss="ce",  # ce | balanced_softmax | logit_adjust | ldam
             logit_adjust_tau=1.0,
+            head="linear",  # linear | cosine (LDAM's normalised classifier)
+            ldam_max_margin=0.5,  # margin of the rarest class; m_c ~ n_c^(-1/4)
+            ldam_scale=30.0,  # s: LDAM's logit scale (for cosine logits)
+            drw_start_epoch=-1,  # deferred re-weighting from this epoch on; -1: never
+            drw_beta=0.9999,  # class-balanced weights (1 - beta) / (1 - beta^n_c)
             optim=optim("sgd", lr=0.1, lr_base_batch=128, weight_decay=2e-4, warmup_epochs=5.0),
         )
     )
@@ -77,7 +85,9 @@ def base_config() -> mlc.ConfigDict:
             epochs=1000,
             batch_size=1024,
             augment_strength=2.0,  # SimCLR strength s (the reference code's stage-1 value)
+            loss="bns",  # bns | supcon (Khosla et al. 2020, an ablation)
             bns=dict(form="reference", tau=0.5, m=4),  # form: reference | paper
+            supcon=dict(tau=0.1),
             optim=optim("adamw", lr=1e-3, lr_base_batch=256, warmup_epochs=20.0),
         )
     )
@@ -88,6 +98,14 @@ def base_config() -> mlc.ConfigDict:
             epochs=100,
             batch_size=64,
             optim=optim("adamw", lr=2.5e-4, lr_base_batch=64, warmup_epochs=20.0),
+        )
+    )
+    c.crt = mlc.ConfigDict(
+        dict(
+            epochs=10,  # classifier re-training on the frozen ``ce`` encoder (Kang et al. 2020)
+            batch_size=128,
+            sampler="class_balanced",  # class_balanced | uniform
+            optim=optim("sgd", lr=0.2, lr_base_batch=512, weight_decay=5e-4, warmup_epochs=0.0),
         )
     )
     c.stage2 = mlc.ConfigDict(
@@ -119,6 +137,7 @@ def smoke(config: mlc.ConfigDict) -> mlc.ConfigDict:
     config.ce.optim.warmup_epochs = 0.5
     config.stage1.update(epochs=2, batch_size=32)
     config.stage1.optim.warmup_epochs = 0.5
+    config.crt.update(epochs=2, batch_size=16)
     config.probe.update(epochs=3, batch_size=16, per_class=20)
     config.probe.optim.update(lr=1e-2, warmup_epochs=1.0)
     config.stage2.update(epochs=4, batch_size=16, redraw_every_epochs=2, k_per_class=20)
@@ -133,3 +152,24 @@ def apply_arg(config: mlc.ConfigDict, arg: str | None) -> mlc.ConfigDict:
     if arg:
         raise ValueError(f"Unknown config argument {arg!r}; valid: smoke (or none).")
     return config
+
+
+def load_config_file(path: str, arg: str | None = None) -> mlc.ConfigDict:
+    """``get_config(arg)`` of a config file, e.g. a recipe that another config file extends.
+
+    Args:
+      path: the config file; a ``path:arg`` suffix is accepted when ``arg`` is None.
+      arg: the config-file argument (None: the full recipe; ``smoke``).
+
+    Returns:
+      The (unlocked) config.
+    """
+    if arg is None:
+        path, _, arg = path.partition(":")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"Config file {path} does not exist.")
+    name = "_ltr_config_" + os.path.splitext(os.path.basename(path))[0]
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(arg or None)

@@ -1,19 +1,48 @@
-"""Classification losses: cross-entropy and the logit-adjusted family of the baselines."""
+"""Classification losses: cross-entropy and the long-tailed baselines' losses.
+
+Every loss made by :func:`make_classification_loss` has the signature
+``loss(logits, labels, class_weights=None) -> scalar float32``. ``class_weights`` ([C] or None)
+re-weights the examples by their class, normalised like PyTorch's ``cross_entropy(weight=)``:
+``sum_i w_{y_i} l_i / sum_i w_{y_i}``. Deferred re-weighting (DRW, Cao et al. 2019) is such a
+weight vector that switches on at a given step: :func:`make_drw_weights` builds it as a
+jittable function of the step, so one compiled training step serves both phases.
+"""
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
-LOSSES = ("ce", "balanced_softmax", "logit_adjust")
+LOSSES = ("ce", "balanced_softmax", "logit_adjust", "ldam")
+
+Loss = Callable[..., jax.Array]
 
 
-def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
-    """Mean softmax cross-entropy over the batch, computed in float32."""
-    logits = logits.astype(jnp.float32)
-    return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+def cross_entropy(
+    logits: jax.Array, labels: jax.Array, class_weights: jax.Array | None = None
+) -> jax.Array:
+    """Softmax cross-entropy over the batch, computed in float32.
+
+    Args:
+      logits: ``[B, C]`` logits, any float dtype.
+      labels: int ``[B]`` labels.
+      class_weights: optional float ``[C]`` per-class weights; the loss is then the weighted
+        mean ``sum_i w_{y_i} l_i / sum_i w_{y_i}``.
+
+    Returns:
+      The scalar float32 loss.
+    """
+    per_example = optax.softmax_cross_entropy_with_integer_labels(
+        logits.astype(jnp.float32), labels
+    )  # [B]
+    if class_weights is None:
+        return per_example.mean()
+    w = jnp.asarray(class_weights, jnp.float32)[labels]  # [B]
+    return jnp.sum(w * per_example) / jnp.sum(w)
 
 
 def log_prior(class_counts: np.ndarray) -> np.ndarray:
@@ -22,18 +51,104 @@ def log_prior(class_counts: np.ndarray) -> np.ndarray:
     return np.log(counts / counts.sum()).astype(np.float32)
 
 
-def make_classification_loss(name: str, class_counts: np.ndarray, tau: float = 1.0):
-    """Returns ``loss(logits, labels) -> scalar`` for a named loss.
+def ldam_margins(class_counts: np.ndarray, max_margin: float = 0.5) -> np.ndarray:
+    """LDAM margins ``m_c ~ n_c^(-1/4)``, scaled so the largest (rarest class) is ``max_margin``.
+
+    Returns:
+      float32 [C] margins.
+    """
+    m = np.asarray(class_counts, np.float64) ** -0.25
+    return (m * (max_margin / m.max())).astype(np.float32)
+
+
+def class_balanced_weights(class_counts: np.ndarray, beta: float = 0.9999) -> np.ndarray:
+    """Class-balanced weights ``(1 - beta) / (1 - beta^n_c)`` (Cui et al. 2019), summing to C.
+
+    Returns:
+      float32 [C] weights.
+    """
+    counts = np.asarray(class_counts, np.float64)
+    w = (1.0 - beta) / (1.0 - np.power(beta, counts))
+    return (w * len(counts) / w.sum()).astype(np.float32)
+
+
+def make_drw_weights(
+    class_counts: np.ndarray, beta: float, start_step: int
+) -> Callable[[jax.Array], jax.Array]:
+    """Deferred re-weighting: ``weights(step)`` is 1 before ``start_step``, class-balanced after.
+
+    Jittable in ``step`` (a traced int): both phases share one compiled function.
+
+    Returns:
+      ``fn(step) -> float32 [C]`` class weights.
+    """
+    balanced = jnp.asarray(class_balanced_weights(class_counts, beta))  # [C]
+    return lambda step: jnp.where(step >= start_step, balanced, jnp.ones_like(balanced))
+
+
+def ldam_loss(
+    logits: jax.Array,
+    labels: jax.Array,
+    margins: jax.Array,
+    scale: float = 30.0,
+    class_weights: jax.Array | None = None,
+) -> jax.Array:
+    """LDAM (Cao et al. 2019): CE on ``scale * (logits - margin_y * onehot_y)``.
+
+    Meant for cosine logits (in [-1, 1], ``ce.head = "cosine"``), as in the LDAM code.
+
+    Args:
+      logits: ``[B, C]`` logits.
+      labels: int ``[B]`` labels.
+      margins: float ``[C]`` per-class margins (see :func:`ldam_margins`).
+      scale: the logit scale ``s``.
+      class_weights: optional ``[C]`` weights (DRW), as in :func:`cross_entropy`.
+
+    Returns:
+      The scalar float32 loss.
+    """
+    logits = logits.astype(jnp.float32)
+    onehot = jax.nn.one_hot(labels, logits.shape[-1], dtype=jnp.float32)  # [B, C]
+    shifted = logits - onehot * jnp.asarray(margins, jnp.float32)[labels][:, None]
+    return cross_entropy(scale * shifted, labels, class_weights)
+
+
+def make_classification_loss(
+    name: str,
+    class_counts: np.ndarray,
+    tau: float = 1.0,
+    *,
+    ldam_max_margin: float = 0.5,
+    ldam_scale: float = 30.0,
+) -> Loss:
+    """Returns ``loss(logits, labels, class_weights=None) -> scalar`` for a named loss.
 
     - ``ce``: plain cross-entropy.
     - ``balanced_softmax`` (Ren et al. 2020): CE on logits + log prior.
     - ``logit_adjust`` (Menon et al. 2021): CE on logits + tau * log prior.
-    Both adjusted losses leave the logits used at test time unadjusted.
+    - ``ldam`` (Cao et al. 2019): margin ``ldam_max_margin * (n_min / n_c)^(1/4)`` subtracted
+      from the true-class logit, logits scaled by ``ldam_scale``.
+
+    All leave the logits used at test time unadjusted.
+
+    Raises:
+      ValueError: for an unknown name, listing the valid ones.
     """
-    if name == "ce":
-        return cross_entropy
     if name not in LOSSES:
         raise ValueError(f"Unknown loss {name!r}; valid: {', '.join(LOSSES)}.")
+    if name == "ce":
+        return cross_entropy
+    if name == "ldam":
+        margins = jnp.asarray(ldam_margins(class_counts, ldam_max_margin))
+
+        def ldam(logits, labels, class_weights=None):
+            return ldam_loss(logits, labels, margins, ldam_scale, class_weights)
+
+        return ldam
     scale = 1.0 if name == "balanced_softmax" else tau
     shift = jnp.asarray(scale * log_prior(class_counts))  # [C]
-    return lambda logits, labels: cross_entropy(logits.astype(jnp.float32) + shift, labels)
+
+    def adjusted(logits, labels, class_weights=None):
+        return cross_entropy(logits.astype(jnp.float32) + shift, labels, class_weights)
+
+    return adjusted

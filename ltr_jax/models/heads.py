@@ -17,6 +17,20 @@ class LinearHead(nnx.Module):
         return self.fc(features.astype(jnp.float32))
 
 
+class CosineHead(nnx.Module):
+    """Cosine classifier (LDAM's ``NormedLinear``): logits are cosines in [-1, 1], no bias."""
+
+    def __init__(self, in_dim: int, num_classes: int, *, rngs: nnx.Rngs):
+        w = jax.random.uniform(rngs.params(), (in_dim, num_classes), jnp.float32, -1.0, 1.0)
+        self.kernel = nnx.Param(w / jnp.linalg.norm(w, axis=0, keepdims=True))  # unit columns
+
+    def __call__(self, features: jax.Array) -> jax.Array:
+        x = features.astype(jnp.float32)
+        x = x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), 1e-12)  # [B, D]
+        w = self.kernel[...]
+        return x @ (w / jnp.maximum(jnp.linalg.norm(w, axis=0, keepdims=True), 1e-12))
+
+
 class ProjectionHead(nnx.Module):
     """Linear -> ReLU -> Linear (no BatchNorm); L2-normalised output (SPEC §2)."""
 

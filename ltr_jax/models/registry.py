@@ -33,10 +33,20 @@ def make_encoder(name: str, *, dtype: str = "float32", rngs: nnx.Rngs) -> nnx.Mo
     return ENCODERS[name](dtype=compute_dtype(dtype), rngs=rngs)
 
 
-def make_classifier(model_config, num_classes: int, *, rngs: nnx.Rngs) -> heads.Classifier:
-    """Encoder + linear head from ``config.model`` (keys ``encoder``, ``dtype``)."""
+HEADS: dict[str, Callable[..., nnx.Module]] = {
+    "linear": heads.LinearHead,
+    "cosine": heads.CosineHead,
+}
+
+
+def make_classifier(
+    model_config, num_classes: int, *, rngs: nnx.Rngs, head: str = "linear"
+) -> heads.Classifier:
+    """Encoder + classifier head (``linear`` or ``cosine``) from ``config.model``."""
+    if head not in HEADS:
+        raise ValueError(f"Unknown head {head!r}; valid: {', '.join(HEADS)}.")
     encoder = make_encoder(model_config.encoder, dtype=model_config.dtype, rngs=rngs)
-    return heads.Classifier(encoder, heads.LinearHead(encoder.feature_dim, num_classes, rngs=rngs))
+    return heads.Classifier(encoder, HEADS[head](encoder.feature_dim, num_classes, rngs=rngs))
 
 
 def make_contrastive(model_config, *, rngs: nnx.Rngs) -> heads.ContrastiveNet:

@@ -1,4 +1,4 @@
-"""Stage 1: BNS representation learning (SPEC §2).
+"""Stage 1: BNS representation learning (SPEC §2), or SupCon as an ablation (``stage1.loss``).
 
 Two SimCLR views of every image go through encoder + projection head in one forward pass
 (BatchNorm sees both views), and the BNS loss compares them over the global batch. The
@@ -15,15 +15,18 @@ from flax import nnx
 
 from ltr_jax import runtime, train_lib
 from ltr_jax.data import augment, batches, sampler
-from ltr_jax.losses import bns
+from ltr_jax.losses import bns, supcon
 from ltr_jax.models import registry
 from ltr_jax.stages import common
 
 STAGE = "stage1"
 
 
+LOSSES = ("bns", "supcon")
+
+
 def make_loss_fn(cfg):
-    """``loss_fn(model, batch, key)``: two views, one forward pass, BNS loss."""
+    """``loss_fn(model, batch, key)``: two views, one forward pass, BNS (or SupCon) loss."""
 
     def loss_fn(model, batch, key):
         key_v1, key_v2, key_loss = jax.random.split(key, 3)
@@ -33,18 +36,22 @@ def make_loss_fn(cfg):
              augment.simclr(key_v2, x, cfg.augment_strength)]
         )  # fmt: skip
         z1, z2 = jnp.split(model(views), 2)  # [B, D] each
-        loss = bns.bns_loss(
-            z1, z2, batch["labels"], key_loss, tau=cfg.bns.tau, m=cfg.bns.m, form=cfg.bns.form
-        )
+        if cfg.loss == "supcon":
+            loss = supcon.supcon_loss(z1, z2, batch["labels"], tau=cfg.supcon.tau)
+        else:
+            loss = bns.bns_loss(z1, z2, batch["labels"], key_loss, tau=cfg.bns.tau, m=cfg.bns.m,
+                                form=cfg.bns.form)  # fmt: skip
         return loss, {"pos_sim": jnp.mean(jnp.sum(z1 * z2, -1))}
 
     return loss_fn
 
 
 def run(ctx: common.StageContext) -> dict:
-    """Trains encoder + projection head with BNS; exports the encoder."""
+    """Trains encoder + projection head with BNS (or SupCon); exports the encoder."""
     cfg, data, mesh = ctx.config[STAGE], ctx.data, ctx.mesh
     runtime.check_batch_size(cfg.batch_size, mesh, f"{STAGE}.batch_size")
+    if cfg.loss not in LOSSES:
+        raise ValueError(f"Unknown stage1.loss {cfg.loss!r}; valid: {', '.join(LOSSES)}.")
     if cfg.bns.form not in bns.FORMS:
         raise ValueError(f"Unknown stage1.bns.form {cfg.bns.form!r}; valid: {bns.FORMS}.")
     key = common.stage_key(ctx, STAGE)
@@ -73,5 +80,5 @@ def run(ctx: common.StageContext) -> dict:
     )  # fmt: skip
     model = train_lib.merge_model(graphdef, jax.device_get(state))
     common.save_module(ctx, STAGE, "encoder", model.encoder)
-    return {"epoch": cfg.epochs, "num_steps": num_steps, "bns_form": cfg.bns.form,
-            "encoder": ctx.config.model.encoder}  # fmt: skip
+    return {"epoch": cfg.epochs, "num_steps": num_steps, "loss": cfg.loss,
+            "bns_form": cfg.bns.form, "encoder": ctx.config.model.encoder}  # fmt: skip

@@ -1,7 +1,9 @@
 """Supervised training from scratch with a classification loss: the ``ce`` baseline family.
 
-Section ``config.<stage>`` chooses the loss (ce, balanced softmax, logit adjustment), the
-sampler (uniform or class-balanced) and the augmentation.
+Section ``config.<stage>`` chooses the loss (ce, balanced softmax, logit adjustment, LDAM),
+deferred re-weighting (DRW), the head (linear or cosine), the sampler (uniform or
+class-balanced) and the augmentation. The trained encoder and head are exported to
+WORKDIR/<stage>/encoder and WORKDIR/<stage>/head (cRT re-trains a head on that encoder).
 """
 
 from __future__ import annotations
@@ -32,12 +34,28 @@ def make_augment(name: str, strength: float):
     raise ValueError(f"Unknown augment {name!r}; valid: {', '.join(AUGMENTS)}.")
 
 
+def make_loss(cfg, class_counts, steps_per_epoch: int):
+    """``loss(logits, labels, step)`` of a supervised section, with DRW weights when enabled."""
+    loss = classification.make_classification_loss(
+        cfg.loss, class_counts, cfg.logit_adjust_tau,
+        ldam_max_margin=cfg.ldam_max_margin, ldam_scale=cfg.ldam_scale,
+    )  # fmt: skip
+    if cfg.drw_start_epoch < 0:
+        return lambda logits, labels, step: loss(logits, labels)
+    weights = classification.make_drw_weights(
+        class_counts, cfg.drw_beta, cfg.drw_start_epoch * steps_per_epoch
+    )
+    return lambda logits, labels, step: loss(logits, labels, weights(step))
+
+
 def run(ctx: common.StageContext, stage: str = "ce") -> dict:
-    """Trains encoder + linear head on the long-tailed set; returns the final test metrics."""
+    """Trains encoder + head on the long-tailed set, exports both; returns the test metrics."""
     cfg, data, mesh = ctx.config[stage], ctx.data, ctx.mesh
     runtime.check_batch_size(cfg.batch_size, mesh, f"{stage}.batch_size")
     key = common.stage_key(ctx, stage)
-    model = registry.make_classifier(ctx.config.model, data.num_classes, rngs=nnx.Rngs(key))
+    model = registry.make_classifier(
+        ctx.config.model, data.num_classes, rngs=nnx.Rngs(key), head=cfg.head
+    )
     spe = train_lib.steps_per_epoch(len(data.train_labels), cfg.batch_size)
     num_steps = cfg.epochs * spe
     tx, schedule = train_lib.make_optimizer(
@@ -49,18 +67,16 @@ def run(ctx: common.StageContext, stage: str = "ce") -> dict:
         cfg.sampler, jax.random.fold_in(key, 1), data.train_labels, data.num_classes,
         cfg.batch_size,
     )  # fmt: skip
-    loss = classification.make_classification_loss(
-        cfg.loss, data.class_counts, cfg.logit_adjust_tau
-    )
+    loss = make_loss(cfg, data.class_counts, spe)
     aug = make_augment(cfg.augment, cfg.augment_strength)
 
     def batch_fn(device_data, state):
-        return batches.gather(device_data, sample(state.step), mesh)
+        return dict(batches.gather(device_data, sample(state.step), mesh), step=state.step)
 
     def loss_fn(model, batch, key):
         logits = model(aug(key, augment.to_float(batch["images"])))
         acc = jnp.mean(jnp.argmax(logits, -1) == batch["labels"])
-        return loss(logits, batch["labels"]), {"train_acc": acc}
+        return loss(logits, batch["labels"], batch["step"]), {"train_acc": acc}
 
     train_step = train_lib.make_train_step(graphdef, tx, batch_fn, loss_fn, mesh)
     logging.info("%s: %d epochs x %d steps of batch %d.", stage, cfg.epochs, spe, cfg.batch_size)
@@ -71,5 +87,11 @@ def run(ctx: common.StageContext, stage: str = "ce") -> dict:
         images_per_step=cfg.batch_size, train_config=ctx.config.train, schedule=schedule,
         evaluate=lambda s: common.evaluate(ctx, logits_fn, s),
     )  # fmt: skip
+    trained = train_lib.merge_model(graphdef, jax.device_get(state))
+    common.save_module(ctx, stage, "encoder", trained.encoder)
+    common.save_module(ctx, stage, "head", trained.head)
     report = common.evaluate(ctx, logits_fn, state)
-    return common.final_results(ctx, report, epochs=cfg.epochs, num_steps=num_steps)
+    results = common.final_results(ctx, report, epochs=cfg.epochs, num_steps=num_steps)
+    results.update(loss=cfg.loss, sampler=cfg.sampler, head=cfg.head,
+                   drw_start_epoch=cfg.drw_start_epoch)  # fmt: skip
+    return results

@@ -1,0 +1,458 @@
+"""Report: a Markdown table (mean +- std over seeds) and figures from finished workdirs.
+
+    python -m ltr_jax.report wd/bns/seed_* wd/ce/seed_* --out=reports/c10
+    python -m ltr_jax.report wd/a wd/b --labels=BNS,CE --out=reports/ab
+
+Reads only the workdirs (``config.json``, ``<stage>/results.json``, ``metrics.jsonl``,
+``stage2/draws.jsonl``), so it works on runs copied back from another machine. Workdirs are
+grouped into methods: by ``--labels`` (one per workdir) if given, else workdirs named
+``DIR/seed_<i>`` group under DIR's name, else by a label derived from the finished stages and
+their key settings (runs whose configs differ beyond the seed get distinct labels). For each
+method the table gives the final stage's top-1 / Many / Medium / Few (percent) as mean +- std
+over runs (sample std, ddof 1; no std for a single run). Writes to OUT (default ``report``):
+``report.md``, ``report.json`` and the figures ``per_class_accuracy.png``,
+``training_curves.png`` and, when there are IP-DPP draws, ``ipdpp_confidence.png``. Plotting
+needs matplotlib (``pip install ltr_jax[report]``); it is drawn with the Agg canvas, without
+pyplot, so no global backend state is touched.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import re
+from collections.abc import Sequence
+
+import numpy as np
+
+METRICS = ("top1", "many", "medium", "few")
+HEADERS = ("top-1", "Many", "Medium", "Few")
+STAGE_ORDER = ("ce", "crt", "stage1", "probe", "stage2")
+_SEED_DIR = re.compile(r"seed_\d+$")
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+    """What the report reads from one workdir."""
+
+    workdir: str
+    config: dict
+    results: dict  # stage name -> results.json, finished stages in pipeline order
+    metrics: list  # metrics.jsonl records
+    draws: list  # stage2/draws.jsonl records ([] when absent)
+
+
+def _read_json(path: str):
+    with open(path) as f:
+        return json.load(f)
+
+
+def _read_jsonl(path: str) -> list[dict]:
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def load_run(workdir: str) -> Run:
+    """Reads one workdir; fails when it has no config.json or no finished stage."""
+    config = _read_json(os.path.join(workdir, "config.json"))
+    pipeline = list(config.get("pipeline", ()))
+    stages = pipeline + [s for s in STAGE_ORDER if s not in pipeline]
+    results = {
+        s: _read_json(os.path.join(workdir, s, "results.json"))
+        for s in stages
+        if os.path.exists(os.path.join(workdir, s, "results.json"))
+    }
+    if not results:
+        raise ValueError(f"{workdir} has no finished stage (no <stage>/results.json).")
+    return Run(
+        workdir=workdir, config=config, results=results,
+        metrics=_read_jsonl(os.path.join(workdir, "metrics.jsonl")),
+        draws=_read_jsonl(os.path.join(workdir, "stage2", "draws.jsonl")),
+    )  # fmt: skip
+
+
+def _ce_label(ce: dict) -> str:
+    label = ce["loss"]
+    if ce["loss"] == "logit_adjust":
+        label += f"(tau={ce['logit_adjust_tau']:g})"
+    if ce.get("drw_start_epoch", -1) >= 0:
+        label += "-DRW"
+    if ce["sampler"] != "uniform":
+        label += f" [{ce['sampler']}]"
+    return label
+
+
+def method_label(config: dict, stages: Sequence[str]) -> str:
+    """A readable method name from the finished stages and their key settings."""
+    parts = []
+    if "ce" in stages:
+        parts.append(_ce_label(config["ce"]))
+    if "crt" in stages:
+        parts.append("cRT")
+    if "stage1" in stages:
+        s1 = config["stage1"]
+        loss = s1.get("loss", "bns")
+        parts.append("SupCon" if loss == "supcon" else f"BNS({s1['bns']['form']})")
+    if "stage2" in stages:
+        sampler = config["stage2"]["sampler"]
+        parts.append("uniform-k" if sampler == "uniform" else f"IP-DPP({sampler})")
+    elif "probe" in stages:
+        parts.append("probe")
+    return " + ".join(parts) or "+".join(stages)
+
+
+def _without_seed(config: dict) -> str:
+    return json.dumps({k: v for k, v in config.items() if k != "seed"}, sort_keys=True)
+
+
+def _derived_labels(runs: Sequence[Run]) -> list[str]:
+    """Derived labels, suffixed " #2", " #3"... where different configs share a label."""
+    seen: dict[str, list[str]] = {}
+    labels = []
+    for run in runs:
+        label = method_label(run.config, list(run.results))
+        variants = seen.setdefault(label, [])
+        key = _without_seed(run.config)
+        if key not in variants:
+            variants.append(key)
+        index = variants.index(key)
+        labels.append(label if index == 0 else f"{label} #{index + 1}")
+    return labels
+
+
+def group_runs(runs: Sequence[Run], labels: Sequence[str] | None = None) -> dict[str, list[Run]]:
+    """Groups runs into methods (see the module docstring), in order of first appearance."""
+    if labels is not None and len(labels) != len(runs):
+        raise ValueError(f"{len(labels)} labels given for {len(runs)} workdirs.")
+    if labels is None:
+        derived = _derived_labels(runs)
+        labels = [
+            os.path.basename(os.path.dirname(os.path.abspath(r.workdir)))
+            if _SEED_DIR.search(os.path.basename(os.path.normpath(r.workdir))) else d
+            for r, d in zip(runs, derived, strict=True)
+        ]  # fmt: skip
+    groups: dict[str, list[Run]] = {}
+    for label, run in zip(labels, runs, strict=True):
+        groups.setdefault(label, []).append(run)
+    return groups
+
+
+def final_stage(runs: Sequence[Run]) -> str:
+    """The last stage (in pipeline order) that every run of a group finished."""
+    common = [s for s in runs[0].results if all(s in r.results for r in runs)]
+    if not common:
+        raise ValueError(f"No stage finished by all of {[r.workdir for r in runs]}.")
+    return common[-1]
+
+
+def mean_std(values: Sequence[float | None]) -> dict:
+    """Mean and sample std (ddof 1; None for one value) of the non-None values."""
+    vals = [float(v) for v in values if v is not None]
+    if not vals:
+        return {"mean": None, "std": None, "values": list(values)}
+    std = float(np.std(vals, ddof=1)) if len(vals) > 1 else None
+    return {"mean": float(np.mean(vals)), "std": std, "values": list(values)}
+
+
+def _per_class(results: Sequence[dict]) -> dict | None:
+    if not all(r.get("per_class_acc") for r in results):
+        return None  # e.g. stage 1, which is not evaluated
+    acc = np.array([[np.nan if a is None else a for a in r["per_class_acc"]] for r in results])
+    std = np.nanstd(acc, axis=0, ddof=1) if len(acc) > 1 else np.zeros(acc.shape[1])
+    return {"mean": np.nanmean(acc, axis=0).tolist(), "std": std.tolist()}
+
+
+def summarise(groups: dict[str, list[Run]]) -> list[dict]:
+    """One row per method: the final stage's metrics over runs, per-class accuracy, counts."""
+    rows = []
+    for method, runs in groups.items():
+        stage = final_stage(runs)
+        results = [r.results[stage] for r in runs]
+        row = {
+            "method": method, "stage": stage, "runs": len(runs),
+            "seeds": [r.config.get("seed") for r in runs],
+            "workdirs": [r.workdir for r in runs],
+            "metrics": {m: mean_std([res.get(m) for res in results]) for m in METRICS},
+            "train_class_counts": results[0].get("train_class_counts"),
+            "per_class_acc": _per_class(results),
+            "thresholds": {k: runs[0].config.get("data", {}).get(f"{k}_threshold")
+                           for k in ("many", "few")},
+        }  # fmt: skip
+        rows.append(row)
+    return rows
+
+
+def _cell(stat: dict) -> str:
+    if stat["mean"] is None:
+        return "n/a"
+    return f"{stat['mean']:.2f}" + ("" if stat["std"] is None else f" ± {stat['std']:.2f}")
+
+
+def markdown_table(rows: Sequence[dict]) -> str:
+    """The Markdown table: method, final stage, runs, then mean ± std of each metric."""
+    lines = [
+        "| method | stage | runs | " + " | ".join(HEADERS) + " |",
+        "|---|---|---|" + "---|" * len(HEADERS),
+    ]
+    for row in rows:
+        cells = [row["method"], row["stage"], str(row["runs"])]
+        cells += [_cell(row["metrics"][m]) for m in METRICS]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+# ------------------------------------------------------------------------------------------
+# Figures (matplotlib's object-oriented API on the Agg canvas; no pyplot).
+
+
+def _figure(width: float, height: float):
+    try:
+        from matplotlib.figure import Figure
+    except ImportError as e:  # optional dependency
+        raise ImportError(
+            "The report's figures need matplotlib: pip install 'ltr_jax[report]'."
+        ) from e
+    return Figure(figsize=(width, height), dpi=110, layout="constrained")
+
+
+_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "<", ">")
+
+
+def _style(index: int) -> dict:
+    """Colour and marker of the ``index``-th method, the same in every figure."""
+    from matplotlib import colormaps
+
+    return {"color": colormaps["tab10"](index % 10), "marker": _MARKERS[index % len(_MARKERS)]}
+
+
+def _count_ticks(ax, rows: Sequence[dict]) -> None:
+    """Labels the log x axis with the class counts themselves when there are few of them."""
+    from matplotlib.ticker import NullFormatter
+
+    counts = sorted({c for row in rows for c in row["train_class_counts"] or ()})
+    if len(counts) <= 12:
+        ax.set_xticks(counts, [str(c) for c in counts], fontsize=8)
+        ax.xaxis.set_minor_formatter(NullFormatter())
+
+
+def plot_per_class(rows: Sequence[dict], path: str) -> None:
+    """Per-class test accuracy against the class's training count (log x), one line per method."""
+    fig = _figure(11.0, 5.0)
+    ax = fig.subplots()
+    for i, row in enumerate(rows):
+        if row["per_class_acc"] is None or row["train_class_counts"] is None:
+            continue
+        counts = np.asarray(row["train_class_counts"], float)
+        order = np.argsort(-counts, kind="stable")
+        mean = np.asarray(row["per_class_acc"]["mean"])[order]
+        std = np.asarray(row["per_class_acc"]["std"])[order]
+        ax.errorbar(counts[order], mean, yerr=std if row["runs"] > 1 else None, ms=5, lw=1.5,
+                    capsize=2, alpha=0.85, **_style(i),
+                    label=f"{row['method']} ({row['stage']}, n={row['runs']})")  # fmt: skip
+    thresholds = rows[0]["thresholds"] if rows else {}
+    for name, sign, style in (("many", ">", "--"), ("few", "<", ":")):
+        if thresholds.get(name) is not None:
+            ax.axvline(thresholds[name], color="grey", ls=style, lw=1,
+                       label=f"{name.capitalize()}: {sign} {thresholds[name]} images")  # fmt: skip
+    ax.set_xscale("log")
+    _count_ticks(ax, rows)
+    ax.set_ylim(-3, 103)
+    ax.set_xlabel("training images of the class (log scale)")
+    ax.set_ylabel("test accuracy of the class (%)")
+    ax.set_title("Per-class test accuracy vs training count (final stage, mean ± std over runs)",
+                 fontsize=10)  # fmt: skip
+    ax.grid(True, which="major", alpha=0.3)
+    fig.legend(fontsize=8, loc="outside right upper")
+    fig.savefig(path)
+
+
+def _confidence_per_draw(run: Run) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """(epochs, mean p of whole class, of drawn subset), averaged over the classes that were cut;
+    and the number of cut classes."""
+    counts = np.asarray(run.results.get("stage2", {}).get("train_class_counts")
+                        or run.draws[0]["counts"])  # fmt: skip
+    cut = np.asarray(run.draws[0]["counts"]) < counts  # [C]
+    epochs = np.array([d["epoch"] for d in run.draws], float)
+    whole = np.array([np.asarray(d["mean_p_class"])[cut].mean() if cut.any() else np.nan
+                      for d in run.draws])  # fmt: skip
+    drawn = np.array([np.asarray(d["mean_p_drawn"])[cut].mean() if cut.any() else np.nan
+                      for d in run.draws])  # fmt: skip
+    return epochs, whole, drawn, int(cut.sum())
+
+
+def plot_confidence(groups: dict[str, list[Run]], path: str) -> bool:
+    """Per IP-DPP method: mean p(y|x) of the drawn subset vs the whole class, per draw.
+
+    Averaged over the classes the draws cut (more than k images), then over runs.
+
+    Returns:
+      False (and writes nothing) when no run has draws.
+    """
+    methods = [(m, [r for r in runs if r.draws]) for m, runs in groups.items()]
+    methods = [(m, runs) for m, runs in methods if runs]
+    if not methods:
+        return False
+    from matplotlib.ticker import MaxNLocator
+
+    fig = _figure(max(7.0, 4.6 * len(methods)), 4.2)
+    axes = np.atleast_1d(fig.subplots(1, len(methods), sharey=True))
+    for ax, (method, runs) in zip(axes, methods, strict=True):
+        per_run = [_confidence_per_draw(r) for r in runs]
+        draws = min(len(p[0]) for p in per_run)
+        epochs = per_run[0][0][:draws]
+        whole = np.mean([p[1][:draws] for p in per_run], axis=0)
+        drawn = np.mean([p[2][:draws] for p in per_run], axis=0)
+        ax.plot(epochs, whole, "o-", color="tab:blue", label="whole class")
+        ax.plot(epochs, drawn, "s--", color="tab:red", label="drawn subset")
+        k = max(runs[0].draws[0]["counts"])
+        n = len(runs)
+        ax.set_title(f"{method}\n{per_run[0][3]} classes cut to k={k}; {n} run{'s' * (n > 1)}",
+                     fontsize=9)  # fmt: skip
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlabel("epoch of the draw")
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=8)
+    axes[0].set_ylabel("mean p(y | x) over cut classes")
+    fig.suptitle("IP-DPP draws: mean p(y|x) of the drawn images vs their whole class",
+                 fontsize=10)  # fmt: skip
+    fig.savefig(path)
+    return True
+
+
+def _records(run: Run, stage: str) -> list[dict]:
+    """The stage's metric records, plus its final test top-1 (results.json) as ``eval_top1``."""
+    records = [r for r in run.metrics if r.get("stage") == stage]
+    final = run.results.get(stage, {})
+    if final.get("top1") is not None and final.get("num_steps") is not None:
+        records.append({"step": final["num_steps"], "eval_top1": final["top1"]})
+    return records
+
+
+def _stage_series(runs: Sequence[Run], stage: str, key: str) -> tuple[np.ndarray, np.ndarray]:
+    """(steps, mean over runs of ``key``) of one stage's metric records."""
+    by_step: dict[int, list[float]] = {}
+    for run in runs:
+        for r in _records(run, stage):
+            if key in r:
+                by_step.setdefault(int(r["step"]), []).append(float(r[key]))
+    steps = np.array(sorted(by_step), int)
+    return steps, np.array([np.mean(by_step[s]) for s in steps])
+
+
+def _training_stages(groups: dict[str, list[Run]]) -> list[str]:
+    stages = []
+    for runs in groups.values():
+        for run in runs:
+            for r in run.metrics:
+                if "loss" in r and r.get("stage") not in stages:
+                    stages.append(r["stage"])
+    return sorted(stages, key=lambda s: STAGE_ORDER.index(s) if s in STAGE_ORDER else 99)
+
+
+def plot_curves(groups: dict[str, list[Run]], path: str) -> None:
+    """Training loss and eval top-1 against step, one column per stage, one line per method."""
+    stages = _training_stages(groups)
+    if not stages:
+        raise ValueError("No training records (metrics.jsonl) in the workdirs.")
+    fig = _figure(4.2 * len(stages), 6.4)
+    axes = fig.subplots(2, len(stages), squeeze=False)
+    for col, stage in enumerate(stages):
+        loss_ax, eval_ax = axes[0, col], axes[1, col]
+        for i, (method, runs) in enumerate(groups.items()):
+            for ax, key in ((loss_ax, "loss"), (eval_ax, "eval_top1")):
+                steps, values = _stage_series(runs, stage, key)
+                if len(steps):
+                    ax.plot(steps, values, ms=4, lw=1.3, alpha=0.85, label=method,
+                            markevery=max(1, len(steps) // 12), **_style(i))  # fmt: skip
+        loss_ax.set_title(f"stage {stage}: training loss")
+        eval_ax.set_title(f"stage {stage}: test top-1 (last point: final)")
+        loss_ax.set_ylabel("loss (mean over runs)")
+        eval_ax.set_ylabel("top-1 (%)")
+        for ax in (loss_ax, eval_ax):
+            ax.set_xlabel("step")
+            ax.grid(True, alpha=0.3)
+            if not ax.lines:
+                ax.text(0.5, 0.5, "no test evaluation in this stage", ha="center", va="center",
+                        transform=ax.transAxes, color="grey")  # fmt: skip
+    _method_legend(fig, axes.ravel())
+    fig.savefig(path)
+
+
+def _method_legend(fig, axes) -> None:
+    """One legend for the whole figure, below it: every method once, in plotting order."""
+    handles = {}
+    for ax in axes:
+        for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
+            handles.setdefault(label, handle)
+    fig.legend(handles.values(), handles.keys(), loc="outside lower center", fontsize=9,
+               ncols=min(len(handles), 4))  # fmt: skip
+
+
+def _markdown_document(table: str, figures: Sequence[str]) -> str:
+    images = "".join(f"![{os.path.basename(p)}]({os.path.basename(p)})\n" for p in figures)
+    intro = "Final stage of each method, test accuracy in percent, mean ± std over runs."
+    return f"# ltr_jax report\n\n{intro}\n\n{table}\n{images}"
+
+
+def make_report(workdirs: Sequence[str], out_dir: str, labels: Sequence[str] | None = None) -> dict:
+    """Writes report.md, report.json and the figures to ``out_dir``.
+
+    Returns:
+      ``{"table": markdown, "methods": rows, "figures": [png paths]}``.
+    """
+    runs = [load_run(w) for w in workdirs]
+    groups = group_runs(runs, labels)
+    rows = summarise(groups)
+    table = markdown_table(rows)
+    os.makedirs(out_dir, exist_ok=True)
+    figures = [os.path.join(out_dir, "per_class_accuracy.png")]
+    plot_per_class(rows, figures[0])
+    figures.append(os.path.join(out_dir, "training_curves.png"))
+    plot_curves(groups, figures[-1])
+    confidence = os.path.join(out_dir, "ipdpp_confidence.png")
+    if plot_confidence(groups, confidence):
+        figures.append(confidence)
+    with open(os.path.join(out_dir, "report.md"), "w") as f:
+        f.write(_markdown_document(table, figures))
+    report = {"table": table, "methods": rows, "figures": figures}
+    with open(os.path.join(out_dir, "report.json"), "w") as f:
+        json.dump(_finite(report), f, indent=2)
+    return report
+
+
+def _finite(value):
+    """``value`` with every non-finite float replaced by None (strict JSON)."""
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    if isinstance(value, (float, np.floating)):
+        return float(value) if math.isfinite(value) else None
+    return value
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
+    """The command line; prints the Markdown table."""
+    parser = argparse.ArgumentParser(
+        prog="python -m ltr_jax.report",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("workdirs", nargs="+", help="finished (or partly finished) workdirs")
+    parser.add_argument("--out", default="report", help="output folder (default: report)")
+    parser.add_argument("--labels", default=None, help="comma-separated, one per workdir")
+    args = parser.parse_args(argv)
+    labels = args.labels.split(",") if args.labels else None
+    report = make_report(args.workdirs, args.out, labels)
+    print(report["table"])
+    print("Wrote", ", ".join([os.path.join(args.out, "report.md")] + report["figures"]))
+    return report
+
+
+if __name__ == "__main__":
+    main()
