@@ -29,9 +29,22 @@ def _conv(cin: int, cout: int, k: int, stride: int, dtype: Any, rngs: nnx.Rngs) 
     )  # fmt: skip
 
 
+def _promote_input_only(args: tuple, /, *, dtype: Any = None, inexact: bool = True) -> tuple:
+    """Casts only the input (first of ``args``) to ``dtype``; statistics and affine stay float32.
+
+    Flax's default also casts the running mean and variance (and scale, offset) to the compute
+    dtype, so under bfloat16 eval mode subtracts a mean rounded to 8 mantissa bits, an error of
+    up to 2**-9 |mean| / std in the output, while train mode subtracts the float32 batch mean.
+    """
+    del inexact
+    x, *rest = args
+    return (x if dtype is None else jnp.asarray(x, dtype), *rest)
+
+
 def _bn(c: int, dtype: Any, rngs: nnx.Rngs) -> nnx.BatchNorm:
-    # PyTorch's momentum 0.1 is Flax's 0.9; statistics kept in float32.
-    return nnx.BatchNorm(c, momentum=0.9, epsilon=1e-5, dtype=dtype, rngs=rngs)
+    # PyTorch's momentum 0.1 is Flax's 0.9; statistics computed and kept in float32.
+    return nnx.BatchNorm(c, momentum=0.9, epsilon=1e-5, dtype=dtype,
+                         promote_dtype=_promote_input_only, rngs=rngs)  # fmt: skip
 
 
 class BasicBlock(nnx.Module):
