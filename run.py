@@ -4,7 +4,11 @@
     python run.py --config=configs/cifar10_lt.py:smoke          # whole pipeline in < 1 min on CPU
     python run.py --config=configs/cifar10_lt.py --config.data.imbalance_factor=50
 
-Rerunning the same command resumes the run in its workdir.
+Rerunning the same command resumes the run in its workdir. Multi-process (one process per
+host; on TPU pods and SLURM the three launch flags are auto-detected and may be left out):
+
+    python run.py --config=... --workdir=<shared folder> --multihost \
+        --coordinator_address=host0:1234 --num_processes=2 --process_id=<0 or 1>
 """
 
 from __future__ import annotations
@@ -26,6 +30,15 @@ _WORKDIR = flags.DEFINE_string(
 )
 _STAGES = flags.DEFINE_list("stages", None, "Run only these stages (default: config.pipeline).")
 _MULTIHOST = flags.DEFINE_bool("multihost", False, "Initialise jax.distributed (multi-process).")
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator_address", None, "--multihost: host:port of process 0 (default: auto-detect)."
+)
+_NUM_PROCESSES = flags.DEFINE_integer(
+    "num_processes", None, "--multihost: number of processes (default: auto-detect)."
+)
+_PROCESS_ID = flags.DEFINE_integer(
+    "process_id", None, "--multihost: this process's id, 0..num_processes-1 (default: auto)."
+)
 flags.mark_flags_as_required(["config"])
 
 
@@ -48,7 +61,15 @@ def main(argv):
     import logging as std_logging
 
     std_logging.getLogger("absl").addFilter(_QuietLibraries())  # Orbax logs through absl
-    runtime.init_distributed(_MULTIHOST.value)
+    launch = (_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+    if not _MULTIHOST.value and any(v is not None for v in launch):
+        raise app.UsageError("--coordinator_address/--num_processes/--process_id need --multihost.")
+    runtime.init_distributed(
+        _MULTIHOST.value,
+        coordinator_address=_COORDINATOR.value,
+        num_processes=_NUM_PROCESSES.value,
+        process_id=_PROCESS_ID.value,
+    )
     from ml_collections import FrozenConfigDict
 
     config = FrozenConfigDict(_CONFIG.value)

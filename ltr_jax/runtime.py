@@ -5,16 +5,34 @@ from __future__ import annotations
 import logging
 
 import jax
+import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 DATA_AXIS = "data"
 
 
-def init_distributed(multihost: bool) -> None:
-    """Initialises JAX's multi-process runtime (coordinator, ids from the environment)."""
+def init_distributed(
+    multihost: bool,
+    *,
+    coordinator_address: str | None = None,
+    num_processes: int | None = None,
+    process_id: int | None = None,
+) -> None:
+    """Initialises JAX's multi-process runtime when ``multihost`` is set.
+
+    Arguments left None are auto-detected by ``jax.distributed.initialize`` (TPU pods, SLURM,
+    Open MPI); set all three for a manual launch, e.g. several processes on one machine. Every
+    process must see the same workdir (a shared filesystem or bucket): all of them read the
+    Orbax checkpoints and the finished-stage results that process 0 writes.
+    """
     if multihost:
-        jax.distributed.initialize()
+        jax.distributed.initialize(
+            coordinator_address=coordinator_address,
+            num_processes=num_processes,
+            process_id=process_id,
+        )
     logging.info(
         "process %d/%d, %d local / %d global devices: %s",
         jax.process_index(), jax.process_count(), jax.local_device_count(), jax.device_count(),
@@ -45,9 +63,56 @@ def check_batch_size(batch_size: int, mesh: Mesh, what: str = "batch_size") -> N
         raise ValueError(f"{what}={batch_size} is not divisible by the {n} devices of the mesh.")
 
 
+def put_batch_sharded(mesh: Mesh, x: np.ndarray) -> jax.Array:
+    """A host array (the same on every process) as a global array, batch axis over ``data``.
+
+    Each process copies only the rows of its own devices, without the cross-process equality
+    check that ``jax.device_put`` makes of host arrays.
+    """
+    return jax.make_array_from_callback(x.shape, batch_sharded(mesh), lambda index: x[index])
+
+
+def _to_host_if_process_local(x):
+    # A jax.Array committed to this process's devices (e.g. restored from a checkpoint) cannot
+    # be device_put onto devices of other processes (CPU and GPU have no cross-host transfers);
+    # its host copy can, since every process holds the same value. PRNG key arrays stay.
+    if (isinstance(x, jax.Array) and x.is_fully_addressable
+            and not jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)):  # fmt: skip
+        return np.asarray(x)
+    return x
+
+
 def put_replicated(mesh: Mesh, tree):
-    """Places a host pytree on every device of the mesh (identical copies on every process)."""
+    """Places a pytree on every device of the mesh.
+
+    With several processes every process must pass the same values (JAX checks that host
+    arrays are equal across processes); arrays on this process's devices go through the host.
+    """
+    if jax.process_count() > 1:
+        tree = jax.tree.map(_to_host_if_process_local, tree)
     return jax.device_put(tree, replicated(mesh))
+
+
+def to_host(tree):
+    """The global value of every array of ``tree`` as numpy, on every process.
+
+    Arrays split over devices of several processes are all-gathered (a collective: every
+    process must call this); others, replicated ones included, are copied from this process's
+    devices.
+    """
+
+    def fetch(x):
+        if isinstance(x, jax.Array) and not (x.is_fully_addressable or x.is_fully_replicated):
+            return multihost_utils.process_allgather(x, tiled=True)
+        return np.asarray(x)
+
+    return jax.tree.map(fetch, tree)
+
+
+def check_same_on_all_processes(tree, what: str) -> None:
+    """Raises if ``tree`` (host values) differs between processes; nothing with one process."""
+    if jax.process_count() > 1:
+        multihost_utils.assert_equal(tree, f"{what} differs between processes.")
 
 
 def root_key(seed: int) -> jax.Array:

@@ -192,15 +192,14 @@ def apply_in_batches(fn: Callable, arrays: tuple, batch_size: int, mesh) -> np.n
     padded rows are dropped from the output.
 
     Returns:
-      The outputs of every real row, concatenated on the host.
+      The outputs of every real row, concatenated on the host (of every process).
     """
     n = len(arrays[0])
-    sharding = runtime.batch_sharded(mesh)
     outs = []
     for start in range(0, n, batch_size):
         chunk = [a[start : start + batch_size] for a in arrays]
         real = len(chunk[0])
         chunk = [np.concatenate([c, np.repeat(c[-1:], batch_size - real, 0)]) for c in chunk]
-        out = fn(*[jax.device_put(c, sharding) for c in chunk])
-        outs.append(jax.tree.map(lambda x, r=real: np.asarray(x)[:r], out))
+        out = fn(*[runtime.put_batch_sharded(mesh, c) for c in chunk])
+        outs.append(jax.tree.map(lambda x, r=real: x[:r], runtime.to_host(out)))
     return jax.tree.map(lambda *xs: np.concatenate(xs), *outs)

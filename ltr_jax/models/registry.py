@@ -7,13 +7,15 @@ from collections.abc import Callable
 import jax.numpy as jnp
 from flax import nnx
 
-from ltr_jax.models import heads, resnet
+from ltr_jax.models import heads, resnet, resnet_imagenet
 
 ENCODERS: dict[str, Callable[..., nnx.Module]] = {
     "cifar_resnet8": resnet.cifar_resnet8,
     "cifar_resnet18": resnet.cifar_resnet18,
     "cifar_resnet32": resnet.cifar_resnet32,
     "cifar_resnet34": resnet.cifar_resnet34,
+    "resnet50": resnet_imagenet.resnet50,  # ImageNet stem, for ImageNet-LT / iNaturalist
+    "resnext50_32x4d": resnet_imagenet.resnext50_32x4d,
 }
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}

@@ -136,6 +136,9 @@ def make_redraw(ctx, cfg, conf_fn, table, valid, k: int, draw_every: int, key):
             lambda *a: conf_fn(state, *a, draw_key), arrays, ctx.config.train.eval_batch_size, mesh
         )
         positions, sel = draw_subset(draw_key, p, table, valid, k, cfg)
+        # Every process draws from the same gathered p and key; a mismatch would silently
+        # train each process on a different subset.
+        runtime.check_same_on_all_processes(positions, f"{STAGE} draw {n}")
         log = draw_log(p, table, valid, sel, cfg)
         if jax.process_index() == 0:
             _append_draw(draws_path, {"draw": n, "step": step, "epoch": step / draw_every

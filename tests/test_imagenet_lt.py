@@ -1,0 +1,76 @@
+"""The ImageNet-LT split-list parser: synthetic lists, malformed lines, the real val/test lists.
+
+The real lists are read from ``../shared/data/lt_splits`` next to this checkout when present
+(a user's clone has no such folder: those tests are then skipped, saying so).
+"""
+
+import os
+
+import numpy as np
+import pytest
+
+from ltr_jax.data import imagenet_lt
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SPLITS = os.path.join(os.path.dirname(ROOT), "shared", "data", "lt_splits")
+
+
+def _write(tmp_path, lines, name="list.txt"):
+    path = tmp_path / name
+    path.write_text("".join(f"{line}\n" for line in lines))
+    return str(path)
+
+
+def test_reads_a_synthetic_list(tmp_path):
+    lines = [f"train/n0{c}/n0{c}_{i}.JPEG {c}" for c in range(3) for i in range(3 - c)]
+    path = _write(tmp_path, [*lines, ""])  # a trailing blank line is allowed
+    paths, labels = imagenet_lt.read_split_list(path, num_classes=3)
+    assert paths == [line.split()[0] for line in lines]
+    assert labels.dtype == np.int32 and labels.tolist() == [0, 0, 0, 1, 1, 2]
+    assert imagenet_lt.class_counts(labels).tolist() == [3, 2, 1]
+    assert imagenet_lt.class_counts(labels, 5).tolist() == [3, 2, 1, 0, 0]
+    assert imagenet_lt.synset_labels(paths, labels) == {"n00": 0, "n01": 1, "n02": 2}
+
+
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        ("train/n01/a.JPEG", r"list\.txt:2: expected '<relative image path> <integer label>'"),
+        ("train/n01/a.JPEG 1 extra", r"list\.txt:2: expected"),
+        ("train/n01/a.JPEG one", r"list\.txt:2: label 'one' is not a non-negative integer"),
+        ("train/n01/a.JPEG -1", r"list\.txt:2: label '-1'"),
+        ("/abs/n01/a.JPEG 1", r"list\.txt:2: path '/abs/n01/a.JPEG' must be relative"),
+        ("train/../a.JPEG 1", r"list\.txt:2: path .* must be relative"),
+        ("train/n01/a.JPEG 7", r"list\.txt:2: label 7 is not below num_classes=3"),
+        ("train/n00/a.JPEG 0", r"list\.txt:2: train/n00/a\.JPEG is already listed at line 1"),
+    ],
+)
+def test_malformed_lines_name_file_and_line(tmp_path, bad, message):
+    path = _write(tmp_path, ["train/n00/a.JPEG 0", bad])
+    with pytest.raises(imagenet_lt.SplitListError, match=message):
+        imagenet_lt.read_split_list(path, num_classes=3)
+
+
+def test_empty_list_and_inconsistent_synsets_fail(tmp_path):
+    with pytest.raises(imagenet_lt.SplitListError, match="no images listed"):
+        imagenet_lt.read_split_list(_write(tmp_path, ["", "  "]))
+    with pytest.raises(imagenet_lt.SplitListError, match="folder 'n00' has labels 0 and 1"):
+        imagenet_lt.synset_labels(["t/n00/a.JPEG", "t/n00/b.JPEG"], np.array([0, 1]))
+    with pytest.raises(imagenet_lt.SplitListError, match="label 0 is in folders 'n00' and 'n01'"):
+        imagenet_lt.synset_labels(["t/n00/a.JPEG", "t/n01/b.JPEG"], np.array([0, 0]))
+
+
+@pytest.mark.parametrize("split, per_class, folder", [("val", 20, "train/"), ("test", 50, "val/")])
+def test_real_imagenet_lt_lists(split, per_class, folder):
+    path = os.path.join(SPLITS, f"ImageNet_LT_{split}.txt")
+    if not os.path.exists(path):
+        pytest.skip(f"{path} not present (it ships only beside the development checkout).")
+    paths, labels = imagenet_lt.read_split_list(path, num_classes=imagenet_lt.NUM_CLASSES)
+    assert len(paths) == imagenet_lt.IMAGENET_LT_SIZES[split]
+    counts = imagenet_lt.class_counts(labels, imagenet_lt.NUM_CLASSES)
+    assert (counts == per_class).all()
+    assert all(p.startswith(folder) and p.endswith(".JPEG") for p in paths)
+    synsets = imagenet_lt.synset_labels(paths, labels)
+    assert len(synsets) == 1000
+    # Labels follow the sorted WordNet ids, as in torchvision's ImageFolder and TFDS.
+    assert [synsets[s] for s in sorted(synsets)] == list(range(1000))
