@@ -34,7 +34,7 @@ FORMS = ("paper", "reference")
 _EPS = 1e-12
 
 
-def _normalise(z: jax.Array) -> jax.Array:
+def normalise(z: jax.Array) -> jax.Array:
     """Casts to float32 and L2-normalises the rows of ``z`` ([B, D])."""
     z = z.astype(jnp.float32)
     sq_norm = jnp.sum(z * z, axis=-1, keepdims=True)  # [B, 1]
@@ -131,7 +131,7 @@ def bns_paper_from_masks(
     Returns:
       The scalar float32 loss, the average of the two directions.
     """
-    z1, z2 = _normalise(z1), _normalise(z2)
+    z1, z2 = normalise(z1), normalise(z2)
     loss_12 = _paper_one_direction(z1, z2, labels, mask1, tau)
     loss_21 = _paper_one_direction(z2, z1, labels, mask2, tau)
     return 0.5 * (loss_12 + loss_21)
@@ -193,7 +193,7 @@ def bns_reference(
     Returns:
       The scalar float32 loss.
     """
-    z = jnp.concatenate([_normalise(z1), _normalise(z2)], axis=0)  # [2B, D]
+    z = jnp.concatenate([normalise(z1), normalise(z2)], axis=0)  # [2B, D]
     labels = jnp.asarray(labels)
     same = _same_class(jnp.concatenate([labels, labels], axis=0))  # [2B, 2B]
     rows = z.shape[0]

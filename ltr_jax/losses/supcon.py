@@ -14,13 +14,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-_EPS = 1e-12
-
-
-def _normalise(z: jax.Array) -> jax.Array:
-    """Casts to float32 and L2-normalises the rows of ``z`` ([N, D])."""
-    z = z.astype(jnp.float32)
-    return z * jax.lax.rsqrt(jnp.maximum(jnp.sum(z * z, axis=-1, keepdims=True), _EPS))
+from ltr_jax.losses import bns
 
 
 def supcon_loss(z1: jax.Array, z2: jax.Array, labels: jax.Array, tau: float = 0.1) -> jax.Array:
@@ -35,7 +29,7 @@ def supcon_loss(z1: jax.Array, z2: jax.Array, labels: jax.Array, tau: float = 0.
     Returns:
       The scalar float32 loss.
     """
-    z = jnp.concatenate([_normalise(z1), _normalise(z2)], axis=0)  # [2B, D]
+    z = jnp.concatenate([bns.normalise(z1), bns.normalise(z2)], axis=0)  # [2B, D]
     labels = jnp.asarray(labels)
     y = jnp.concatenate([labels, labels], axis=0)  # [2B]
     eye = jnp.eye(z.shape[0], dtype=bool)  # [2B, 2B]
