@@ -13,14 +13,13 @@ host; on TPU pods and SLURM the three launch flags are auto-detected and may be 
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from ltr_jax import pipeline, runtime
+from ltr_jax import config_lib, pipeline, runtime
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Experiment config file.", lock_config=True
@@ -83,23 +82,13 @@ def main(argv):
             logging.info("%s: top1=%.2f %s (%s)", name, res["top1"], groups, workdir)
 
 
-def _load_config(config_arg: str):
-    path, _, arg = config_arg.partition(":")
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"Config file {path} does not exist.")
-    spec = importlib.util.spec_from_file_location("_ltr_config", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(arg) if arg else module.get_config()
-
-
 def check_overrides(argv: list[str]) -> str | None:
     """Returns an error naming the valid keys for the first unknown ``--config.a.b`` override."""
     config_arg = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
     overrides = [a[len("--config.") :].split("=", 1)[0] for a in argv if a.startswith("--config.")]
     if config_arg is None or not overrides:
         return None
-    config = _load_config(config_arg)
+    config = config_lib.load_config_file(config_arg)
     for dotted in overrides:
         node, walked = config, []
         for part in dotted.split("."):

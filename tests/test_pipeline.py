@@ -10,7 +10,7 @@ import time
 import pytest
 from ml_collections import FrozenConfigDict
 
-from ltr_jax import checkpointing, pipeline, writers
+from ltr_jax import checkpointing, config_lib, pipeline, writers
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -20,7 +20,7 @@ SMOKE = os.path.join(ROOT, "configs", "baselines", "ce_cifar10_lt.py") + ":smoke
 
 
 def _smoke_config(**ce):
-    config = run._load_config(SMOKE)
+    config = config_lib.load_config_file(SMOKE)
     config.ce.update(ce)
     return config
 

@@ -18,19 +18,18 @@ import pytest
 from flax import nnx
 from ml_collections import FrozenConfigDict
 
-from ltr_jax import pipeline, writers
+from ltr_jax import config_lib, pipeline, writers
 from ltr_jax.models import registry
 from ltr_jax.stages import common, probe, rebalance
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-import run  # noqa: E402
 
 SMOKE = os.path.join(ROOT, "configs", "cifar10_lt.py") + ":smoke"
 
 
 def _config(**stage2):
-    config = run._load_config(SMOKE)
+    config = config_lib.load_config_file(SMOKE)
     config.stage2.update(stage2)
     return FrozenConfigDict(config)
 
