@@ -41,5 +41,5 @@ go supcon configs/baselines/supcon_cifar10_lt.py $BNS
 python -m ltr_jax.report "$OUT"/ce "$OUT"/cb_resample "$OUT"/balanced_softmax "$OUT"/logit_adjust \
   "$OUT"/ldam_drw "$OUT"/crt "$OUT"/bns_structured "$OUT"/bns_uniform "$OUT"/bns_alg1 \
   "$OUT"/bns_paper_form "$OUT"/supcon \
-  --labels=CE,CB-resample,BalancedSoftmax,LogitAdjust,LDAM-DRW,cRT,BNS+IP-DPP,BNS+uniform,BNS+Alg1,BNS(paper)+IP-DPP,SupCon+IP-DPP \
+  --labels="CE,CB-resample,BalancedSoftmax,LogitAdjust,LDAM-DRW,cRT,BNS+IP-DPP,BNS+uniform,BNS+Alg1,BNS-paper+IP-DPP,SupCon+IP-DPP" \
   --out="$OUT/report"

@@ -220,14 +220,15 @@ def _figure(width: float, height: float):
     return Figure(figsize=(width, height), dpi=110, layout="constrained")
 
 
-_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "<", ">")
+_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "<", ">", "h")
 
 
 def _style(index: int) -> dict:
-    """Colour and marker of the ``index``-th method, the same in every figure."""
+    """Colour and marker of the ``index``-th method, the same in every figure (20 colours)."""
     from matplotlib import colormaps
 
-    return {"color": colormaps["tab10"](index % 10), "marker": _MARKERS[index % len(_MARKERS)]}
+    shade = (2 * index) % 20 + (index // 10) % 2  # tab20: 10 strong colours, then their light pairs
+    return {"color": colormaps["tab20"](shade), "marker": _MARKERS[index % len(_MARKERS)]}
 
 
 def _count_ticks(ax, rows: Sequence[dict]) -> None:
