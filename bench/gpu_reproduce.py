@@ -130,10 +130,16 @@ def last_json_line(text: str) -> dict:
 
 
 def install_wheels(runner: Runner, wheels: str, site: str) -> dict:
-    """Installs .whl/*.whl into ``site``; adds .whl/fallback/ only if the imports need it."""
+    """Installs .whl/*.whl into ``site`` unless the packages already import; adds
+    .whl/fallback/ only if the imports need it."""
     python = sys.executable
-    found = sorted(glob.glob(os.path.join(wheels, "*.whl"))) if wheels else []
     pythonpath = [REPO]
+    runner.env["PYTHONPATH"] = REPO
+    code, text = runner.run("import_check_installed", [python, "-c", IMPORT_CHECK], check=False)
+    if not code:  # e.g. a development machine: its own (maybe other-Python) wheels not needed
+        runner.say("every package already imports: the wheels are not installed")
+        return last_json_line(text)
+    found = sorted(glob.glob(os.path.join(wheels, "*.whl"))) if wheels else []
     if found:
         pip = [python, "-m", "pip", "install", "-q", "--no-index", "--no-deps", "--no-compile",
                "--no-cache-dir", "--upgrade", "--target"]  # fmt: skip
