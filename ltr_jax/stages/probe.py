@@ -86,31 +86,35 @@ def encoder_for_probe(ctx: common.StageContext, key: jax.Array) -> nnx.Module:
     return calibrate_batchnorm(encoder, ctx.data.train_images)
 
 
-def run(ctx: common.StageContext) -> dict:
-    """Trains and evaluates the linear probe; exports the head to WORKDIR/probe/head."""
-    cfg, data, mesh = ctx.config[STAGE], ctx.data, ctx.mesh
-    runtime.check_batch_size(cfg.batch_size, mesh, f"{STAGE}.batch_size")
-    key = common.stage_key(ctx, STAGE)
-    encoder = encoder_for_probe(ctx, jax.random.fold_in(key, 0))
-    features = make_features_fn(encoder, mesh)
-    eval_batch = ctx.config.train.eval_batch_size
-    subset = balanced_subset(data.train_labels, cfg.per_class, ctx.config.seed)
-    train_x = train_lib.apply_in_batches(features, (data.train_images[subset],), eval_batch, mesh)
-    test_x = train_lib.apply_in_batches(features, (data.test_images,), eval_batch, mesh)
-    train_y = data.train_labels[subset]
+def train_head(ctx: common.StageContext, stage: str, cfg, features: tuple, sampler_kind: str,
+               key: jax.Array) -> dict:  # fmt: skip
+    """Trains a fresh linear head on precomputed features (the probe and cRT).
 
-    head = heads.LinearHead(encoder.feature_dim, data.num_classes, rngs=nnx.Rngs(key))
-    spe = train_lib.steps_per_epoch(len(subset), cfg.batch_size)
+    Args:
+      ctx: the run context.
+      stage: stage name (checkpoints, metrics, the exported WORKDIR/<stage>/head).
+      cfg: the stage's section (epochs, batch_size, optim).
+      features: (train features [N, D], train labels [N], test features [M, D]).
+      sampler_kind: ``uniform`` or ``class_balanced`` over the training features.
+      key: the stage's key.
+
+    Returns:
+      The common results of the last epoch, plus ``max_over_epochs_top1`` (secondary).
+    """
+    (train_x, train_y, test_x), data, mesh = features, ctx.data, ctx.mesh
+    head = heads.LinearHead(train_x.shape[1], data.num_classes, rngs=nnx.Rngs(key))
+    spe = train_lib.steps_per_epoch(len(train_y), cfg.batch_size)
     num_steps = cfg.epochs * spe
     tx, schedule = train_lib.make_optimizer(
         cfg.optim, batch_size=cfg.batch_size, num_steps=num_steps, steps_per_epoch=spe
     )
     graphdef, state = train_lib.init_train_state(head, tx)
-    sample_key = jax.random.fold_in(key, 1)
+    sample = sampler.make_batch_sampler(
+        sampler_kind, jax.random.fold_in(key, 1), train_y, data.num_classes, cfg.batch_size
+    )
 
     def batch_fn(device_data, state):
-        positions = sampler.uniform_batch(sample_key, state.step, len(subset), cfg.batch_size)
-        return batches.gather(device_data, positions, mesh)
+        return batches.gather(device_data, sample(state.step), mesh)
 
     def loss_fn(model, batch, key):
         return classification.cross_entropy(model(batch["images"]), batch["labels"]), {}
@@ -119,26 +123,39 @@ def run(ctx: common.StageContext) -> dict:
 
     def evaluate(state):
         logits = train_lib.apply_in_batches(
-            lambda x: logits_fn(state, x), (test_x,), eval_batch, mesh
+            lambda x: logits_fn(state, x), (test_x,), ctx.config.train.eval_batch_size, mesh
         )
         return metrics.classification_report(
             logits.argmax(-1), data.test_labels, data.num_classes, data.groups
         )
 
     state = train_lib.run_loop(
-        stage=STAGE, workdir=ctx.workdir, state=runtime.put_replicated(mesh, state),
+        stage=stage, workdir=ctx.workdir, state=runtime.put_replicated(mesh, state),
         train_step=train_lib.make_train_step(graphdef, tx, batch_fn, loss_fn, mesh),
         data=runtime.put_replicated(mesh, {"images": train_x, "labels": train_y}),
         root_key=jax.random.fold_in(key, 2), num_steps=num_steps, steps_per_epoch=spe,
         images_per_step=cfg.batch_size, train_config=ctx.config.train, schedule=schedule,
         evaluate=evaluate, eval_every_steps=spe,
     )  # fmt: skip
-    common.save_module(ctx, STAGE, "head", train_lib.merge_model(graphdef, state))
+    common.save_module(ctx, stage, "head", train_lib.merge_model(graphdef, state))
     report = evaluate(state)
     results = common.final_results(ctx, report, epochs=cfg.epochs, num_steps=num_steps)
-    results.update(
-        max_over_epochs_top1=common.max_over_epochs_top1(ctx, STAGE, report["top1"]),
-        encoder_from=cfg.encoder_from,
-        probe_train_size=int(len(subset)),
+    results["max_over_epochs_top1"] = common.max_over_epochs_top1(ctx, stage, report["top1"])
+    return results
+
+
+def run(ctx: common.StageContext) -> dict:
+    """Trains and evaluates the linear probe; exports the head to WORKDIR/probe/head."""
+    cfg, data, mesh = ctx.config[STAGE], ctx.data, ctx.mesh
+    runtime.check_batch_size(cfg.batch_size, mesh, f"{STAGE}.batch_size")
+    key = common.stage_key(ctx, STAGE)
+    features = make_features_fn(encoder_for_probe(ctx, jax.random.fold_in(key, 0)), mesh)
+    eval_batch = ctx.config.train.eval_batch_size
+    subset = balanced_subset(data.train_labels, cfg.per_class, ctx.config.seed)
+    train_x = train_lib.apply_in_batches(features, (data.train_images[subset],), eval_batch, mesh)
+    test_x = train_lib.apply_in_batches(features, (data.test_images,), eval_batch, mesh)
+    results = train_head(
+        ctx, STAGE, cfg, (train_x, data.train_labels[subset], test_x), "uniform", key
     )
+    results.update(encoder_from=cfg.encoder_from, probe_train_size=int(len(subset)))
     return results
