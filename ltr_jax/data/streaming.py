@@ -1,0 +1,307 @@
+"""Streaming input pipeline for image datasets that do not fit in device memory (issue 6).
+
+A `grain.MapDataset` over the flat index of this process's examples, from the resume step on:
+
+    local element j  ->  step = start + j // B_local, row = process_index * B_local + j % B_local
+                     ->  position = epoch_permutation(seed, epoch)[offset * B + row]
+                     ->  source[position]  ->  decode (PIL)  ->  random resized crop + flip
+                     ->  to_iter_dataset(ReadOptions(num_threads=num_workers, prefetch))
+                     ->  batch(B_local)  ->  {"images": uint8 [B_local, S, S, 3],
+                                             "labels": int32 [B_local]}
+
+- Data order is a pure function of (seed, step), like `sampler.uniform_batch` but in NumPy on
+  the host: epoch e = step // steps_per_epoch shuffles the whole dataset with a permutation
+  seeded by (seed, e), and the remainder of every epoch is dropped. Resuming at step s starts
+  the index range at s: it yields exactly the batches the uninterrupted iterator yields from s.
+- Process i loads rows i*B/P .. (i+1)*B/P of each global batch (the contiguous slice that
+  `jax.make_array_from_process_local_data` expects for a batch sharded over ``data``).
+- Per-example randomness comes from a NumPy generator seeded by (seed, step, global row), so a
+  batch does not depend on the worker count, the thread schedule or the process count.
+- Host augmentation is the ImageNet recipe: torchvision's `RandomResizedCrop` (area
+  U(0.08, 1), log-uniform ratio in [3/4, 4/3], 10 tries, centre fallback; the same box
+  arithmetic as `augment.sample_crop_box`), bilinear resize with PIL (antialiased, as
+  torchvision does on PIL images), horizontal flip p=0.5. The SimCLR colour ops (jitter,
+  grayscale, blur) are NOT done here: they stay on device, where `augment.py` already has them
+  jitted with per-example keys (apply them after `augment.to_float`); the host CPU is the
+  scarce resource when feeding a GPU, and NumPy colour ops would add to its per-image work.
+
+Why Grain: grain 0.2 installs from PyPI on Python 3.11 without TensorFlow, reads any object
+with `__len__`/`__getitem__` (``tfds.data_source(...)``, a list), and gives a deterministic
+threaded map with prefetching (`ReadOptions`) whose output order is the index order whatever
+the thread count. Its `DataLoader` + `IndexSampler` is not used: the sampler shards *records*
+over processes and has its own shuffle, while this library's contract is a global batch order
+as a NumPy function of (seed, step) with each process loading its rows of every global batch.
+Worker threads (not processes) because Pillow releases the GIL inside JPEG decoding and
+resampling, the bulk of the per-image work, and threads share the source without pickling it;
+``bench/streaming.py`` measures the rate per core.
+
+    source = tfds.data_source("imagenet2012", split="train",
+                              decoders={"image": tfds.decode.SkipDecoding()})
+    local = make_iterator(source, seed=0, global_batch_size=256, start_step=step,
+                          process_index=jax.process_index(),
+                          process_count=jax.process_count(), num_workers=16)
+    for batch in global_batches(mesh, local): ...
+"""
+
+from __future__ import annotations
+
+import functools
+import io
+import math
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+import grain
+import jax
+import numpy as np
+from PIL import Image
+
+from ltr_jax import runtime
+
+# Distinct seed streams so the permutation and the augmentation draws never share a generator.
+_PERMUTATION_STREAM = 0
+_AUGMENT_STREAM = 1
+_NUM_TRIES = 10
+_NUM_UNIFORMS = 2 * _NUM_TRIES + 3  # T areas, T ratios, 2 offsets, 1 flip
+
+
+class BatchPlan:
+    """Which source positions each process loads at each step: a pure function of (seed, step).
+
+    Args:
+        num_examples: size of the source.
+        global_batch_size: examples per step over all processes.
+        seed: data-order seed.
+        process_index: this process, in 0..process_count-1.
+        process_count: processes sharing every global batch.
+    """
+
+    def __init__(
+        self,
+        num_examples: int,
+        global_batch_size: int,
+        seed: int,
+        process_index: int = 0,
+        process_count: int = 1,
+    ):
+        if global_batch_size % process_count:
+            raise ValueError(
+                f"global_batch_size {global_batch_size} is not divisible by "
+                f"{process_count} processes."
+            )
+        if not 0 <= process_index < process_count:
+            raise ValueError(f"process_index {process_index} not in 0..{process_count - 1}.")
+        self.steps_per_epoch = num_examples // global_batch_size
+        if self.steps_per_epoch < 1:
+            raise ValueError(
+                f"global_batch_size {global_batch_size} exceeds the {num_examples} examples."
+            )
+        self.num_examples = num_examples
+        self.global_batch_size = global_batch_size
+        self.local_batch_size = global_batch_size // process_count
+        self.seed = seed
+        self.process_index = process_index
+        # Threads share the plan; a permutation is rebuilt at most once per epoch per thread.
+        self._permutation = functools.lru_cache(maxsize=2)(self._make_permutation)
+
+    def _make_permutation(self, epoch: int) -> np.ndarray:
+        rng = np.random.default_rng([self.seed, _PERMUTATION_STREAM, epoch])
+        return rng.permutation(self.num_examples)  # [N]
+
+    def global_positions(self, step: int) -> np.ndarray:
+        """int64 [global_batch_size] source positions of the global batch at ``step``."""
+        epoch, offset = divmod(step, self.steps_per_epoch)
+        start = offset * self.global_batch_size
+        return self._permutation(epoch)[start : start + self.global_batch_size]
+
+    def locate(self, element: int) -> tuple[int, int, int]:
+        """Maps this process's flat element index to (step, global row, source position)."""
+        step, local_row = divmod(element, self.local_batch_size)
+        row = self.process_index * self.local_batch_size + local_row
+        epoch, offset = divmod(step, self.steps_per_epoch)
+        position = self._permutation(epoch)[offset * self.global_batch_size + row]
+        return step, row, int(position)
+
+
+def crop_box_from_uniforms(
+    u: np.ndarray,
+    height: int,
+    width: int,
+    scale: tuple[float, float] = (0.08, 1.0),
+    ratio: tuple[float, float] = (3 / 4, 4 / 3),
+) -> tuple[int, int, int, int]:
+    """torchvision's `RandomResizedCrop` box from [2 T + 2] uniforms (T areas, T ratios, 2 offsets).
+
+    The NumPy twin of `augment._crop_box_from_uniforms`: the first of the T candidates that
+    fits, else the largest centred box with its ratio inside ``ratio``.
+
+    Returns:
+        (top, left, height, width) in whole pixels.
+    """
+    num_tries = (len(u) - 2) // 2
+    area = height * width * (scale[0] + (scale[1] - scale[0]) * u[:num_tries])  # [T]
+    log_ratio = np.log(ratio[0]) + (np.log(ratio[1]) - np.log(ratio[0])) * u[num_tries:-2]
+    box_w = np.round(np.sqrt(area * np.exp(log_ratio)))  # [T]
+    box_h = np.round(np.sqrt(area / np.exp(log_ratio)))  # [T]
+    valid = (box_w > 0) & (box_w <= width) & (box_h > 0) & (box_h <= height)
+    if valid.any():
+        first = int(np.argmax(valid))
+        h, w = int(box_h[first]), int(box_w[first])
+        top = min(math.floor(u[-2] * (height - h + 1)), height - h)
+        left = min(math.floor(u[-1] * (width - w + 1)), width - w)
+        return top, left, h, w
+    h, w = _center_box_size(height, width, ratio)
+    return (height - h) // 2, (width - w) // 2, h, w
+
+
+def _center_box_size(height: int, width: int, ratio: tuple[float, float]) -> tuple[int, int]:
+    """The largest centred box whose aspect ratio lies inside ``ratio`` (torchvision)."""
+    in_ratio = width / height
+    if in_ratio < min(ratio):
+        return int(round(width / min(ratio))), width
+    if in_ratio > max(ratio):
+        return height, int(round(height * max(ratio)))
+    return height, width
+
+
+def _open_image(value: Any) -> Image.Image:
+    """A PIL image from encoded bytes (JPEG, PNG, ...) or an already decoded [H, W, C] array."""
+    if isinstance(value, bytes | np.bytes_):
+        return Image.open(io.BytesIO(value))
+    return Image.fromarray(np.asarray(value))
+
+
+def augment_image(value: Any, rng: np.random.Generator, image_size: int) -> np.ndarray:
+    """Decodes one image and applies random resized crop + horizontal flip.
+
+    Args:
+        value: encoded image bytes or a decoded uint8 [H, W, C] array.
+        rng: this example's generator (seeded by (seed, step, row)).
+        image_size: output side S.
+
+    Returns:
+        uint8 [S, S, 3] image.
+    """
+    image = _open_image(value)
+    u = rng.random(_NUM_UNIFORMS)
+    width, height = image.size  # from the header: the box is drawn before decoding
+    top, left, h, w = crop_box_from_uniforms(u[:-1], height, width)
+    image = image.convert("RGB")  # decodes; ImageNet has some grayscale and CMYK JPEGs
+    image = image.resize(
+        (image_size, image_size), Image.Resampling.BILINEAR, box=(left, top, left + w, top + h)
+    )
+    if u[-1] < 0.5:
+        image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    return np.asarray(image, dtype=np.uint8)
+
+
+class _LoadExample:
+    """Grain map transform: flat element index -> one augmented example (picklable)."""
+
+    def __init__(
+        self, source: Any, plan: BatchPlan, image_size: int, image_key: str, label_key: str
+    ):
+        self.source, self.plan, self.image_size = source, plan, image_size
+        self.image_key, self.label_key = image_key, label_key
+
+    def __call__(self, element: int) -> dict[str, np.ndarray]:
+        step, row, position = self.plan.locate(element)
+        record = self.source[position]
+        rng = np.random.default_rng([self.plan.seed, _AUGMENT_STREAM, step, row])
+        image = augment_image(record[self.image_key], rng, self.image_size)
+        return {"images": image, "labels": np.int32(record[self.label_key])}
+
+
+def make_dataset(
+    source: Any,
+    *,
+    seed: int,
+    global_batch_size: int,
+    start_step: int = 0,
+    num_steps: int | None = None,
+    process_index: int = 0,
+    process_count: int = 1,
+    image_size: int = 224,
+    image_key: str = "image",
+    label_key: str = "label",
+) -> grain.MapDataset:
+    """The per-example `grain.MapDataset` of this process, from ``start_step`` on (unbatched).
+
+    Element j is local row j % B_local of step start_step + j // B_local. Without
+    ``num_steps`` the dataset is (practically) infinite.
+    """
+    plan = BatchPlan(len(source), global_batch_size, seed, process_index, process_count)
+    first = start_step * plan.local_batch_size
+    stop = sys.maxsize if num_steps is None else first + num_steps * plan.local_batch_size
+    load = _LoadExample(source, plan, image_size, image_key, label_key)
+    return grain.MapDataset.range(first, stop).map(load)
+
+
+def make_iterator(
+    source: Any,
+    *,
+    seed: int,
+    global_batch_size: int,
+    start_step: int = 0,
+    process_index: int = 0,
+    process_count: int = 1,
+    image_size: int = 224,
+    num_workers: int = 8,
+    prefetch_steps: int = 2,
+    num_steps: int | None = None,
+    image_key: str = "image",
+    label_key: str = "label",
+) -> Iterator[dict[str, np.ndarray]]:
+    """This process's host batches, one per step from ``start_step`` on.
+
+    Args:
+        source: random-access source (`__len__`, `__getitem__` -> dict with encoded image bytes
+            under ``image_key`` and an integer label under ``label_key``), e.g.
+            ``tfds.data_source(..., decoders={"image": tfds.decode.SkipDecoding()})``.
+        seed: data-order and augmentation seed.
+        global_batch_size: examples per step over all processes (B); B_local = B / P.
+        start_step: first step to yield (resume point).
+        process_index: this process (i); it loads rows i*B/P .. (i+1)*B/P of each batch.
+        process_count: number of processes (P).
+        image_size: output side S.
+        num_workers: decoding threads (0: decode in the consuming thread, no prefetch).
+        prefetch_steps: how many local batches of examples the threads run ahead.
+        num_steps: stop after this many steps (default: never).
+        image_key: record key of the encoded image.
+        label_key: record key of the label.
+
+    Returns:
+        An iterator over {"images": uint8 [B_local, S, S, 3], "labels": int32 [B_local]}.
+    """
+    dataset = make_dataset(
+        source,
+        seed=seed,
+        global_batch_size=global_batch_size,
+        start_step=start_step,
+        num_steps=num_steps,
+        process_index=process_index,
+        process_count=process_count,
+        image_size=image_size,
+        image_key=image_key,
+        label_key=label_key,
+    )
+    local_batch_size = global_batch_size // process_count
+    buffer = prefetch_steps * local_batch_size if num_workers else 0
+    options = grain.ReadOptions(num_threads=num_workers, prefetch_buffer_size=buffer)
+    batches = dataset.to_iter_dataset(options).batch(local_batch_size, drop_remainder=True)
+    return iter(batches)
+
+
+def make_global_batch(mesh: jax.sharding.Mesh, local: dict[str, np.ndarray]) -> dict[str, Any]:
+    """Global jax.Arrays (batch axis over ``data``) from every process's local batch."""
+    sharding = runtime.batch_sharded(mesh)
+    return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in local.items()}
+
+
+def global_batches(
+    mesh: jax.sharding.Mesh, local_batches: Iterator[dict[str, np.ndarray]]
+) -> Iterator[dict[str, Any]]:
+    """Maps `make_global_batch` over an iterator of local batches (e.g. `make_iterator`)."""
+    for local in local_batches:
+        yield make_global_batch(mesh, local)
