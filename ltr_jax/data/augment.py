@@ -146,7 +146,7 @@ def crop_flip(key: jax.Array, images: jax.Array, pad: int = 4) -> jax.Array:
 # --- Random resized crop --------------------------------------------------------------------
 
 
-def _center_box_size(height: int, width: int, ratio: tuple[float, float]) -> tuple[int, int]:
+def center_box_size(height: int, width: int, ratio: tuple[float, float]) -> tuple[int, int]:
     """torchvision's fallback crop size: the largest centred box with ratio inside `ratio`."""
     in_ratio = width / height
     if in_ratio < min(ratio):
@@ -193,7 +193,7 @@ def _crop_box_from_uniforms(
     valid = (box_w > 0) & (box_w <= width) & (box_h > 0) & (box_h <= height)
     first = jnp.argmax(valid)
     found = valid[first]
-    fallback_h, fallback_w = _center_box_size(height, width, ratio)
+    fallback_h, fallback_w = center_box_size(height, width, ratio)
     box_h = jnp.where(found, box_h[first], fallback_h)
     box_w = jnp.where(found, box_w[first], fallback_w)
     slack = jnp.stack([height - box_h, width - box_w])  # [2]

@@ -58,6 +58,7 @@ import numpy as np
 from PIL import Image
 
 from ltr_jax import runtime
+from ltr_jax.data import augment
 
 # Distinct seed streams so the permutation and the augmentation draws never share a generator.
 _PERMUTATION_STREAM = 0
@@ -151,18 +152,8 @@ def crop_box_from_uniforms(
         top = min(math.floor(u[-2] * (height - h + 1)), height - h)
         left = min(math.floor(u[-1] * (width - w + 1)), width - w)
         return top, left, h, w
-    h, w = _center_box_size(height, width, ratio)
+    h, w = augment.center_box_size(height, width, ratio)
     return (height - h) // 2, (width - w) // 2, h, w
-
-
-def _center_box_size(height: int, width: int, ratio: tuple[float, float]) -> tuple[int, int]:
-    """The largest centred box whose aspect ratio lies inside ``ratio`` (torchvision)."""
-    in_ratio = width / height
-    if in_ratio < min(ratio):
-        return int(round(width / min(ratio))), width
-    if in_ratio > max(ratio):
-        return height, int(round(height * max(ratio)))
-    return height, width
 
 
 def _open_image(value: Any) -> Image.Image:

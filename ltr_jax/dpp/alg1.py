@@ -19,7 +19,7 @@ import jax.numpy as jnp
 from jax.typing import ArrayLike
 
 from ltr_jax.dpp.greedy import chain_rule_select
-from ltr_jax.dpp.kernels import as_float, keep_small_classes, mark_masked, valid_mask
+from ltr_jax.dpp.kernels import as_float, keep_small_classes, masked_eigh, valid_mask
 
 MAX_PASSES = 10_000
 
@@ -83,8 +83,7 @@ def sample_paper_alg1(
     valid = valid_mask(kernel[0], mask)
     if k >= kernel.shape[0]:
         return valid
-    marked, marker = mark_masked(kernel, valid)
-    eigvals, eigvecs = jnp.linalg.eigh(marked)
+    eigvals, eigvecs, marker = masked_eigh(kernel, valid)
     lam, vecs = eigvals[::-1], eigvecs[:, ::-1]  # descending
     eligible = lam > marker / 2
     lam = jnp.maximum(lam, 0.0)

@@ -157,6 +157,17 @@ def mark_masked(kernel: jax.Array, valid: jax.Array) -> tuple[jax.Array, jax.Arr
     return kernel + jnp.diag(jnp.where(valid, 0.0, marker)), marker
 
 
+def masked_eigh(kernel: jax.Array, valid: jax.Array):
+    """eigh of the kernel with masked items marked (see `mark_masked`).
+
+    Returns:
+      (eigenvalues [N] ascending, eigenvectors [N, N], the marker eigenvalue of masked items).
+    """
+    marked, marker = mark_masked(kernel, valid)
+    eigvals, eigvecs = jnp.linalg.eigh(marked)
+    return eigvals, eigvecs, marker
+
+
 def keep_small_classes(sel: jax.Array, valid: jax.Array, k: int) -> jax.Array:
     """Returns every valid item when there are at most k of them, else `sel` restricted to valid."""
     return jnp.where(jnp.sum(valid) <= k, valid, sel & valid)

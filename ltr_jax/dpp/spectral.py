@@ -14,7 +14,7 @@ import jax.numpy as jnp
 from jax.typing import ArrayLike
 
 from ltr_jax.dpp.greedy import chain_rule_select
-from ltr_jax.dpp.kernels import as_float, keep_small_classes, mark_masked, valid_mask
+from ltr_jax.dpp.kernels import as_float, keep_small_classes, masked_eigh, valid_mask
 
 
 def shift_up(row: jax.Array) -> jax.Array:
@@ -144,6 +144,5 @@ def sample_k_dpp(
     valid = valid_mask(kernel[0], mask)
     if k >= kernel.shape[0]:
         return valid
-    marked, marker = mark_masked(kernel, valid)
-    eigvals, eigvecs = jnp.linalg.eigh(marked)
+    eigvals, eigvecs, marker = masked_eigh(kernel, valid)
     return _sample_from_eigh(key, eigvals, eigvecs, valid, k, marker)
