@@ -8,7 +8,7 @@ batch gathered on device from uint8 images held in device memory, augmented insi
   forward pass of encoder + projection head (512 -> 2048 -> 128), the BNS loss
   (``representation.make_loss_fn``, "reference" form), AdamW. Images/s counts images, not
   views: every image is two network passes.
-- ``stage2``: one SimCLR view (strength 1, ``supervised.make_augment``), encoder + linear
+- ``stage2``: one SimCLR view (strength 1, ``inputs.device_augment``), encoder + linear
   head, cross-entropy, AdamW over a fixed subset (the IP-DPP draw is not timed). The recipe's
   stage-2 batch is 64.
 
@@ -47,10 +47,10 @@ import numpy as np
 from flax import nnx
 
 from ltr_jax import config_lib, runtime, train_lib
-from ltr_jax.data import augment, batches, sampler
+from ltr_jax.data import augment, batches, inputs, sampler
 from ltr_jax.losses import classification
 from ltr_jax.models import registry
-from ltr_jax.stages import representation, supervised
+from ltr_jax.stages import representation
 
 STAGES = ("stage1", "stage2")
 BACKBONES = ("cifar_resnet18", "cifar_resnet34", "cifar_resnet32")
@@ -96,7 +96,7 @@ def make_stage1_step(config, batch_size: int, num_images: int, mesh):
 
 def stage2_loss_fn(cfg) -> Callable:
     """The stage-2 loss of ``stages/rebalance.py``: one augmented view, cross-entropy."""
-    aug = supervised.make_augment(cfg.augment, cfg.augment_strength)
+    aug = inputs.device_augment(cfg.augment, cfg.augment_strength)
 
     def loss_fn(model, batch, key):
         logits = model(aug(key, augment.to_float(batch["images"])))

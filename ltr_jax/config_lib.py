@@ -55,15 +55,23 @@ def base_config() -> mlc.ConfigDict:
     c.pipeline = ("ce",)  # stage names run in order; see ltr_jax.pipeline.STAGES
     c.data = mlc.ConfigDict(
         dict(
-            name="cifar10",  # cifar10 | cifar100 | synthetic
+            # In device memory: cifar10 | cifar100 | synthetic.
+            # Streamed from disk: imagenet_lt | inaturalist2018 | synthetic_jpeg.
+            name="cifar10",
             data_dir=config_dict.placeholder(str),  # TFDS data_dir; None: TFDS default
-            manual_dir=config_dict.placeholder(str),  # folder holding the official archive
+            manual_dir=config_dict.placeholder(str),  # folder holding the official download
+            split_dir=config_dict.placeholder(str),  # ImageNet-LT / iNat lists; None: manual_dir
+            test_split="test",  # imagenet_lt: test (50k) | val (20k, from the train images)
             download=True,
             allow_unverified_archive=False,
-            imbalance_factor=100,
+            imbalance_factor=100,  # CIFAR / synthetic only (the large sets come long-tailed)
             many_threshold=500,  # Many: more training images than this
             few_threshold=200,  # Few: fewer training images than this
-            synthetic=dict(num_classes=10, train_per_class=100, test_per_class=20, seed=0),
+            image_size=224,  # streamed datasets: side of the crops
+            num_workers=0,  # streamed datasets: decoding threads per process; 0: its CPU cores
+            prefetch_steps=2,  # streamed datasets: batches decoded ahead
+            synthetic=dict(num_classes=10, train_per_class=100, test_per_class=20, seed=0,
+                           jpeg_sizes=(40, 56)),  # fmt: skip
         )
     )
     c.model = mlc.ConfigDict(

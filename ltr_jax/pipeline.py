@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 import jax
 
 from ltr_jax import runtime, writers
-from ltr_jax.data import batches, sources
+from ltr_jax.data import inputs
 from ltr_jax.stages import common, crt, probe, rebalance, representation, supervised
 
 STAGES: dict[str, Callable[[common.StageContext], dict]] = {
@@ -88,8 +88,8 @@ def run(config, workdir: str, stages: Sequence[str] | None = None) -> dict[str, 
     os.makedirs(workdir, exist_ok=True)
     record_config(config, workdir)
     mesh = runtime.make_mesh()
-    lt = batches.make_long_tail(sources.load_dataset(config.data), config.data)
-    ctx = common.StageContext(config, workdir, mesh, lt, runtime.root_key(config.seed))
+    data = inputs.load(config.data, mesh)
+    ctx = common.StageContext(config, workdir, mesh, data, runtime.root_key(config.seed))
     results = {}
     for name in names:
         path = common.results_path(workdir, name)

@@ -132,7 +132,7 @@ def run_loop(
     workdir: str,
     state: TrainState,
     train_step: Callable,
-    data,
+    data: Callable[[int, TrainState], Any],
     root_key: jax.Array,
     num_steps: int,
     steps_per_epoch: int,
@@ -145,7 +145,9 @@ def run_loop(
 ) -> TrainState:
     """Runs ``train_step`` until ``num_steps``, resuming from the stage's latest checkpoint.
 
-    ``before_step(step, state)`` runs on the host before each step (e.g. periodic IP-DPP
+    ``data(step, state)`` is the ``data`` argument of the step (the device-resident training
+    set, or the step's streamed batch). ``before_step(step, state)`` runs on the host before
+    each step (e.g. periodic IP-DPP
     re-draws) and must be a pure function of (step, state) for resumes to be exact.
     Checkpoints go to WORKDIR/<stage>/checkpoints every ``train_config.checkpoint_every_steps``
     and at the end; metrics to WORKDIR/metrics.jsonl every ``log_every_steps``, and
@@ -166,7 +168,7 @@ def run_loop(
     for step in range(start, num_steps):
         if before_step is not None:
             state = before_step(step, state)
-        state, metrics = train_step(state, data, root_key)
+        state, metrics = train_step(state, data(step, state), root_key)
         done = step + 1
         if done % train_config.log_every_steps == 0 or done == num_steps:
             host = {k: float(v) for k, v in jax.device_get(metrics).items()}

@@ -460,7 +460,11 @@ def sample_simclr(
 def apply_simclr(image: jax.Array, params: SimCLRParams) -> jax.Array:
     """Resized crop -> flip -> colour jitter -> grayscale -> blur on one [H, W, 3] image."""
     image = resized_crop(image, params.box)
-    image = hflip(image, params.flip)
+    return apply_simclr_colour(hflip(image, params.flip), params)
+
+
+def apply_simclr_colour(image: jax.Array, params: SimCLRParams) -> jax.Array:
+    """The recipe after crop and flip: colour jitter -> grayscale -> blur -> clip."""
     image = jnp.where(params.jitter, apply_color_jitter(image, params.color), image)
     image = jnp.where(params.gray, grayscale(image), image)
     image = gaussian_blur(image, params.sigma)
@@ -495,4 +499,18 @@ def simclr(
         [B, H, W, 3] float32 augmented images in [0, 1].
     """
     fn = functools.partial(simclr_image, strength=strength, min_scale=min_scale)
+    return _per_example(fn, key, images)
+
+
+def simclr_colour_image(key: jax.Array, image: jax.Array, strength: float = 1.0) -> jax.Array:
+    """The colour part of one SimCLR view (jitter, grayscale, blur) of an already cropped and
+    flipped [H, W, 3] image: the parameters are those `simclr_image` draws from ``key``."""
+    height, width, _ = image.shape
+    return apply_simclr_colour(image, sample_simclr(key, height, width, strength))
+
+
+def simclr_colour(key: jax.Array, images: jax.Array, strength: float = 1.0) -> jax.Array:
+    """`simclr_colour_image` on a batch, one independent draw per example (streamed input:
+    the host did the random resized crop and the flip)."""
+    fn = functools.partial(simclr_colour_image, strength=strength)
     return _per_example(fn, key, images)

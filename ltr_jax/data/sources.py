@@ -331,7 +331,10 @@ def load_dataset(data_config: Any) -> Dataset:
     """
     name = data_config.name
     if name == "synthetic":
-        return make_synthetic_dataset(**data_config.synthetic)
+        syn = data_config.synthetic
+        return make_synthetic_dataset(
+            syn.num_classes, syn.train_per_class, syn.test_per_class, syn.seed
+        )
     if name not in _BUILDERS:
         raise ValueError(f"Unknown dataset name {name!r}; valid names: {DATASET_NAMES}.")
     builder = _BUILDERS[name](

@@ -49,7 +49,7 @@ import functools
 import io
 import math
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import grain
@@ -67,20 +67,23 @@ _NUM_TRIES = 10
 _NUM_UNIFORMS = 2 * _NUM_TRIES + 3  # T areas, T ratios, 2 offsets, 1 flip
 
 
-class BatchPlan:
-    """Which source positions each process loads at each step: a pure function of (seed, step).
+class StepPlan:
+    """Which source positions each process loads at each step.
+
+    The global batch at ``step`` is ``positions_fn(step)`` (a pure NumPy function of the step:
+    the data order contract); process i loads its rows i*B/P .. (i+1)*B/P.
 
     Args:
-        num_examples: size of the source.
+        positions_fn: ``step -> int [global_batch_size]`` source positions.
         global_batch_size: examples per step over all processes.
-        seed: data-order seed.
+        seed: augmentation seed (per-example generators are seeded by (seed, step, row)).
         process_index: this process, in 0..process_count-1.
         process_count: processes sharing every global batch.
     """
 
     def __init__(
         self,
-        num_examples: int,
+        positions_fn: Callable[[int], np.ndarray],
         global_batch_size: int,
         seed: int,
         process_index: int = 0,
@@ -93,36 +96,101 @@ class BatchPlan:
             )
         if not 0 <= process_index < process_count:
             raise ValueError(f"process_index {process_index} not in 0..{process_count - 1}.")
+        self.global_batch_size = global_batch_size
+        self.local_batch_size = global_batch_size // process_count
+        self.seed = seed
+        self.process_index = process_index
+        # Worker threads share the plan; a step's positions are computed about once.
+        self.global_positions = functools.lru_cache(maxsize=8)(positions_fn)
+
+    def locate(self, element: int) -> tuple[int, int, int]:
+        """Maps this process's flat element index to (step, global row, source position)."""
+        step, local_row = divmod(element, self.local_batch_size)
+        row = self.process_index * self.local_batch_size + local_row
+        return step, row, int(self.global_positions(step)[row])
+
+
+class BatchPlan(StepPlan):
+    """Epoch-wise shuffling without replacement of ``num_examples`` items, remainder dropped.
+
+    Epoch e = step // steps_per_epoch uses the permutation seeded by (seed, e).
+    """
+
+    def __init__(
+        self,
+        num_examples: int,
+        global_batch_size: int,
+        seed: int,
+        process_index: int = 0,
+        process_count: int = 1,
+    ):
         self.steps_per_epoch = num_examples // global_batch_size
         if self.steps_per_epoch < 1:
             raise ValueError(
                 f"global_batch_size {global_batch_size} exceeds the {num_examples} examples."
             )
         self.num_examples = num_examples
-        self.global_batch_size = global_batch_size
-        self.local_batch_size = global_batch_size // process_count
-        self.seed = seed
-        self.process_index = process_index
-        # Threads share the plan; a permutation is rebuilt at most once per epoch per thread.
         self._permutation = functools.lru_cache(maxsize=2)(self._make_permutation)
+        super().__init__(
+            self._positions, global_batch_size, seed, process_index, process_count
+        )
 
     def _make_permutation(self, epoch: int) -> np.ndarray:
         rng = np.random.default_rng([self.seed, _PERMUTATION_STREAM, epoch])
         return rng.permutation(self.num_examples)  # [N]
 
-    def global_positions(self, step: int) -> np.ndarray:
-        """int64 [global_batch_size] source positions of the global batch at ``step``."""
+    def _positions(self, step: int) -> np.ndarray:
         epoch, offset = divmod(step, self.steps_per_epoch)
         start = offset * self.global_batch_size
         return self._permutation(epoch)[start : start + self.global_batch_size]
 
-    def locate(self, element: int) -> tuple[int, int, int]:
-        """Maps this process's flat element index to (step, global row, source position)."""
-        step, local_row = divmod(element, self.local_batch_size)
-        row = self.process_index * self.local_batch_size + local_row
-        epoch, offset = divmod(step, self.steps_per_epoch)
-        position = self._permutation(epoch)[offset * self.global_batch_size + row]
-        return step, row, int(position)
+
+def class_balanced_plan(
+    labels: np.ndarray,
+    num_classes: int,
+    global_batch_size: int,
+    seed: int,
+    process_index: int = 0,
+    process_count: int = 1,
+) -> StepPlan:
+    """Class-balanced sampling (class uniform, then image uniform), the host twin of
+    `sampler.class_balanced_batch`: the batch at a step is drawn from a generator seeded by
+    (seed, step)."""
+    labels = np.asarray(labels)
+    by_class = np.argsort(labels, kind="stable")
+    counts = np.bincount(labels, minlength=num_classes)
+    if (counts == 0).any():
+        raise ValueError("class_balanced sampling needs at least one image per class.")
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+
+    def positions(step: int) -> np.ndarray:
+        rng = np.random.default_rng([seed, _PERMUTATION_STREAM, step])
+        cls = rng.integers(0, num_classes, global_batch_size)
+        within = (rng.random(global_batch_size) * counts[cls]).astype(np.int64)
+        return by_class[starts[cls] + within]
+
+    return StepPlan(positions, global_batch_size, seed, process_index, process_count)
+
+
+def eval_plan(
+    positions: np.ndarray, batch_size: int, process_index: int = 0, process_count: int = 1
+) -> tuple[StepPlan, int]:
+    """Batches covering ``positions`` in order, the last padded by repeating its last position.
+
+    Returns:
+        (plan, number of batches).
+    """
+    positions = np.asarray(positions, np.int64)
+    num_batches = -(-len(positions) // batch_size)
+    padded = positions[np.minimum(np.arange(num_batches * batch_size), len(positions) - 1)]
+    plan = StepPlan(
+        lambda b: padded[b * batch_size : (b + 1) * batch_size],
+        batch_size,
+        seed=0,
+        process_index=process_index,
+        process_count=process_count,
+    )
+    return plan, num_batches
 
 
 def crop_box_from_uniforms(
@@ -163,22 +231,10 @@ def _open_image(value: Any) -> Image.Image:
     return Image.fromarray(np.asarray(value))
 
 
-def augment_image(value: Any, rng: np.random.Generator, image_size: int) -> np.ndarray:
-    """Decodes one image and applies random resized crop + horizontal flip.
-
-    Args:
-        value: encoded image bytes or a decoded uint8 [H, W, C] array.
-        rng: this example's generator (seeded by (seed, step, row)).
-        image_size: output side S.
-
-    Returns:
-        uint8 [S, S, 3] image.
-    """
-    image = _open_image(value)
-    u = rng.random(_NUM_UNIFORMS)
-    width, height = image.size  # from the header: the box is drawn before decoding
+def _crop_flip(image: Image.Image, u: np.ndarray, image_size: int) -> np.ndarray:
+    """Random resized crop (box from ``u[:-1]``) + flip (``u[-1] < 0.5``) of a decoded image."""
+    width, height = image.size
     top, left, h, w = crop_box_from_uniforms(u[:-1], height, width)
-    image = image.convert("RGB")  # decodes; ImageNet has some grayscale and CMYK JPEGs
     image = image.resize(
         (image_size, image_size), Image.Resampling.BILINEAR, box=(left, top, left + w, top + h)
     )
@@ -187,27 +243,89 @@ def augment_image(value: Any, rng: np.random.Generator, image_size: int) -> np.n
     return np.asarray(image, dtype=np.uint8)
 
 
+def augment_image(
+    value: Any, rng: np.random.Generator, image_size: int, num_views: int = 1
+) -> np.ndarray:
+    """Decodes one image and applies random resized crop + horizontal flip.
+
+    Args:
+        value: encoded image bytes or a decoded uint8 [H, W, C] array.
+        rng: this example's generator (seeded by (seed, step, row)).
+        image_size: output side S.
+        num_views: independent crops of the one decoded image (SimCLR's two views).
+
+    Returns:
+        uint8 [S, S, 3] image, or [V, S, S, 3] views when ``num_views`` > 1.
+    """
+    # ImageNet has some grayscale and CMYK JPEGs; convert() also decodes.
+    image = _open_image(value).convert("RGB")
+    views = [_crop_flip(image, rng.random(_NUM_UNIFORMS), image_size) for _ in range(num_views)]
+    return views[0] if num_views == 1 else np.stack(views)
+
+
+def eval_resize(image_size: int) -> int:
+    """Shorter side before the centre crop: 256 for 224 (the standard ImageNet ratio 0.875)."""
+    return round(image_size / 0.875)
+
+
+def center_crop_image(value: Any, image_size: int) -> np.ndarray:
+    """The evaluation transform: resize the shorter side to `eval_resize`, centre crop S x S.
+
+    Returns:
+        uint8 [S, S, 3] image.
+    """
+    image = _open_image(value).convert("RGB")
+    width, height = image.size
+    short = eval_resize(image_size)
+    scale = short / min(width, height)
+    new_w, new_h = max(short, round(width * scale)), max(short, round(height * scale))
+    image = image.resize((new_w, new_h), Image.Resampling.BILINEAR)
+    left, top = (new_w - image_size) // 2, (new_h - image_size) // 2
+    image = image.crop((left, top, left + image_size, top + image_size))
+    return np.asarray(image, dtype=np.uint8)
+
+
 class _LoadExample:
-    """Grain map transform: flat element index -> one augmented example (picklable)."""
+    """Grain map transform: flat element index -> one transformed example (picklable).
+
+    ``mode`` "train": ``num_views`` random resized crops + flips; "eval": the centre crop.
+    """
 
     def __init__(
-        self, source: Any, plan: BatchPlan, image_size: int, image_key: str, label_key: str
+        self,
+        source: Any,
+        plan: StepPlan,
+        image_size: int,
+        image_key: str,
+        label_key: str,
+        mode: str = "train",
+        num_views: int = 1,
     ):
+        if mode not in ("train", "eval"):
+            raise ValueError(f"Unknown mode {mode!r}; valid: train, eval.")
         self.source, self.plan, self.image_size = source, plan, image_size
         self.image_key, self.label_key = image_key, label_key
+        self.mode, self.num_views = mode, num_views
 
     def __call__(self, element: int) -> dict[str, np.ndarray]:
         step, row, position = self.plan.locate(element)
         record = self.source[position]
-        rng = np.random.default_rng([self.plan.seed, _AUGMENT_STREAM, step, row])
-        image = augment_image(record[self.image_key], rng, self.image_size)
-        return {"images": image, "labels": np.int32(record[self.label_key])}
+        if self.mode == "eval":
+            image = center_crop_image(record[self.image_key], self.image_size)
+        else:
+            rng = np.random.default_rng([self.plan.seed, _AUGMENT_STREAM, step, row])
+            image = augment_image(record[self.image_key], rng, self.image_size, self.num_views)
+        return {
+            "images": image,
+            "labels": np.int32(record[self.label_key]),
+            "positions": np.int32(position),
+        }
 
 
 def make_dataset(
     source: Any,
     *,
-    seed: int,
+    seed: int = 0,
     global_batch_size: int,
     start_step: int = 0,
     num_steps: int | None = None,
@@ -216,23 +334,28 @@ def make_dataset(
     image_size: int = 224,
     image_key: str = "image",
     label_key: str = "label",
+    plan: StepPlan | None = None,
+    mode: str = "train",
+    num_views: int = 1,
 ) -> grain.MapDataset:
     """The per-example `grain.MapDataset` of this process, from ``start_step`` on (unbatched).
 
     Element j is local row j % B_local of step start_step + j // B_local. Without
-    ``num_steps`` the dataset is (practically) infinite.
+    ``num_steps`` the dataset is (practically) infinite. ``plan`` (default: a `BatchPlan` of
+    uniform epochs over the source with ``seed``) decides the positions of every step.
     """
-    plan = BatchPlan(len(source), global_batch_size, seed, process_index, process_count)
+    if plan is None:
+        plan = BatchPlan(len(source), global_batch_size, seed, process_index, process_count)
     first = start_step * plan.local_batch_size
     stop = sys.maxsize if num_steps is None else first + num_steps * plan.local_batch_size
-    load = _LoadExample(source, plan, image_size, image_key, label_key)
+    load = _LoadExample(source, plan, image_size, image_key, label_key, mode, num_views)
     return grain.MapDataset.range(first, stop).map(load)
 
 
 def make_iterator(
     source: Any,
     *,
-    seed: int,
+    seed: int = 0,
     global_batch_size: int,
     start_step: int = 0,
     process_index: int = 0,
@@ -243,6 +366,9 @@ def make_iterator(
     num_steps: int | None = None,
     image_key: str = "image",
     label_key: str = "label",
+    plan: StepPlan | None = None,
+    mode: str = "train",
+    num_views: int = 1,
 ) -> Iterator[dict[str, np.ndarray]]:
     """This process's host batches, one per step from ``start_step`` on.
 
@@ -261,9 +387,14 @@ def make_iterator(
         num_steps: stop after this many steps (default: never).
         image_key: record key of the encoded image.
         label_key: record key of the label.
+        plan: the positions of every step (default: uniform epochs, `BatchPlan`); built with
+            the same batch size, seed and process split as given here.
+        mode: "train" (random resized crop + flip) or "eval" (centre crop).
+        num_views: random crops per image in train mode.
 
     Returns:
-        An iterator over {"images": uint8 [B_local, S, S, 3], "labels": int32 [B_local]}.
+        An iterator over {"images": uint8 [B_local, S, S, 3] (or [B_local, V, S, S, 3] with
+        V > 1 views), "labels": int32 [B_local], "positions": int32 [B_local]}.
     """
     dataset = make_dataset(
         source,
@@ -276,6 +407,9 @@ def make_iterator(
         image_size=image_size,
         image_key=image_key,
         label_key=label_key,
+        plan=plan,
+        mode=mode,
+        num_views=num_views,
     )
     local_batch_size = global_batch_size // process_count
     buffer = prefetch_steps * local_batch_size if num_workers else 0

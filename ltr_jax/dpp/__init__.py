@@ -9,7 +9,8 @@ Kernels: `ip_dpp_kernel`, `ip_dpp_parts`, `log_det_selected`.
 Exact k-DPP: `sample_ip_dpp(method="structured")` (fast rejection, default),
 `sample_structured_dp` (O(N k) dynamic programme, also the oracle behind
 `structured_log_normalizer` / `structured_log_prob`), `sample_k_dpp` (spectral, any PSD kernel).
-Other selectors: `sample_paper_alg1`, `greedy_map`, uniform. Batched: `sample_ip_dpp_batched`.
+Other selectors: `sample_paper_alg1`, `greedy_map`, uniform. Batched: `sample_ip_dpp_batched`;
+many classes of very different sizes, grouped by padded size: `sample_ip_dpp_grouped`.
 """
 
 from ltr_jax.dpp.alg1 import sample_paper_alg1
@@ -28,7 +29,9 @@ from ltr_jax.dpp.sampling import (
     pad_per_class,
     sample_ip_dpp,
     sample_ip_dpp_batched,
+    sample_ip_dpp_grouped,
     selection_indices,
+    size_groups,
     unpad_selection,
 )
 from ltr_jax.dpp.spectral import log_elementary_symmetric, sample_k_dpp, sample_k_dpp_eigh
@@ -52,12 +55,14 @@ __all__ = [
     "sample_conditional_bernoulli",
     "sample_ip_dpp",
     "sample_ip_dpp_batched",
+    "sample_ip_dpp_grouped",
     "sample_k_dpp",
     "sample_k_dpp_eigh",
     "sample_paper_alg1",
     "sample_structured",
     "sample_structured_dp",
     "selection_indices",
+    "size_groups",
     "structured_log_normalizer",
     "structured_log_prob",
     "unpad_selection",

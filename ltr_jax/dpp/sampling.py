@@ -108,11 +108,12 @@ def sample_ip_dpp_batched(
     k: int,
     scale: str = "paper",
     method: str = "structured",
+    row_ids: ArrayLike | None = None,
 ) -> jax.Array:
     """Draws every class of a padded batch in one compiled call (vmap over classes).
 
-    Class c uses `jax.random.fold_in(key, c)`, so row c equals
-    `sample_ip_dpp(fold_in(key, c), p[c], k, scale, method, mask=valid[c])`.
+    Row r uses `jax.random.fold_in(key, row_ids[r])` (default: r), so row r equals
+    `sample_ip_dpp(fold_in(key, row_ids[r]), p[r], k, scale, method, mask=valid[r])`.
 
     Args:
       key: PRNG key of this draw.
@@ -121,6 +122,7 @@ def sample_ip_dpp_batched(
       k: items per class (static); classes with at most k valid items are kept whole.
       scale: "paper" or "reference".
       method: one of METHODS (static).
+      row_ids: optional int [C]: the id each row's key is folded from (e.g. its class).
 
     Returns:
       [C, Nmax] bool selection mask.
@@ -128,7 +130,8 @@ def sample_ip_dpp_batched(
     _check_method(method, scale)
     p = as_float(p)
     valid = jnp.asarray(valid).astype(bool)
-    keys = jax.vmap(lambda c: jax.random.fold_in(key, c))(jnp.arange(p.shape[0]))
+    ids = jnp.arange(p.shape[0]) if row_ids is None else jnp.asarray(row_ids)
+    keys = jax.vmap(lambda c: jax.random.fold_in(key, c))(ids)
     one = partial(_sample_one, k=k, scale=scale, method=method)
     return jax.vmap(one)(keys, p, valid)
 
@@ -185,3 +188,88 @@ def unpad_selection(sel: ArrayLike, sizes: Sequence[int]) -> list[np.ndarray]:
     """Per-class indices (into each class's own item list) of a [C, Nmax] selection mask."""
     sel = np.asarray(sel)
     return [np.flatnonzero(sel[c, :n]) for c, n in enumerate(sizes)]
+
+
+def size_groups(
+    counts: Sequence[int], multiple: int = 128, max_rows: int = 256
+) -> list[tuple[int, np.ndarray]]:
+    """Groups classes by padded size for `sample_ip_dpp_grouped`.
+
+    Each class goes to the bucket `bucket_size(count, multiple, power_of_two=True)`; a bucket
+    is cut into chunks of at most ``max_rows`` classes, each padded (by repeating its last
+    class) to ``min(max_rows, next power of two of the bucket's class count)`` rows. Shapes thus
+    depend only on the class counts, so a run compiles once per bucket, whatever the draw.
+
+    Returns:
+      [(width, rows)] with rows an int [R] array of class indices (R a padded chunk length;
+      repeated entries are padding).
+    """
+    counts = np.asarray(counts)
+    widths = np.array([bucket_size(int(n), multiple, power_of_two=True) for n in counts])
+    groups = []
+    for width in np.unique(widths):
+        members = np.flatnonzero(widths == width)
+        chunk = min(max_rows, bucket_size(len(members), 1, power_of_two=True))
+        for lo in range(0, len(members), chunk):
+            part = members[lo : lo + chunk]
+            groups.append(
+                (int(width), np.concatenate([part, np.repeat(part[-1:], chunk - len(part))]))
+            )
+    return groups
+
+
+def sample_ip_dpp_grouped(
+    key: jax.Array,
+    p: np.ndarray,
+    valid: np.ndarray,
+    k: int,
+    scale: str = "paper",
+    method: str = "structured",
+    max_rows: int = 256,
+) -> np.ndarray:
+    """Draws many classes of very different sizes, grouped by padded size (host driver).
+
+    Rows of ``p`` / ``valid`` hold each class's items first, then padding (as `pad_per_class`
+    writes them). Class c is drawn at width W_c = `bucket_size(n_c, power_of_two=True)` with
+    key `fold_in(key, c)`, so row c equals `sample_ip_dpp(fold_in(key, c), p[c, :W_c], k,
+    scale, method, mask=valid[c, :W_c])` (zero-padded back to the full width). Thousands of
+    classes (ImageNet-LT: 1000, iNaturalist: 8142) take a handful of compiled calls, none
+    paying the largest class's width.
+
+    Args:
+      key: PRNG key of this draw.
+      p: [C, Nmax] padded confidences.
+      valid: [C, Nmax] bool, a prefix of True per row.
+      k: items per class; classes with at most k valid items are kept whole.
+      scale: "paper" or "reference".
+      method: one of METHODS.
+      max_rows: most classes per compiled call.
+
+    Returns:
+      [C, Nmax] bool selection mask (numpy).
+
+    Raises:
+      ValueError: a row of ``valid`` is not a prefix of True entries.
+    """
+    p, valid = np.asarray(p), np.asarray(valid, bool)
+    counts = valid.sum(1)
+    if not np.array_equal(valid, np.arange(valid.shape[1]) < counts[:, None]):
+        raise ValueError("valid must be a prefix of True entries in every row.")
+    big = np.flatnonzero(counts > k)  # the others are kept whole: no draw needed
+    sel = valid.copy()
+    for width, rows in size_groups(counts[big], max_rows=max_rows):
+        classes = big[rows]
+        p_w, valid_w = _fit_width(p[classes], width), _fit_width(valid[classes], width)
+        drawn = np.asarray(
+            sample_ip_dpp_batched(key, p_w, valid_w, k, scale, method, row_ids=classes)
+        )
+        w = min(width, valid.shape[1])
+        sel[classes, :w] = drawn[:, :w]
+    return sel
+
+
+def _fit_width(x: np.ndarray, width: int) -> np.ndarray:
+    """The first ``width`` columns of ``x``, zero-padded if it has fewer."""
+    if x.shape[1] >= width:
+        return x[:, :width]
+    return np.pad(x, ((0, 0), (0, width - x.shape[1])))

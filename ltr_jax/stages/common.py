@@ -13,7 +13,6 @@ from flax import nnx
 
 from ltr_jax import checkpointing, metrics, train_lib, writers
 from ltr_jax.data import augment
-from ltr_jax.data.batches import LongTailData
 
 
 @dataclasses.dataclass(frozen=True)
@@ -23,7 +22,7 @@ class StageContext:
     config: object  # ml_collections.FrozenConfigDict
     workdir: str
     mesh: jax.sharding.Mesh
-    data: LongTailData
+    data: object  # an ltr_jax.data.inputs InMemoryInput or StreamingInput
     root_key: jax.Array
 
 
@@ -60,9 +59,9 @@ def make_logits_fn(graphdef_eval):
 def evaluate(ctx: StageContext, logits_fn, state: train_lib.TrainState) -> dict:
     """Top-1, Many/Medium/Few and per-class accuracy on the test set (percent)."""
     data = ctx.data
-    preds = train_lib.apply_in_batches(
-        lambda x: jnp.argmax(logits_fn(state, x), -1),
-        (data.test_images,), ctx.config.train.eval_batch_size, ctx.mesh,
+    preds = data.map_split(
+        lambda x, y, i: jnp.argmax(logits_fn(state, x), -1), "test",
+        batch_size=ctx.config.train.eval_batch_size,
     )  # fmt: skip
     return metrics.classification_report(preds, data.test_labels, data.num_classes, data.groups)
 

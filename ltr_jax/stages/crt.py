@@ -15,7 +15,7 @@ import jax
 import numpy as np
 from flax import nnx
 
-from ltr_jax import runtime, train_lib
+from ltr_jax import runtime
 from ltr_jax.models import registry
 from ltr_jax.stages import common, probe
 
@@ -31,8 +31,8 @@ def frozen_features(ctx: common.StageContext, key: jax.Array) -> tuple[np.ndarra
     eval_batch, mesh = ctx.config.train.eval_batch_size, ctx.mesh
     encoder = common.load_module(ctx, ENCODER_FROM, "encoder", encoder)
     features = probe.make_features_fn(encoder, mesh)  # variables replicated on the mesh
-    train_x = train_lib.apply_in_batches(features, (ctx.data.train_images,), eval_batch, mesh)
-    test_x = train_lib.apply_in_batches(features, (ctx.data.test_images,), eval_batch, mesh)
+    train_x = ctx.data.map_split(lambda x, y, i: features(x), "train", batch_size=eval_batch)
+    test_x = ctx.data.map_split(lambda x, y, i: features(x), "test", batch_size=eval_batch)
     return train_x, test_x
 
 

@@ -10,6 +10,7 @@ separate name (the reference code's model selection on the test set).
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
@@ -49,15 +50,16 @@ def make_features_fn(encoder: nnx.Module, mesh=None):
     return lambda images: features(state, images)
 
 
-def calibrate_batchnorm(encoder: nnx.Module, images: np.ndarray, batch_size: int = 256,
+def calibrate_batchnorm(encoder: nnx.Module, data, batch_size: int = 256,
                         num_batches: int = 40) -> nnx.Module:  # fmt: skip
-    """Re-estimates BatchNorm running statistics with train-mode passes over ``images``.
+    """Re-estimates BatchNorm running statistics with train-mode passes over training images.
 
     An untrained encoder's statistics are the initial (0, 1), under which eval-mode features
     of a deep ResNet blow up; random weights with statistics of the data are the meaningful
     "random features" baseline. Deterministic: batches are taken in order, cycling.
     """
     graphdef, state = nnx.split(encoder)
+    state = [runtime.put_replicated(data.mesh, state)]
 
     @jax.jit
     def update(state, x):
@@ -65,10 +67,13 @@ def calibrate_batchnorm(encoder: nnx.Module, images: np.ndarray, batch_size: int
         model(augment.to_float(x))
         return nnx.state(model)
 
-    for b in range(num_batches):
-        idx = (np.arange(batch_size) + b * batch_size) % len(images)
-        state = update(state, images[idx])
-    nnx.update(encoder, state)
+    def step(images, labels, positions):
+        state[0] = update(state[0], images)
+        return positions
+
+    positions = np.arange(num_batches * batch_size) % len(data.train_labels)
+    data.map_split(step, "train", positions, batch_size)
+    nnx.update(encoder, jax.tree.map(jnp.asarray, runtime.to_host(state[0])))
     return encoder
 
 
@@ -83,7 +88,7 @@ def encoder_for_probe(ctx: common.StageContext, key: jax.Array) -> nnx.Module:
         return common.load_module(ctx, "stage1", "encoder", encoder)
     if source != "random":
         raise ValueError(f"Unknown probe.encoder_from {source!r}; valid: stage1, random.")
-    return calibrate_batchnorm(encoder, ctx.data.train_images)
+    return calibrate_batchnorm(encoder, ctx.data)
 
 
 def train_head(ctx: common.StageContext, stage: str, cfg, features: tuple, sampler_kind: str,
@@ -129,10 +134,11 @@ def train_head(ctx: common.StageContext, stage: str, cfg, features: tuple, sampl
             logits.argmax(-1), data.test_labels, data.num_classes, data.groups
         )
 
+    device_data = runtime.put_replicated(mesh, {"images": train_x, "labels": train_y})
     state = train_lib.run_loop(
         stage=stage, workdir=ctx.workdir, state=runtime.put_replicated(mesh, state),
         train_step=train_lib.make_train_step(graphdef, tx, batch_fn, loss_fn, mesh),
-        data=runtime.put_replicated(mesh, {"images": train_x, "labels": train_y}),
+        data=lambda step, state, d=device_data: d,
         root_key=jax.random.fold_in(key, 2), num_steps=num_steps, steps_per_epoch=spe,
         images_per_step=cfg.batch_size, train_config=ctx.config.train, schedule=schedule,
         evaluate=evaluate, eval_every_steps=spe,
@@ -152,8 +158,8 @@ def run(ctx: common.StageContext) -> dict:
     features = make_features_fn(encoder_for_probe(ctx, jax.random.fold_in(key, 0)), mesh)
     eval_batch = ctx.config.train.eval_batch_size
     subset = balanced_subset(data.train_labels, cfg.per_class, ctx.config.seed)
-    train_x = train_lib.apply_in_batches(features, (data.train_images[subset],), eval_batch, mesh)
-    test_x = train_lib.apply_in_batches(features, (data.test_images,), eval_batch, mesh)
+    train_x = data.map_split(lambda x, y, i: features(x), "train", subset, eval_batch)
+    test_x = data.map_split(lambda x, y, i: features(x), "test", batch_size=eval_batch)
     results = train_head(
         ctx, STAGE, cfg, (train_x, data.train_labels[subset], test_x), "uniform", key
     )

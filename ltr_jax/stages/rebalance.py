@@ -18,10 +18,10 @@ import numpy as np
 from flax import nnx
 
 from ltr_jax import dpp, runtime, train_lib, writers
-from ltr_jax.data import augment, batches, sampler
+from ltr_jax.data import augment, inputs
 from ltr_jax.losses import classification
 from ltr_jax.models import registry
-from ltr_jax.stages import common, supervised
+from ltr_jax.stages import common
 
 STAGE = "stage2"
 
@@ -51,13 +51,10 @@ def draw_subset(key, p, table, valid, k: int, cfg) -> tuple[np.ndarray, np.ndarr
       (sorted int32 [M] positions of the drawn subset, bool [C, Nmax] selection).
     """
     p_table = np.where(valid, p[table], 0.0).astype(np.float32)  # [C, Nmax]
-    sel = valid.copy()  # classes with at most k images are kept whole
-    big = np.flatnonzero(valid.sum(1) > k)  # only these need a draw (dense methods are O(N^3))
-    if len(big):
-        drawn = dpp.sample_ip_dpp_batched(
-            key, p_table[big], valid[big], k, cfg.kernel_scale, cfg.sampler
-        )
-        sel[big] = np.asarray(drawn)
+    # Classes with at most k images are kept whole; the others are drawn on device, grouped
+    # by padded size (a few compiled calls for thousands of classes), class c with key
+    # fold_in(key, c).
+    sel = dpp.sample_ip_dpp_grouped(key, p_table, valid, k, cfg.kernel_scale, cfg.sampler)
     return np.sort(table[sel]).astype(np.int32), sel
 
 
@@ -120,21 +117,19 @@ def _append_draw(path: str, record: dict) -> None:
     writers.write_jsonl(path, kept + [record])
 
 
-def make_redraw(ctx, cfg, conf_fn, table, valid, k: int, draw_every: int, key):
+def make_redraw(ctx, cfg, conf_fn, table, valid, k: int, draw_every: int, key, feed):
     """``before_step(step, state)``: a new IP-DPP draw at every ``draw_every`` steps."""
     data, mesh = ctx.data, ctx.mesh
     draws_path = os.path.join(ctx.workdir, STAGE, "draws.jsonl")
     summary = writers.MetricWriter(ctx.workdir, f"{STAGE}_draw", tensorboard=False)
-    arrays = (data.train_images, data.train_labels, np.arange(len(data.train_labels)))
 
     def before_step(step: int, state: train_lib.TrainState) -> train_lib.TrainState:
         if step % draw_every:
             return state
         n = step // draw_every
         draw_key = jax.random.fold_in(key, n)
-        p = train_lib.apply_in_batches(
-            lambda *a: conf_fn(state, *a, draw_key), arrays, ctx.config.train.eval_batch_size, mesh
-        )
+        p = data.map_split(lambda *a: conf_fn(state, *a, draw_key), "train",
+                           batch_size=ctx.config.train.eval_batch_size)  # fmt: skip
         positions, sel = draw_subset(draw_key, p, table, valid, k, cfg)
         # Every process draws from the same gathered p and key; a mismatch would silently
         # train each process on a different subset.
@@ -152,6 +147,7 @@ def make_redraw(ctx, cfg, conf_fn, table, valid, k: int, draw_every: int, key):
         logging.info("%s: draw %d at step %d, %d images, mean p drawn %.3f vs class %.3f.",
                      STAGE, n, step, len(positions), np.mean(log["mean_p_drawn"]),
                      np.mean(log["mean_p_class"]))  # fmt: skip
+        feed.set_population(positions, step)
         return state.replace(extra=runtime.put_replicated(mesh, positions))
 
     return before_step
@@ -180,26 +176,23 @@ def run(ctx: common.StageContext) -> dict:
     graphdef_eval = common.eval_graphdef(model, trainable)
     conf_fn = make_confidence_fn(graphdef_eval, cfg.p_source, cfg.augment_strength)
     logits_fn = common.make_logits_fn(graphdef_eval)
-    sample_key = jax.random.fold_in(key, 1)
-    aug = supervised.make_augment(cfg.augment, cfg.augment_strength)
-
-    def batch_fn(device_data, state):
-        idx = sampler.uniform_batch(sample_key, state.step, subset_size, cfg.batch_size)
-        return batches.gather(device_data, state.extra[idx], mesh)
+    sampling = inputs.Sampling("uniform", jax.random.fold_in(key, 1), cfg.batch_size,
+                               population="extra", population_size=subset_size)  # fmt: skip
+    feed = data.train_feed(sampling, augment=cfg.augment, strength=cfg.augment_strength)
 
     def loss_fn(model, batch, key):
-        logits = model(aug(key, augment.to_float(batch["images"])))
+        logits = model(feed.view(key, batch))
         acc = jnp.mean(jnp.argmax(logits, -1) == batch["labels"])
         return classification.cross_entropy(logits, batch["labels"]), {"train_acc": acc}
 
     redraw = make_redraw(ctx, cfg, conf_fn, table, valid, k, cfg.redraw_every_epochs * spe,
-                         jax.random.fold_in(key, 3))  # fmt: skip
+                         jax.random.fold_in(key, 3), feed)  # fmt: skip
     logging.info("%s: k=%d per class, %d images per draw, %d epochs x %d steps.", STAGE, k,
                  subset_size, cfg.epochs, spe)  # fmt: skip
     state = train_lib.run_loop(
         stage=STAGE, workdir=ctx.workdir, state=runtime.put_replicated(mesh, state),
-        train_step=train_lib.make_train_step(graphdef, tx, batch_fn, loss_fn, mesh),
-        data=batches.device_train_data(data, mesh), root_key=jax.random.fold_in(key, 2),
+        train_step=train_lib.make_train_step(graphdef, tx, feed.batch_fn, loss_fn, mesh),
+        data=feed.data, root_key=jax.random.fold_in(key, 2),
         num_steps=num_steps, steps_per_epoch=spe, images_per_step=cfg.batch_size,
         train_config=ctx.config.train, schedule=schedule,
         evaluate=lambda s: common.evaluate(ctx, logits_fn, s), before_step=redraw,

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from ltr_jax import runtime, train_lib
-from ltr_jax.data import augment, batches, sampler
+from ltr_jax.data import augment, inputs
 from ltr_jax.losses import bns, supcon
 from ltr_jax.models import registry
 from ltr_jax.stages import common
@@ -25,16 +25,21 @@ STAGE = "stage1"
 LOSSES = ("bns", "supcon")
 
 
-def make_loss_fn(cfg):
-    """``loss_fn(model, batch, key)``: two views, one forward pass, BNS (or SupCon) loss."""
+def make_loss_fn(cfg, feed=None):
+    """``loss_fn(model, batch, key)``: two views, one forward pass, BNS (or SupCon) loss.
+
+    ``feed`` (a ``train_feed``) makes the views; without one, both are on-device SimCLR views
+    of in-memory images.
+    """
+    if feed is None:
+        aug = inputs.device_augment("simclr", cfg.augment_strength)
+        view = lambda key, batch, v: aug(key, augment.to_float(batch["images"]))
+    else:
+        view = feed.view
 
     def loss_fn(model, batch, key):
         key_v1, key_v2, key_loss = jax.random.split(key, 3)
-        x = augment.to_float(batch["images"])  # [B, H, W, 3]
-        views = jnp.concatenate(
-            [augment.simclr(key_v1, x, cfg.augment_strength),
-             augment.simclr(key_v2, x, cfg.augment_strength)]
-        )  # fmt: skip
+        views = jnp.concatenate([view(key_v1, batch, 0), view(key_v2, batch, 1)])
         z1, z2 = jnp.split(model(views), 2)  # [B, D] each
         if cfg.loss == "supcon":
             loss = supcon.supcon_loss(z1, z2, batch["labels"], tau=cfg.supcon.tau)
@@ -62,19 +67,16 @@ def run(ctx: common.StageContext) -> dict:
         cfg.optim, batch_size=cfg.batch_size, num_steps=num_steps, steps_per_epoch=spe
     )
     graphdef, state = train_lib.init_train_state(model, tx)
-    sample_key = jax.random.fold_in(key, 1)
-
-    def batch_fn(device_data, state):
-        positions = sampler.uniform_batch(sample_key, state.step, len(data.train_labels),
-                                          cfg.batch_size)  # fmt: skip
-        return batches.gather(device_data, positions, mesh)
-
-    train_step = train_lib.make_train_step(graphdef, tx, batch_fn, make_loss_fn(cfg), mesh)
+    sampling = inputs.Sampling("uniform", jax.random.fold_in(key, 1), cfg.batch_size)
+    feed = data.train_feed(sampling, augment="simclr", strength=cfg.augment_strength,
+                           num_views=2)  # fmt: skip
+    train_step = train_lib.make_train_step(graphdef, tx, feed.batch_fn, make_loss_fn(cfg, feed),
+                                           mesh)  # fmt: skip
     logging.info("%s: %d epochs x %d steps of batch %d (2 views).", STAGE, cfg.epochs, spe,
                  cfg.batch_size)  # fmt: skip
     state = train_lib.run_loop(
         stage=STAGE, workdir=ctx.workdir, state=runtime.put_replicated(mesh, state),
-        train_step=train_step, data=batches.device_train_data(data, mesh),
+        train_step=train_step, data=feed.data,
         root_key=jax.random.fold_in(key, 2), num_steps=num_steps, steps_per_epoch=spe,
         images_per_step=cfg.batch_size, train_config=ctx.config.train, schedule=schedule,
     )  # fmt: skip

@@ -15,23 +15,10 @@ import jax.numpy as jnp
 from flax import nnx
 
 from ltr_jax import runtime, train_lib
-from ltr_jax.data import augment, batches, sampler
+from ltr_jax.data import inputs
 from ltr_jax.losses import classification
 from ltr_jax.models import registry
 from ltr_jax.stages import common
-
-AUGMENTS = ("crop_flip", "simclr", "none")
-
-
-def make_augment(name: str, strength: float):
-    """``fn(key, float images) -> images`` for a named augmentation."""
-    if name == "crop_flip":
-        return lambda key, x: augment.crop_flip(key, x)
-    if name == "simclr":
-        return lambda key, x: augment.simclr(key, x, strength=strength)
-    if name == "none":
-        return lambda key, x: x
-    raise ValueError(f"Unknown augment {name!r}; valid: {', '.join(AUGMENTS)}.")
 
 
 def make_loss(cfg, class_counts, steps_per_epoch: int):
@@ -63,18 +50,15 @@ def run(ctx: common.StageContext, stage: str = "ce") -> dict:
     )
     graphdef, state = train_lib.init_train_state(model, tx)
     logits_fn = common.make_logits_fn(common.eval_graphdef(model))
-    sample = sampler.make_batch_sampler(
-        cfg.sampler, jax.random.fold_in(key, 1), data.train_labels, data.num_classes,
-        cfg.batch_size,
-    )  # fmt: skip
+    sampling = inputs.Sampling(cfg.sampler, jax.random.fold_in(key, 1), cfg.batch_size)
+    feed = data.train_feed(sampling, augment=cfg.augment, strength=cfg.augment_strength)
     loss = make_loss(cfg, data.class_counts, spe)
-    aug = make_augment(cfg.augment, cfg.augment_strength)
 
-    def batch_fn(device_data, state):
-        return dict(batches.gather(device_data, sample(state.step), mesh), step=state.step)
+    def batch_fn(feed_data, state):
+        return dict(feed.batch_fn(feed_data, state), step=state.step)
 
     def loss_fn(model, batch, key):
-        logits = model(aug(key, augment.to_float(batch["images"])))
+        logits = model(feed.view(key, batch))
         acc = jnp.mean(jnp.argmax(logits, -1) == batch["labels"])
         return loss(logits, batch["labels"], batch["step"]), {"train_acc": acc}
 
@@ -82,7 +66,7 @@ def run(ctx: common.StageContext, stage: str = "ce") -> dict:
     logging.info("%s: %d epochs x %d steps of batch %d.", stage, cfg.epochs, spe, cfg.batch_size)
     state = train_lib.run_loop(
         stage=stage, workdir=ctx.workdir, state=runtime.put_replicated(mesh, state),
-        train_step=train_step, data=batches.device_train_data(data, mesh),
+        train_step=train_step, data=feed.data,
         root_key=jax.random.fold_in(key, 2), num_steps=num_steps, steps_per_epoch=spe,
         images_per_step=cfg.batch_size, train_config=ctx.config.train, schedule=schedule,
         evaluate=lambda s: common.evaluate(ctx, logits_fn, s),

@@ -1,0 +1,337 @@
+"""Where a stage's images come from: the whole set in device memory, or streamed from disk.
+
+Stages see one interface and never which kind they got (the dataset name decides):
+
+- host facts: ``num_classes``, ``train_labels``, ``class_counts``, ``groups``, ``test_labels``;
+- ``train_feed(sampling, augment=..., strength=..., num_views=...)`` -> a feed:
+  ``feed.data(step, state)`` is what `train_lib.run_loop` hands the jitted step,
+  ``feed.batch_fn(data, state)`` picks the batch inside the step, and
+  ``feed.view(key, batch, v)`` is augmented view v of the batch (float32 [B, S, S, 3]);
+  ``feed.set_population(positions, step)`` tells it a new stage-2 draw starts at ``step``;
+- ``map_split(fn, split, positions, batch_size)``: an evaluation pass (no augmentation) of
+  ``fn(images, labels, positions)`` over chosen images of ``train`` or ``test``, outputs on
+  the host (of every process).
+
+`InMemoryInput` (CIFAR, synthetic): the long-tailed training set lives on every device; the
+step samples positions with `sampler` (jax.random) and gathers its batch on device; every
+augmentation runs on device (`augment`).
+
+`StreamingInput` (ImageNet-LT, iNaturalist 2018, synthetic JPEGs): images are decoded from a
+random-access source by Grain worker threads (`streaming`), each process loading its rows of
+every global batch; the batch order is a NumPy function of (seed, step) (`streaming.StepPlan`),
+so resumes are exact as in memory. The host does the random resized crop + flip (one crop per
+view), the device the rest of a recipe (SimCLR's colour jitter, grayscale and blur);
+evaluation uses the standard resize-to-S/0.875 + centre crop.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import numpy as np
+
+from ltr_jax import runtime, train_lib
+from ltr_jax.data import augment, batches, long_tail, sampler, streaming
+
+AUGMENTS = ("crop_flip", "simclr", "none")
+POPULATIONS = ("train", "extra")
+
+
+@dataclasses.dataclass(frozen=True)
+class Sampling:
+    """How a stage samples its training batches.
+
+    Attributes:
+      kind: ``uniform`` (epochs without replacement) or ``class_balanced``.
+      key: the sampler's key (the data order is a pure function of key and step).
+      batch_size: global batch size.
+      population: ``train`` (every training image) or ``extra`` (the training positions held
+        in ``state.extra``, e.g. stage 2's current draw, of ``population_size`` entries).
+      population_size: number of positions in ``state.extra`` (``extra`` only).
+    """
+
+    kind: str
+    key: jax.Array
+    batch_size: int
+    population: str = "train"
+    population_size: int = 0
+
+
+def key_to_seed(key: jax.Array) -> list[int]:
+    """NumPy seed entropy of a JAX key (host samplers use it)."""
+    return np.asarray(jax.random.key_data(key)).reshape(-1).tolist()
+
+
+def _check_sampling(sampling: Sampling) -> None:
+    if sampling.population not in POPULATIONS:
+        raise ValueError(f"Unknown population {sampling.population!r}; valid: {POPULATIONS}.")
+    if sampling.population == "extra" and sampling.kind != "uniform":
+        raise ValueError("Sampling from state.extra supports only the uniform sampler.")
+    if sampling.kind not in sampler.SAMPLERS:
+        valid = ", ".join(sampler.SAMPLERS)
+        raise ValueError(f"Unknown sampler {sampling.kind!r}; valid: {valid}.")
+
+
+# --------------------------------------------------------------------------------------------
+# In device memory.
+
+
+def device_augment(name: str, strength: float) -> Callable:
+    """``fn(key, float images [B, H, W, 3]) -> images`` for a named augmentation, on device."""
+    if name == "crop_flip":
+        return lambda key, x: augment.crop_flip(key, x)
+    if name == "simclr":
+        return lambda key, x: augment.simclr(key, x, strength=strength)
+    if name == "none":
+        return lambda key, x: x
+    raise ValueError(f"Unknown augment {name!r}; valid: {', '.join(AUGMENTS)}.")
+
+
+class _DeviceFeed:
+    """Batches gathered on device from the replicated training set (`InMemoryInput`)."""
+
+    def __init__(self, data: InMemoryInput, sampling: Sampling, aug: Callable):
+        self._data, self._mesh, self._aug = data, data.mesh, aug
+        self._population = sampling.population
+        if sampling.population == "extra":
+            n = sampling.population_size
+            self._sample = lambda step: sampler.uniform_batch(sampling.key, step, n,
+                                                              sampling.batch_size)  # fmt: skip
+        else:
+            self._sample = sampler.make_batch_sampler(
+                sampling.kind, sampling.key, data.train_labels, data.num_classes,
+                sampling.batch_size,
+            )  # fmt: skip
+        self._device_data = None
+
+    def data(self, step: int, state) -> dict:
+        del step, state
+        if self._device_data is None:
+            self._device_data = batches.device_train_data(self._data.long_tail, self._mesh)
+        return self._device_data
+
+    def batch_fn(self, device_data: dict, state) -> dict:
+        positions = self._sample(state.step)
+        if self._population == "extra":
+            positions = state.extra[positions]
+        return batches.gather(device_data, positions, self._mesh)
+
+    def view(self, key: jax.Array, batch: dict, v: int = 0) -> jax.Array:
+        del v  # every view is a fresh on-device draw from the same image
+        return self._aug(key, augment.to_float(batch["images"]))
+
+    def set_population(self, positions: np.ndarray, step: int) -> None:
+        del positions, step  # read from state.extra inside the step
+
+
+class InMemoryInput:
+    """The long-tailed training set and the test set as host arrays, copied to every device."""
+
+    def __init__(self, long_tail_data: batches.LongTailData, mesh: jax.sharding.Mesh):
+        self.long_tail, self.mesh = long_tail_data, mesh
+        self.num_classes = long_tail_data.num_classes
+        self.train_labels = long_tail_data.train_labels
+        self.test_labels = long_tail_data.test_labels
+        self.class_counts = long_tail_data.class_counts
+        self.groups = long_tail_data.groups
+
+    def train_feed(self, sampling: Sampling, *, augment: str = "none", strength: float = 1.0,
+                   num_views: int = 1) -> _DeviceFeed:  # fmt: skip
+        del num_views
+        _check_sampling(sampling)
+        return _DeviceFeed(self, sampling, device_augment(augment, strength))
+
+    def map_split(self, fn: Callable, split: str, positions: np.ndarray | None = None,
+                  batch_size: int = 512) -> Any:  # fmt: skip
+        """``fn(images uint8, labels int32, positions int32)`` over ``split`` in padded batches."""
+        lt = self.long_tail
+        images, labels = {"train": (lt.train_images, lt.train_labels),
+                          "test": (lt.test_images, lt.test_labels)}[split]  # fmt: skip
+        if positions is None:
+            positions = np.arange(len(labels))
+        positions = np.asarray(positions, np.int32)
+        return train_lib.apply_in_batches(
+            fn, (images[positions], labels[positions], positions), batch_size, self.mesh
+        )
+
+
+# --------------------------------------------------------------------------------------------
+# Streamed from disk.
+
+
+def host_augment(name: str, strength: float) -> Callable:
+    """The device part of a named augmentation whose crop + flip the host already did."""
+    if name == "simclr":
+        return lambda key, x: augment.simclr_colour(key, x, strength=strength)
+    if name in ("crop_flip", "none"):
+        return lambda key, x: x
+    raise ValueError(f"Unknown augment {name!r}; valid: {', '.join(AUGMENTS)}.")
+
+
+@dataclasses.dataclass(frozen=True)
+class StreamOptions:
+    """Host pipeline settings from ``config.data``."""
+
+    image_size: int
+    num_workers: int
+    prefetch_steps: int
+
+
+class _StreamFeed:
+    """Host-decoded batches from Grain worker threads (`StreamingInput`)."""
+
+    def __init__(self, data: StreamingInput, sampling: Sampling, augment_name: str,
+                 aug: Callable, num_views: int):  # fmt: skip
+        self._data, self._sampling, self._aug = data, sampling, aug
+        self._mode = "eval" if augment_name == "none" else "train"
+        self._num_views = num_views if self._mode == "train" else 1
+        self._seed = key_to_seed(sampling.key)
+        self._population: np.ndarray | None = None
+        self._iterator, self._next_step = None, -1
+
+    def _plan(self) -> streaming.StepPlan:
+        s, pi, pc = self._sampling, jax.process_index(), jax.process_count()
+        if s.population == "extra":
+            population = self._population
+            inner = streaming.BatchPlan(len(population), s.batch_size, self._seed, pi, pc)
+            return streaming.StepPlan(lambda step: population[inner.global_positions(step)],
+                                      s.batch_size, self._seed, pi, pc)  # fmt: skip
+        labels = self._data.train_labels
+        if s.kind == "class_balanced":
+            return streaming.class_balanced_plan(labels, self._data.num_classes, s.batch_size,
+                                                 self._seed, pi, pc)  # fmt: skip
+        return streaming.BatchPlan(len(labels), s.batch_size, self._seed, pi, pc)
+
+    def data(self, step: int, state) -> dict:
+        if self._sampling.population == "extra" and self._population is None:
+            self._population = runtime.to_host(state.extra)  # a resumed run's current draw
+        if self._iterator is None or step != self._next_step:
+            self._iterator = self._data.iterator(
+                self._data.train, plan=self._plan(), start_step=step, mode=self._mode,
+                num_views=self._num_views, global_batch_size=self._sampling.batch_size,
+            )  # fmt: skip
+        self._next_step = step + 1
+        local = next(self._iterator)
+        return streaming.make_global_batch(self._data.mesh, _without_positions(local))
+
+    def batch_fn(self, batch: dict, state) -> dict:
+        del state
+        return batch
+
+    def view(self, key: jax.Array, batch: dict, v: int = 0) -> jax.Array:
+        images = batch["images"]
+        if images.ndim == 5:  # [B, V, S, S, 3]: one host crop per view
+            images = images[:, v]
+        return self._aug(key, augment.to_float(images))
+
+    def set_population(self, positions: np.ndarray, step: int) -> None:
+        self._population = np.asarray(positions)
+        self._iterator = None  # the draw changed: restart the pipeline at this step
+        del step
+
+
+def _without_positions(local: dict) -> dict:
+    return {k: v for k, v in local.items() if k != "positions"}
+
+
+class StreamingInput:
+    """A long-tailed training source and a test source of encoded images, streamed."""
+
+    def __init__(self, train, test, num_classes: int, groups: long_tail.ShotGroups,
+                 mesh: jax.sharding.Mesh, options: StreamOptions):  # fmt: skip
+        self.train, self.test, self.mesh, self.options = train, test, mesh, options
+        self.num_classes = num_classes
+        self.train_labels = np.asarray(train.labels, np.int32)
+        self.test_labels = np.asarray(test.labels, np.int32)
+        self.class_counts = np.bincount(self.train_labels, minlength=num_classes)
+        self.groups = groups
+
+    def iterator(self, split, *, plan, start_step: int = 0, num_steps: int | None = None,
+                 mode: str = "train", num_views: int = 1, global_batch_size: int):  # fmt: skip
+        """This process's host batches of ``split`` (an `image_lists.ImageSplit`-like pair)."""
+        return streaming.make_iterator(
+            split.source, global_batch_size=global_batch_size, start_step=start_step,
+            num_steps=num_steps, image_size=self.options.image_size,
+            num_workers=self.options.num_workers, prefetch_steps=self.options.prefetch_steps,
+            plan=plan, mode=mode, num_views=num_views,
+        )  # fmt: skip
+
+    def train_feed(self, sampling: Sampling, *, augment: str = "none", strength: float = 1.0,
+                   num_views: int = 1) -> _StreamFeed:  # fmt: skip
+        _check_sampling(sampling)
+        return _StreamFeed(self, sampling, augment, host_augment(augment, strength), num_views)
+
+    def map_split(self, fn: Callable, split: str, positions: np.ndarray | None = None,
+                  batch_size: int = 512) -> Any:  # fmt: skip
+        """``fn(images uint8, labels int32, positions int32)`` over ``split``, centre crops."""
+        source = {"train": self.train, "test": self.test}[split]
+        if positions is None:
+            positions = np.arange(len(source.labels))
+        plan, num_batches = streaming.eval_plan(
+            positions, batch_size, jax.process_index(), jax.process_count()
+        )
+        local_batches = self.iterator(source, plan=plan, num_steps=num_batches, mode="eval",
+                                      global_batch_size=batch_size)  # fmt: skip
+        outs, left = [], len(positions)
+        for local in local_batches:
+            batch = streaming.make_global_batch(self.mesh, local)
+            out = runtime.to_host(fn(batch["images"], batch["labels"], batch["positions"]))
+            real = min(left, batch_size)
+            outs.append(jax.tree.map(lambda x, r=real: x[:r], out))
+            left -= real
+        return jax.tree.map(lambda *xs: np.concatenate(xs), *outs)
+
+
+# --------------------------------------------------------------------------------------------
+# Choosing one.
+
+IN_MEMORY = ("cifar10", "cifar100", "synthetic")
+STREAMED = ("imagenet_lt", "inaturalist2018", "synthetic_jpeg")
+
+
+def default_num_workers() -> int:
+    """Decoding threads when ``data.num_workers`` is 0: this process's CPU cores."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+
+
+def load(data_config, mesh: jax.sharding.Mesh):
+    """The input of ``config.data``: `InMemoryInput` or `StreamingInput` by dataset name."""
+    from ltr_jax.data import sources  # noqa: PLC0415 (TFDS import only when loading data)
+
+    name = data_config.name
+    if name in IN_MEMORY:
+        lt = batches.make_long_tail(sources.load_dataset(data_config), data_config)
+        return InMemoryInput(lt, mesh)
+    if name not in STREAMED:
+        raise ValueError(f"Unknown dataset name {name!r}; valid: {IN_MEMORY + STREAMED}.")
+    options = StreamOptions(
+        image_size=data_config.image_size,
+        num_workers=data_config.num_workers or default_num_workers(),
+        prefetch_steps=data_config.prefetch_steps,
+    )
+    train, test, num_classes = _streamed_splits(data_config)
+    counts = np.bincount(np.asarray(train.labels), minlength=num_classes)
+    groups = long_tail.shot_groups(counts, data_config.many_threshold, data_config.few_threshold)
+    logging.info(
+        "%s: %d training images (%d..%d per class), %d test images; many/medium/few %d/%d/%d.",
+        name, len(train.labels), counts.min(), counts.max(), len(test.labels),
+        len(groups.many), len(groups.medium), len(groups.few),
+    )  # fmt: skip
+    return StreamingInput(train, test, num_classes, groups, mesh, options)
+
+
+def _streamed_splits(data_config):
+    if data_config.name == "synthetic_jpeg":
+        from ltr_jax.data import synthetic_jpeg  # noqa: PLC0415
+
+        return synthetic_jpeg.make_splits(data_config)
+    from ltr_jax.data import image_lists  # noqa: PLC0415
+
+    ds = image_lists.load_image_list_dataset(data_config)
+    return ds.train, ds.test, ds.num_classes
+
