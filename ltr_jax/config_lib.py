@@ -14,6 +14,9 @@ import os
 import ml_collections as mlc
 from ml_collections import config_dict
 
+# Datasets read by the streaming pipeline (ltr_jax.data.inputs.STREAMED).
+STREAMED_DATASETS = ("imagenet_lt", "inaturalist2018", "synthetic_jpeg")
+
 
 def optim(name: str = "adamw", lr: float = 1e-3, lr_base_batch: int = 256, **kw) -> mlc.ConfigDict:
     """An optimizer section: peak lr = lr * batch_size / lr_base_batch, warm-up then cosine."""
@@ -70,8 +73,9 @@ def base_config() -> mlc.ConfigDict:
             image_size=224,  # streamed datasets: side of the crops
             num_workers=0,  # streamed datasets: decoding threads per process; 0: its CPU cores
             prefetch_steps=2,  # streamed datasets: batches decoded ahead
-            synthetic=dict(num_classes=10, train_per_class=100, test_per_class=20, seed=0,
-                           jpeg_sizes=(40, 56)),  # fmt: skip
+            synthetic=dict(
+                num_classes=10, train_per_class=100, test_per_class=20, seed=0, jpeg_sizes=(40, 56)
+            ),  # fmt: skip
         )
     )
     c.model = mlc.ConfigDict(
@@ -136,9 +140,17 @@ def base_config() -> mlc.ConfigDict:
 
 
 def smoke(config: mlc.ConfigDict) -> mlc.ConfigDict:
-    """Shrinks any config to a CPU run of seconds per stage on synthetic data (``:smoke``)."""
-    config.data.update(name="synthetic", imbalance_factor=10, many_threshold=50, few_threshold=20)
-    config.model.update(encoder="cifar_resnet8", proj_hidden=64, proj_dim=32)
+    """Shrinks any config to a CPU run of seconds per stage on synthetic data (``:smoke``).
+
+    A config of a streamed dataset (ImageNet-LT, iNaturalist) gets synthetic JPEGs through
+    the same streaming pipeline, at 32 x 32; the others synthetic arrays in device memory.
+    """
+    streamed = config.data.name in STREAMED_DATASETS
+    config.data.update(name="synthetic_jpeg" if streamed else "synthetic", imbalance_factor=10,
+                       many_threshold=50, few_threshold=20)  # fmt: skip
+    if streamed:
+        config.data.update(image_size=32, num_workers=2)
+    config.model.update(encoder="cifar_resnet8", proj_hidden=64, proj_dim=32, dtype="float32")
     config.train.update(log_every_steps=5, eval_every_epochs=1.0, checkpoint_every_steps=10,
                         eval_batch_size=64)  # fmt: skip
     config.ce.update(epochs=2, batch_size=32)

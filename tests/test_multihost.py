@@ -1,6 +1,8 @@
 """Multi-process runs on localhost: the library's host/global-array helpers and checkpoints
 across 2 processes (``tests/multihost_worker.py``), and the pipeline, whose 2 processes x 2 CPU
-devices must give the results of 1 process x 4 devices.
+devices must give the results of 1 process x 4 devices, with the data in device memory
+(CIFAR smoke) and streamed (ImageNet-LT smoke: every process decodes only its rows of each
+global batch).
 
 Both pipeline runs go through ``run.py`` in subprocesses (the test process has 8 devices),
 the two-process one with ``--multihost`` and an explicit localhost coordinator; JAX's CPU
@@ -28,7 +30,10 @@ import pytest
 from ltr_jax import writers
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CONFIG = os.path.join(ROOT, "configs", "cifar10_lt.py") + ":smoke"
+CONFIGS = {  # in device memory; streamed (synthetic JPEGs through the Grain pipeline)
+    "in_memory": os.path.join(ROOT, "configs", "cifar10_lt.py") + ":smoke",
+    "streamed": os.path.join(ROOT, "configs", "imagenet_lt.py") + ":smoke",
+}
 STAGES = "stage1,probe,stage2,ce,crt"
 SHORTEN = (  # a few steps per stage; two stage-2 draws
     "--config.stage1.epochs=1", "--config.probe.epochs=1", "--config.stage2.epochs=2",
@@ -61,9 +66,9 @@ def _run_processes(commands: list[list[str]], devices: int, log_prefix) -> None:
     _wait_all(procs, logs)
 
 
-def _launch(workdir, num_processes: int, devices: int) -> None:
+def _launch(config: str, workdir, num_processes: int, devices: int) -> None:
     """Runs ``run.py`` in ``num_processes`` processes (``--multihost`` when more than one)."""
-    cmd = [sys.executable, os.path.join(ROOT, "run.py"), f"--config={CONFIG}",
+    cmd = [sys.executable, os.path.join(ROOT, "run.py"), f"--config={config}",
            f"--workdir={workdir}", f"--stages={STAGES}", *SHORTEN]  # fmt: skip
     if num_processes == 1:
         return _run_processes([cmd], devices, workdir)
@@ -112,10 +117,11 @@ def test_library_helpers_across_two_processes(tmp_path):
 
 
 @pytest.mark.slow
-def test_two_processes_give_the_one_process_results(tmp_path):
+@pytest.mark.parametrize("data", sorted(CONFIGS))
+def test_two_processes_give_the_one_process_results(tmp_path, data):
     one, two = tmp_path / "one", tmp_path / "two"
-    _launch(one, num_processes=1, devices=4)
-    _launch(two, num_processes=2, devices=2)
+    _launch(CONFIGS[data], one, num_processes=1, devices=4)
+    _launch(CONFIGS[data], two, num_processes=2, devices=2)
 
     assert _results(two) == _results(one)
     assert sorted(os.listdir(two)) == sorted(os.listdir(one))

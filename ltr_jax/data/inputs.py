@@ -35,7 +35,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from ltr_jax import runtime, train_lib
+from ltr_jax import config_lib, runtime, train_lib
 from ltr_jax.data import augment, batches, long_tail, sampler, streaming
 
 AUGMENTS = ("crop_flip", "simclr", "none")
@@ -258,7 +258,8 @@ class StreamingInput:
             split.source, global_batch_size=global_batch_size, start_step=start_step,
             num_steps=num_steps, image_size=self.options.image_size,
             num_workers=self.options.num_workers, prefetch_steps=self.options.prefetch_steps,
-            plan=plan, mode=mode, num_views=num_views,
+            plan=plan, mode=mode, num_views=num_views, process_index=plan.process_index,
+            process_count=jax.process_count(),
         )  # fmt: skip
 
     def train_feed(self, sampling: Sampling, *, augment: str = "none", strength: float = 1.0,
@@ -291,7 +292,7 @@ class StreamingInput:
 # Choosing one.
 
 IN_MEMORY = ("cifar10", "cifar100", "synthetic")
-STREAMED = ("imagenet_lt", "inaturalist2018", "synthetic_jpeg")
+STREAMED = config_lib.STREAMED_DATASETS
 
 
 def default_num_workers() -> int:
@@ -334,4 +335,3 @@ def _streamed_splits(data_config):
 
     ds = image_lists.load_image_list_dataset(data_config)
     return ds.train, ds.test, ds.num_classes
-

@@ -1,10 +1,11 @@
 """Dataset sources: official CIFAR archives -> prepared TFDS datasets -> numpy arrays.
 
-This is the only module of `ltr_jax` that imports `tensorflow_datasets`, and it never needs
-TensorFlow: our own builders (`ltr_cifar10`, `ltr_cifar100`) read the OFFICIAL binary archives
-with the standard library's `tarfile`, check their sha256 themselves, and write ArrayRecord
-files that `as_data_source` reads back without TensorFlow. (The stock `cifar10`/`cifar100`
-builders, `tfds.load` and `DownloadManager.extract` all import TensorFlow.)
+With `image_lists` (ImageNet-LT, iNaturalist), the only modules of `ltr_jax` that import
+`tensorflow_datasets`, and neither needs TensorFlow: our own builders (`ltr_cifar10`,
+`ltr_cifar100`) read the OFFICIAL binary archives with the standard library's `tarfile`, check
+their sha256 themselves, and write ArrayRecord files that `as_data_source` reads back without
+TensorFlow. (The stock `cifar10`/`cifar100` builders, `tfds.load` and
+`DownloadManager.extract` all import TensorFlow.)
 
 The rest of the project calls only `load_dataset(config.data)`, which returns every image of
 both official splits as numpy arrays sorted by their original position in the official split
@@ -206,7 +207,7 @@ class _LtrCifarBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
     def _acquire_archive(self, dl_manager: tfds.download.DownloadManager) -> epath.Path:
         """The archive from the manual folder if there, else downloaded, else a clear error."""
-        folder = _manual_folder(dl_manager)
+        folder = manual_folder(dl_manager)
         local = folder / self.ARCHIVE_FILENAME if folder else None
         if local is not None and local.exists():
             logging.info("Using %s from the manual folder.", local)
@@ -251,7 +252,7 @@ class _LtrCifarBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         return False
 
 
-def _manual_folder(dl_manager: tfds.download.DownloadManager) -> epath.Path | None:
+def manual_folder(dl_manager: tfds.download.DownloadManager) -> epath.Path | None:
     """The configured manual folder, whether or not it exists yet.
 
     `dl_manager.manual_dir` raises when the folder is missing or empty, but the error for a
@@ -343,7 +344,7 @@ def load_dataset(data_config: Any) -> Dataset:
         allow_unverified_archive=data_config.allow_unverified_archive,
         download=data_config.download,
     )
-    _prepare(builder, data_config.manual_dir)
+    prepare(builder, data_config.manual_dir)
     verified = _check_prepared(builder, data_config.allow_unverified_archive)
     label = builder.info.features["label"]
     return Dataset(
@@ -355,8 +356,9 @@ def load_dataset(data_config: Any) -> Dataset:
     )
 
 
-def _prepare(builder: _LtrCifarBuilder, manual_dir: str | None) -> None:
-    """Builds the ArrayRecord files unless already there."""
+def prepare(builder: tfds.core.DatasetBuilder, manual_dir: str | None) -> None:
+    """Builds a builder's ArrayRecord files (offline, manual folder ``manual_dir``) unless
+    already there."""
     if builder.is_prepared():
         logging.info("%s already prepared in %s.", builder.name, builder.data_dir)
         return

@@ -131,9 +131,7 @@ class BatchPlan(StepPlan):
             )
         self.num_examples = num_examples
         self._permutation = functools.lru_cache(maxsize=2)(self._make_permutation)
-        super().__init__(
-            self._positions, global_batch_size, seed, process_index, process_count
-        )
+        super().__init__(self._positions, global_batch_size, seed, process_index, process_count)
 
     def _make_permutation(self, epoch: int) -> np.ndarray:
         rng = np.random.default_rng([self.seed, _PERMUTATION_STREAM, epoch])
@@ -346,6 +344,10 @@ def make_dataset(
     """
     if plan is None:
         plan = BatchPlan(len(source), global_batch_size, seed, process_index, process_count)
+    elif (plan.global_batch_size, plan.process_index) != (global_batch_size, process_index) or (
+        plan.local_batch_size * process_count != global_batch_size
+    ):
+        raise ValueError("plan was built for another batch size or process split.")
     first = start_step * plan.local_batch_size
     stop = sys.maxsize if num_steps is None else first + num_steps * plan.local_batch_size
     load = _LoadExample(source, plan, image_size, image_key, label_key, mode, num_views)
