@@ -3,6 +3,7 @@
     python run.py --config=configs/cifar10_lt.py --workdir=workdirs/c10
     python run.py --config=configs/cifar10_lt.py:smoke          # whole pipeline in < 1 min on CPU
     python run.py --config=configs/cifar10_lt.py --config.data.imbalance_factor=50
+    python run.py --config=configs/imagenet_lt.py --prepare_data    # only prepare the dataset
 
 Rerunning the same command resumes the run in its workdir. Multi-process (one process per
 host; on TPU pods and SLURM the three launch flags are auto-detected and may be left out):
@@ -38,6 +39,12 @@ _NUM_PROCESSES = flags.DEFINE_integer(
 _PROCESS_ID = flags.DEFINE_integer(
     "process_id", None, "--multihost: this process's id, 0..num_processes-1 (default: auto)."
 )
+_PREPARE_DATA = flags.DEFINE_bool(
+    "prepare_data",
+    False,
+    "Only prepare (or check) the dataset of config.data, then exit: run it "
+    "once, in one process, before a multi-host launch.",
+)
 flags.mark_flags_as_required(["config"])
 
 
@@ -71,15 +78,37 @@ def main(argv):
     )
     from ml_collections import FrozenConfigDict
 
+    from ltr_jax.data import imagenet_lt, sources
+
     config = FrozenConfigDict(_CONFIG.value)
     workdir = _WORKDIR.value or default_workdir(flags.FLAGS["config"].config_filename)
-    results = pipeline.run(config, workdir, _STAGES.value)
+    data_errors = (sources.DatasetNotFoundError, sources.UnverifiedArchiveError,
+                   imagenet_lt.SplitListError)  # fmt: skip
+    try:
+        if _PREPARE_DATA.value:
+            return prepare_data(config)
+        results = pipeline.run(config, workdir, _STAGES.value)
+    except data_errors as e:  # say what is wrong and how to fix it, without a traceback
+        sys.exit(f"run.py: {type(e).__name__}: {e}")
     for name, res in results.items():
         groups = " ".join(
             f"{g}={res[g]:.2f}" for g in ("many", "medium", "few") if res.get(g) is not None
         )
         if "top1" in res:
             logging.info("%s: top1=%.2f %s (%s)", name, res["top1"], groups, workdir)
+
+
+def prepare_data(config) -> None:
+    """Prepares the configured dataset (if needed) and logs what a run would train on."""
+    from ltr_jax.data import inputs  # noqa: PLC0415
+
+    data = inputs.load(config.data, runtime.make_mesh())
+    counts = data.class_counts
+    logging.info(
+        "%s ready: %d classes, %d training images (%d..%d per class), %d test images.",
+        config.data.name, data.num_classes, counts.sum(), counts.min(), counts.max(),
+        len(data.test_labels),
+    )  # fmt: skip
 
 
 def check_overrides(argv: list[str]) -> str | None:

@@ -16,6 +16,9 @@ measured number (e.g. from ``bench/throughput.py``) when there is one.
 
     python bench/streaming.py                            # ~10 s on 2 idle cores
     python bench/streaming.py --workers 1,2,4,8 --batches 20 --num_images 512
+    python bench/streaming.py --num_views 2 --out bench/results/streaming_cpu_2views.json
+
+Rates count images (decoded once), each giving ``--num_views`` crops (stage 1's two views).
 """
 
 from __future__ import annotations
@@ -69,7 +72,7 @@ def time_serial(source: list[dict], args: argparse.Namespace) -> dict:
         start = time.perf_counter()
         for i in range(count):
             rng = np.random.default_rng([0, i])
-            streaming.augment_image(source[i]["image"], rng, args.image_size)
+            streaming.augment_image(source[i]["image"], rng, args.image_size, args.num_views)
         times.append(time.perf_counter() - start)
     return {"case": "serial", "workers": 0, "cores_used": 1, "images_per_s": count / min(times)}
 
@@ -84,6 +87,7 @@ def time_pipeline(source: list[dict], workers: int, args: argparse.Namespace) ->
         image_size=args.image_size,
         num_workers=workers,
         num_steps=args.repeats * per_window,
+        num_views=args.num_views,
     )
     rates = []
     for _ in range(args.repeats):
@@ -112,6 +116,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--quality", type=int, default=90)
     parser.add_argument("--noise", type=float, default=25.0, help="pixel noise std (file size)")
     parser.add_argument("--image_size", type=int, default=224)
+    parser.add_argument(
+        "--num_views", type=int, default=1, help="random crops per decoded image (stage 1: 2)"
+    )
     parser.add_argument("--batch_size", type=int, default=32)
     parser.add_argument("--batches", type=int, default=6, help="timed batches per window")
     parser.add_argument("--repeats", type=int, default=3)
@@ -127,7 +134,7 @@ def main() -> None:
     source = make_source(args)
     mean_kb = statistics.fmean(len(r["image"]) for r in source) / 1024
     print(f"{len(source)} synthetic JPEGs {args.width}x{args.height} q{args.quality}, "
-          f"mean {mean_kb:.0f} KB; output {args.image_size}x{args.image_size}; "
+          f"mean {mean_kb:.0f} KB; output {args.num_views} x {args.image_size}x{args.image_size}; "
           f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")  # fmt: skip
     rows = [time_serial(source, args)] + [time_pipeline(source, w, args) for w in args.workers]
     rows = [add_derived(r, args.model_images_per_s) for r in rows]

@@ -7,6 +7,8 @@ resumed gives exactly the results and logged losses of an uninterrupted run.
 
 import json
 import os
+import subprocess
+import sys
 
 import jax
 import numpy as np
@@ -77,6 +79,17 @@ def test_streamed_ce_and_crt_with_class_balanced_sampling(tmp_path):
         assert 0.0 <= results[name]["top1"] <= 100.0
         assert results[name]["dataset"] == "synthetic_jpeg"
     assert results["ce"]["sampler"] == "class_balanced"
+
+
+def test_missing_dataset_is_a_clear_one_line_error(tmp_path):
+    cmd = [sys.executable, os.path.join(ROOT, "run.py"), "--config=configs/imagenet_lt.py",
+           "--prepare_data", f"--config.data.manual_dir={tmp_path}",
+           f"--config.data.data_dir={tmp_path / 'tfds'}"]  # fmt: skip
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr
+    expected = f"DatasetNotFoundError: Split list ImageNet_LT_train.txt not found in {tmp_path}"
+    assert expected in done.stderr
 
 
 def test_streamed_facts_match_the_long_tail(streamed):

@@ -34,6 +34,7 @@ from typing import Any
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 
 from ltr_jax import config_lib, runtime, train_lib
 from ltr_jax.data import augment, batches, long_tail, sampler, streaming
@@ -301,7 +302,24 @@ def default_num_workers() -> int:
 
 
 def load(data_config, mesh: jax.sharding.Mesh):
-    """The input of ``config.data``: `InMemoryInput` or `StreamingInput` by dataset name."""
+    """The input of ``config.data``: `InMemoryInput` or `StreamingInput` by dataset name.
+
+    With several processes, process 0 loads first (preparing the dataset if it is not yet
+    prepared) while the others wait at a barrier, then they load the prepared copy: no two
+    processes write the same dataset.
+    """
+    if jax.process_count() == 1:
+        return _load(data_config, mesh)
+    barrier = lambda: multihost_utils.sync_global_devices("ltr_jax: dataset prepared")
+    if jax.process_index() == 0:
+        data = _load(data_config, mesh)
+        barrier()
+        return data
+    barrier()
+    return _load(data_config, mesh)
+
+
+def _load(data_config, mesh: jax.sharding.Mesh):
     from ltr_jax.data import sources  # noqa: PLC0415 (TFDS import only when loading data)
 
     name = data_config.name
