@@ -8,7 +8,7 @@
 # pyarrow, requests, tqdm, einops, six, fsspec, zipp, typing-extensions and packaging.
 # Missing there, and fetched here (the versions this project is tested with):
 #   .whl/           tensorflow-datasets and its missing requirements, ml-collections,
-#                   array-record, tensorboardX; installed with --no-deps into /tmp/site
+#                   array-record, tensorboardX, grain (+ cloudpickle, portpicker); installed with --no-deps into /tmp/site
 #   .whl/fallback/  protobuf and etils: used only when the machine's own are too old for
 #                   tensorflow-metadata's generated code / tensorflow-datasets
 # promise has no wheel on PyPI (sdist only, pure Python): its wheel is built here.
@@ -36,6 +36,9 @@ MAIN=(
   googleapis-common-protos==1.76.0
   termcolor==3.3.0
   toml==0.10.2
+  grain==0.2.18
+  cloudpickle==3.1.3
+  portpicker==1.6.0
 )
 FALLBACK=(protobuf==7.36.2 etils==1.15.0)
 

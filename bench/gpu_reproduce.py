@@ -63,11 +63,11 @@ QUICK_BENCH = ["--backbones", "cifar_resnet8", "--batch_sizes", "64", "--steps",
 FULL_BENCH = ["--backbones", "cifar_resnet18", "--batch_sizes", "1024", "--steps", "20",
               "--warmup", "3"]  # fmt: skip
 IMPORT_CHECK = """
-import json, flax, jax, ml_collections, optax, orbax.checkpoint, tensorboardX
+import json, flax, grain, jax, ml_collections, optax, orbax.checkpoint, tensorboardX
 import tensorflow_datasets as tfds
-import ltr_jax.pipeline
+import ltr_jax.pipeline, ltr_jax.data.inputs
 print(json.dumps({m.__name__: getattr(m, "__version__", "?") for m in
-                  (jax, flax, optax, tfds, ml_collections, tensorboardX)}))
+                  (jax, flax, optax, tfds, ml_collections, tensorboardX, grain)}))
 """
 DEVICE_INFO = """
 import json, jax

@@ -1,0 +1,171 @@
+"""Does the streaming pipeline keep the accelerator fed? Streamed vs pre-made batches, same step.
+
+For each stage the real training step is built from the library's pieces exactly as the stages
+build it on streamed data (`inputs.StreamingInput.train_feed`, `representation.make_loss_fn`,
+`train_lib.make_train_step`), then timed twice, back to back:
+
+- ``model``: the step fed one pre-made global batch again and again (no input pipeline): the
+  model's own speed, device-side augmentation included;
+- ``streamed``: the step fed by ``feed.data(step, state)``, i.e. Grain worker threads decoding
+  JPEGs, random-resized-cropping and flipping on the host, then the global batch assembled with
+  `jax.make_array_from_process_local_data`.
+
+fed = streamed / model images/s: 1.0 means the pipeline keeps up. Stages: ``stage1`` (BNS, two
+host crops per image, SimCLR colour ops on device) and ``supervised`` (one crop + flip, linear
+head, cross-entropy: the ``ce`` stage and stage 2's step). Data: ``--num_images`` synthetic
+photo-like JPEGs at ImageNet size (``bench/streaming.py``'s generator, about 105 KB each),
+held in memory, so disk speed is not measured.
+
+    python bench/streamed_train.py --encoder resnet50 --image_size 224 --dtype bfloat16  # GPU
+    python bench/streamed_train.py --encoder cifar_resnet8 --image_size 64 --batch_size 32 \\
+        --dtype float32 --steps 5 --num_images 128 --workers 2                          # CPU try
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+import bench_lib
+import jax
+import numpy as np
+import streaming as streaming_bench  # bench/streaming.py: the synthetic JPEG generator
+from flax import nnx
+
+from ltr_jax import config_lib, runtime, train_lib
+from ltr_jax.data import inputs, long_tail, synthetic_jpeg
+from ltr_jax.losses import classification
+from ltr_jax.models import registry
+from ltr_jax.stages import representation
+
+STAGES = ("stage1", "supervised")
+
+
+def make_input(args, mesh) -> inputs.StreamingInput:
+    """``--num_images`` in-memory synthetic JPEGs behind the streamed input."""
+    rng = np.random.default_rng(0)
+    images = tuple(
+        streaming_bench.synthetic_jpeg(rng, args.width, args.height, 90, 25.0)
+        for _ in range(args.num_images)
+    )
+    labels = (np.arange(args.num_images) % args.num_classes).astype(np.int32)
+    split = synthetic_jpeg.EncodedSplit(images, labels)
+    counts = np.bincount(labels, minlength=args.num_classes)
+    options = inputs.StreamOptions(args.image_size, args.workers, prefetch_steps=2)
+    return inputs.StreamingInput(split, split, args.num_classes,
+                                 long_tail.shot_groups(counts, 100, 20), mesh, options)  # fmt: skip
+
+
+def make_step(stage: str, args, data: inputs.StreamingInput, mesh):
+    """(jitted step, initial state, feed) of one stage on streamed data."""
+    config = config_lib.base_config()
+    config.model.update(encoder=args.encoder, dtype=args.dtype)
+    sampling = inputs.Sampling("uniform", jax.random.key(1), args.batch_size)
+    spe = train_lib.steps_per_epoch(args.num_images, args.batch_size)
+    if stage == "stage1":
+        cfg = config.stage1
+        feed = data.train_feed(sampling, augment="simclr", strength=1.0, num_views=2)
+        model = registry.make_contrastive(config.model, rngs=nnx.Rngs(0))
+        loss_fn = representation.make_loss_fn(cfg, feed)
+    else:
+        cfg = config.ce
+        feed = data.train_feed(sampling, augment="crop_flip")
+        model = registry.make_classifier(config.model, args.num_classes, rngs=nnx.Rngs(0))
+
+        def loss_fn(model, batch, key):
+            logits = model(feed.view(key, batch))
+            return classification.cross_entropy(logits, batch["labels"]), {}
+
+    tx, _ = train_lib.make_optimizer(cfg.optim, batch_size=args.batch_size,
+                                     num_steps=1000 * spe, steps_per_epoch=spe)  # fmt: skip
+    graphdef, state = train_lib.init_train_state(model, tx)
+    step = train_lib.make_train_step(graphdef, tx, feed.batch_fn, loss_fn, mesh)
+    return step, runtime.put_replicated(mesh, state), feed
+
+
+def time_steps(step, state, get_batch, key, warmup: int, steps: int) -> tuple[float, object]:
+    """Seconds for ``steps`` steps after ``warmup``; blocks on the last state only (the host
+    prepares batch t + 1 while the device runs step t, as in ``train_lib.run_loop``)."""
+    for t in range(warmup):
+        state, _ = step(state, get_batch(t, state), key)
+    jax.block_until_ready(state)
+    start = time.perf_counter()
+    for t in range(warmup, warmup + steps):
+        state, _ = step(state, get_batch(t, state), key)
+    jax.block_until_ready(state)
+    return time.perf_counter() - start, state
+
+
+def bench_stage(stage: str, args, data, mesh) -> dict:
+    step, state, feed = make_step(stage, args, data, mesh)
+    key = jax.random.key(2)
+    fixed = feed.data(0, state)
+    start = time.perf_counter()
+    state, _ = step(state, fixed, key)  # compile
+    jax.block_until_ready(state)
+    compile_s = time.perf_counter() - start
+    model_s, state = time_steps(step, state, lambda t, s: fixed, key, args.warmup, args.steps)
+    streamed_s, state = time_steps(step, state, feed.data, key, args.warmup, args.steps)
+    images = args.steps * args.batch_size
+    row = {
+        "stage": stage,
+        "encoder": args.encoder,
+        "dtype": args.dtype,
+        "batch": args.batch_size,
+        "image_size": args.image_size,
+        "workers": args.workers,
+        "compile_s": compile_s,
+        "model_images_per_s": images / model_s,
+        "streamed_images_per_s": images / streamed_s,
+    }
+    row["fed"] = row["streamed_images_per_s"] / row["model_images_per_s"]
+    return row
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--stages", type=bench_lib.csv_list(), default=list(STAGES))
+    parser.add_argument("--encoder", default="resnet50")
+    parser.add_argument("--dtype", default="bfloat16")
+    parser.add_argument("--image_size", type=int, default=224)
+    parser.add_argument("--batch_size", type=int, default=128)
+    parser.add_argument("--workers", type=int, default=inputs.default_num_workers())
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--num_images", type=int, default=1024)
+    parser.add_argument("--num_classes", type=int, default=1000)
+    parser.add_argument("--width", type=int, default=500)
+    parser.add_argument("--height", type=int, default=375)
+    parser.add_argument("--out", default=None, help="JSON path (default by device)")
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = parse_args()
+    mesh = runtime.make_mesh()
+    device = jax.devices()[0].device_kind
+    data = make_input(args, mesh)
+    rows = [bench_stage(stage, args, data, mesh) for stage in args.stages]
+    columns = [
+        ("stage", "stage", "s"),
+        ("encoder", "encoder", "s"),
+        ("dtype", "dtype", "s"),
+        ("batch", "batch", "d"),
+        ("size", "image_size", "d"),
+        ("workers", "workers", "d"),
+        ("model img/s", "model_images_per_s", ".0f"),
+        ("streamed img/s", "streamed_images_per_s", ".0f"),
+        ("fed", "fed", ".2f"),
+        ("compile s", "compile_s", ".1f"),
+    ]
+    print(f"{device} x {len(jax.devices())}, {os.cpu_count()} host cores")
+    print(bench_lib.markdown_table(rows, columns))
+    slug = device.lower().replace(" ", "_")
+    out = args.out or f"bench/results/streamed_train_{slug}.json"
+    bench_lib.write_json(out, {"machine": bench_lib.machine_info(), "device": device,
+                               "args": vars(args), "rows": rows})  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
