@@ -38,6 +38,7 @@ def steps(out: str, quick: bool) -> list[tuple[str, list[str]]]:
         streamed = ["--encoder", "cifar_resnet8", "--image_size", "64", "--batch_size", "16",
                     "--dtype", "float32", "--steps", "3", "--num_images", "64"]  # fmt: skip
         stream = ["--workers", "1,2", "--batches", "2", "--num_images", "64"]
+        stream_p = ["--workers", "", "--processes", "2", "--batches", "8", "--num_images", "64"]
         cifar = ["--backbones", "cifar_resnet8", "--batch_sizes", "64", "--steps", "2",
                  "--warmup", "1", "--num_images", "1024", "--peak_size", "256"]  # fmt: skip
         dpp = ["--datasets", "imagenet_lt", "--repeats", "1"]
@@ -46,6 +47,8 @@ def steps(out: str, quick: bool) -> list[tuple[str, list[str]]]:
                     "--dtype", "bfloat16", "--steps", "15", "--warmup", "3"]  # fmt: skip
         stream = ["--workers", "4,8,16", "--batches", "6", "--num_images", "512",
                   "--batch_size", "64"]  # fmt: skip
+        stream_p = ["--workers", "", "--processes", "4,8,15", "--batches", "100",
+                    "--num_images", "512", "--batch_size", "64", "--repeats", "2"]  # fmt: skip
         cifar = ["--backbones", "cifar_resnet18", "--batch_sizes", "1024", "--steps", "10",
                  "--warmup", "3"]  # fmt: skip
         dpp = []
@@ -56,6 +59,11 @@ def steps(out: str, quick: bool) -> list[tuple[str, list[str]]]:
                              "--out", j("streaming_1view.json")]),
         ("streaming_2views", [PY, "bench/streaming.py", *stream, "--num_views", "2",
                               "--out", j("streaming_2views.json")]),
+        ("streamed_train_processes", [PY, "bench/streamed_train.py", *streamed, "--processes",
+                                      "2" if quick else "15", "--prefetch", "2",
+                                      "--out", j("streamed_train_processes.json")]),
+        ("streaming_processes", [PY, "bench/streaming.py", *stream_p,
+                                 "--out", j("streaming_processes.json")]),
         ("imagenet_lt_smoke", [PY, "run.py", "--config=configs/imagenet_lt.py:smoke",
                                "--workdir=/tmp/ltr_gpu_scale_smoke",
                                "--config.data.num_workers=8"]),
@@ -73,6 +81,7 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--deadline_s", type=float, default=450.0)
     parser.add_argument("--wheels", default=os.path.join(gr.REPO, ".whl"))
+    parser.add_argument("--only", default="", help="comma-separated step names (default: all)")
     args = parser.parse_args()
     out = os.path.abspath(args.out_dir)
     os.makedirs(out, exist_ok=True)
@@ -84,6 +93,8 @@ def main() -> int:
         _, text = runner.run("device_info", [PY, "-c", gr.DEVICE_INFO])
         summary["device"] = gr.last_json_line(text)
         for name, cmd in steps(out, args.quick):
+            if args.only and name not in args.only.split(","):
+                continue
             if time.perf_counter() - start > args.deadline_s:
                 runner.say(f"=== {name}: skipped (past --deadline_s {args.deadline_s:.0f} s)")
                 summary["steps"][name] = "skipped"

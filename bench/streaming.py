@@ -77,9 +77,15 @@ def time_serial(source: list[dict], args: argparse.Namespace) -> dict:
     return {"case": "serial", "workers": 0, "cores_used": 1, "images_per_s": count / min(times)}
 
 
-def time_pipeline(source: list[dict], workers: int, args: argparse.Namespace) -> dict:
-    """Images/s of `make_iterator` with ``workers`` threads (best of ``--repeats`` windows)."""
-    per_window = args.batches + 1  # the first batch of a window is warm-up (fills prefetch)
+def time_pipeline(
+    source: list[dict], workers: int, args: argparse.Namespace, processes: int = 0
+) -> dict:
+    """Images/s of `make_iterator` with ``workers`` threads, or ``processes`` worker processes
+    (best of ``--repeats`` windows)."""
+    # The first batches of a window are warm-up: they fill the prefetch buffers (threads: one
+    # batch; processes: the per-worker buffers of 2 batches each, ready at once).
+    warm = 1 + 2 * processes
+    per_window = args.batches + warm
     batches = streaming.make_iterator(
         source,
         seed=0,
@@ -88,16 +94,22 @@ def time_pipeline(source: list[dict], workers: int, args: argparse.Namespace) ->
         num_workers=workers,
         num_steps=args.repeats * per_window,
         num_views=args.num_views,
+        num_processes=processes,
+        prefetch_steps=2,
     )
     rates = []
     for _ in range(args.repeats):
-        next(batches)
+        for _ in range(warm):
+            next(batches)
         start = time.perf_counter()
         for _ in range(args.batches):
             next(batches)
         rates.append(args.batches * args.batch_size / (time.perf_counter() - start))
-    cores = min(workers, os.cpu_count() or 1)
-    return {"case": "grain", "workers": workers, "cores_used": cores, "images_per_s": max(rates)}
+    batches.close()
+    cores = min(processes or workers, os.cpu_count() or 1)
+    case = "processes" if processes else "threads"
+    return {"case": case, "workers": processes or workers, "cores_used": cores,
+            "images_per_s": max(rates)}  # fmt: skip
 
 
 def add_derived(row: dict, model_images_per_s: float) -> dict:
@@ -109,7 +121,8 @@ def add_derived(row: dict, model_images_per_s: float) -> dict:
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--workers", type=csv_list(int), default=[1, 2])
+    parser.add_argument("--workers", type=csv_list(int), default=[1, 2], help="threads")
+    parser.add_argument("--processes", type=csv_list(int), default=[], help="worker processes")
     parser.add_argument("--num_images", type=int, default=256)
     parser.add_argument("--width", type=int, default=500)
     parser.add_argument("--height", type=int, default=375)
@@ -137,6 +150,7 @@ def main() -> None:
           f"mean {mean_kb:.0f} KB; output {args.num_views} x {args.image_size}x{args.image_size}; "
           f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")  # fmt: skip
     rows = [time_serial(source, args)] + [time_pipeline(source, w, args) for w in args.workers]
+    rows += [time_pipeline(source, 0, args, processes=p) for p in args.processes]
     rows = [add_derived(r, args.model_images_per_s) for r in rows]
     columns = [
         ("case", "case", "s"),

@@ -73,6 +73,7 @@ def base_config() -> mlc.ConfigDict:
             image_size=224,  # streamed datasets: side of the crops
             num_workers=0,  # streamed datasets: decoding threads per process; 0: its CPU cores
             prefetch_steps=2,  # streamed datasets: batches decoded ahead
+            worker_processes=0,  # streamed: decode in N processes instead of threads (0: threads)
             synthetic=dict(
                 num_classes=10, train_per_class=100, test_per_class=20, seed=0, jpeg_sizes=(40, 56)
             ),  # fmt: skip

@@ -140,3 +140,16 @@ def test_invalid_batch_sizes_fail_loudly(source):
         streaming.make_iterator(source, seed=0, global_batch_size=9, process_count=2)
     with pytest.raises(ValueError, match="exceeds"):
         streaming.make_iterator(source, seed=0, global_batch_size=128)
+
+
+def test_worker_processes_give_the_thread_batches(source):
+    """Decoding in worker processes (whole batches each) yields the batches of the threads,
+    for the default plan from a resume step, two views, and an evaluation plan."""
+    kwargs = dict(start_step=6, num_views=2, process_index=1, process_count=2)
+    _assert_same(_batches(source, 4, num_processes=2, **kwargs), _batches(source, 4, **kwargs))
+    plan, num_batches = streaming.eval_plan(np.arange(5, 30), BATCH)
+    evals = dict(plan=plan, mode="eval", seed=0)
+    _assert_same(
+        _batches(source, num_batches, num_processes=2, **evals),
+        _batches(source, num_batches, **evals),
+    )

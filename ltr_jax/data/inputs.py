@@ -181,6 +181,7 @@ class StreamOptions:
     image_size: int
     num_workers: int
     prefetch_steps: int
+    num_processes: int = 0
 
 
 class _StreamFeed:
@@ -200,8 +201,8 @@ class _StreamFeed:
         if s.population == "extra":
             population = self._population
             inner = streaming.BatchPlan(len(population), s.batch_size, self._seed, pi, pc)
-            return streaming.StepPlan(lambda step: population[inner.global_positions(step)],
-                                      s.batch_size, self._seed, pi, pc)  # fmt: skip
+            positions = streaming.SubsetPositions(population, inner)
+            return streaming.StepPlan(positions, s.batch_size, self._seed, pi, pc)
         labels = self._data.train_labels
         if s.kind == "class_balanced":
             return streaming.class_balanced_plan(labels, self._data.num_classes, s.batch_size,
@@ -212,6 +213,7 @@ class _StreamFeed:
         if self._sampling.population == "extra" and self._population is None:
             self._population = runtime.to_host(state.extra)  # a resumed run's current draw
         if self._iterator is None or step != self._next_step:
+            _close(self._iterator)
             self._iterator = self._data.iterator(
                 self._data.train, plan=self._plan(), start_step=step, mode=self._mode,
                 num_views=self._num_views, global_batch_size=self._sampling.batch_size,
@@ -232,8 +234,16 @@ class _StreamFeed:
 
     def set_population(self, positions: np.ndarray, step: int) -> None:
         self._population = np.asarray(positions)
+        _close(self._iterator)
         self._iterator = None  # the draw changed: restart the pipeline at this step
         del step
+
+
+def _close(iterator) -> None:
+    """Stops a pipeline's threads or worker processes (a restarted feed drops its iterator)."""
+    close = getattr(iterator, "close", None)
+    if close is not None:
+        close()
 
 
 def _without_positions(local: dict) -> dict:
@@ -260,7 +270,7 @@ class StreamingInput:
             num_steps=num_steps, image_size=self.options.image_size,
             num_workers=self.options.num_workers, prefetch_steps=self.options.prefetch_steps,
             plan=plan, mode=mode, num_views=num_views, process_index=plan.process_index,
-            process_count=jax.process_count(),
+            process_count=jax.process_count(), num_processes=self.options.num_processes,
         )  # fmt: skip
 
     def train_feed(self, sampling: Sampling, *, augment: str = "none", strength: float = 1.0,
@@ -286,6 +296,7 @@ class StreamingInput:
             real = min(left, batch_size)
             outs.append(jax.tree.map(lambda x, r=real: x[:r], out))
             left -= real
+        _close(local_batches)
         return jax.tree.map(lambda *xs: np.concatenate(xs), *outs)
 
 
@@ -332,6 +343,7 @@ def _load(data_config, mesh: jax.sharding.Mesh):
         image_size=data_config.image_size,
         num_workers=data_config.num_workers or default_num_workers(),
         prefetch_steps=data_config.prefetch_steps,
+        num_processes=data_config.worker_processes,
     )
     train, test, num_classes = _streamed_splits(data_config)
     counts = np.bincount(np.asarray(train.labels), minlength=num_classes)
