@@ -153,3 +153,9 @@ def test_worker_processes_give_the_thread_batches(source):
         _batches(source, num_batches, num_processes=2, **evals),
         _batches(source, num_batches, **evals),
     )
+
+
+def test_worker_processes_refuse_a_too_small_shared_memory(tmp_path, monkeypatch):
+    streaming.check_shared_memory(1, str(tmp_path))  # plenty free
+    with pytest.raises(ValueError, match="shm-size"):
+        streaming.check_shared_memory(1 << 60, str(tmp_path))

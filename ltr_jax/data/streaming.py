@@ -1,13 +1,20 @@
 """Streaming input pipeline for image datasets that do not fit in device memory (issue 6).
 
-A `grain.MapDataset` over the flat index of this process's examples, from the resume step on:
+A `grain.MapDataset` over the flat index of this process's examples, from the resume step on
+(the stages reach it through `ltr_jax.data.inputs.StreamingInput`):
 
     local element j  ->  step = start + j // B_local, row = process_index * B_local + j % B_local
-                     ->  position = epoch_permutation(seed, epoch)[offset * B + row]
+                     ->  position = plan.global_positions(step)[row]   (a `StepPlan`: uniform
+                          epochs, class-balanced, a subset such as stage 2's draw, or an
+                          evaluation pass in order)
                      ->  source[position]  ->  decode (PIL)  ->  random resized crop + flip
                      ->  to_iter_dataset(ReadOptions(num_threads=num_workers, prefetch))
                      ->  batch(B_local)  ->  {"images": uint8 [B_local, S, S, 3],
-                                             "labels": int32 [B_local]}
+                                             "labels": int32 [B_local],
+                                             "positions": int32 [B_local]}
+
+Train mode crops ``num_views`` times per decoded image (stage 1's two views: [B_local, V, S, S,
+3]); eval mode resizes the shorter side to S / 0.875 and centre-crops S x S.
 
 - Data order is a pure function of (seed, step), like `sampler.uniform_batch` but in NumPy on
   the host: epoch e = step // steps_per_epoch shuffles the whole dataset with a permutation
@@ -31,9 +38,12 @@ threaded map with prefetching (`ReadOptions`) whose output order is the index or
 the thread count. Its `DataLoader` + `IndexSampler` is not used: the sampler shards *records*
 over processes and has its own shuffle, while this library's contract is a global batch order
 as a NumPy function of (seed, step) with each process loading its rows of every global batch.
-Worker threads (not processes) because Pillow releases the GIL inside JPEG decoding and
-resampling, the bulk of the per-image work, and threads share the source without pickling it;
-``bench/streaming.py`` measures the rate per core.
+Worker threads by default because Pillow releases the GIL inside JPEG decoding and
+resampling, the bulk of the per-image work, and threads share the source without pickling it.
+Measured on a 16-core GPU host (bench/RESULTS.md section 10) threads scale only to about 4x one
+core, far from feeding a ResNet-50 on an H200; ``num_processes`` decodes whole batches in Grain
+worker processes instead (`mp_prefetch`, spawn; every plan and transform here is picklable;
+batches identical to the threads'), handed over through ``/dev/shm`` (`check_shared_memory`).
 
     source = tfds.data_source("imagenet2012", split="train",
                               decoders={"image": tfds.decode.SkipDecoding()})
@@ -47,6 +57,8 @@ from __future__ import annotations
 
 import io
 import math
+import os
+import shutil
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -522,6 +534,24 @@ def make_iterator(
     return iter(batches)
 
 
+def check_shared_memory(needed: int, path: str = "/dev/shm") -> None:
+    """Refuses to start worker processes whose batches cannot fit in shared memory.
+
+    Grain's worker processes hand batches over through ``/dev/shm``; containers often mount a
+    small one (Docker's default is 64 MB), where workers fail or stall instead of erroring.
+    """
+    if not os.path.isdir(path):
+        return
+    free = shutil.disk_usage(path).free
+    if free < needed:
+        raise ValueError(
+            f"data.worker_processes needs about {needed / 2**30:.2f} GiB of shared memory for "
+            f"its buffered batches, but {path} has {free / 2**30:.2f} GiB free. Give the "
+            "container more (e.g. docker run --shm-size=8g), lower data.worker_processes or "
+            "data.prefetch_steps, or decode in threads (data.worker_processes=0)."
+        )
+
+
 def _process_iterator(
     source: Any,
     *,
@@ -537,6 +567,8 @@ def _process_iterator(
         flags.FLAGS.mark_as_parsed()
     loader = _make_loader(source, **kwargs)
     local = loader.plan.local_batch_size
+    batch_bytes = local * loader.num_views * loader.image_size**2 * 3
+    check_shared_memory(num_processes * (max(prefetch_steps, 1) + 1) * batch_bytes)
     stop = sys.maxsize // local if num_steps is None else start_step + num_steps
     steps = grain.MapDataset.range(start_step, stop).map(_LoadBatch(loader, local))
     options = grain.MultiprocessingOptions(
