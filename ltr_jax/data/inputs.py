@@ -7,7 +7,8 @@ Stages see one interface and never which kind they got (the dataset name decides
   ``feed.data(step, state)`` is what `train_lib.run_loop` hands the jitted step,
   ``feed.batch_fn(data, state)`` picks the batch inside the step, and
   ``feed.view(key, batch, v)`` is augmented view v of the batch (float32 [B, S, S, 3]);
-  ``feed.set_population(positions, step)`` tells it a new stage-2 draw starts at ``step``;
+  ``feed.set_population(positions, step)`` tells it a new stage-2 draw starts at ``step``,
+  and ``feed.close()`` stops its decoding workers when the loop is done;
 - ``map_split(fn, split, positions, batch_size)``: an evaluation pass (no augmentation) of
   ``fn(images, labels, positions)`` over chosen images of ``train`` or ``test``, outputs on
   the host (of every process).
@@ -17,11 +18,11 @@ step samples positions with `sampler` (jax.random) and gathers its batch on devi
 augmentation runs on device (`augment`).
 
 `StreamingInput` (ImageNet-LT, iNaturalist 2018, synthetic JPEGs): images are decoded from a
-random-access source by Grain worker threads (`streaming`), each process loading its rows of
-every global batch; the batch order is a NumPy function of (seed, step) (`streaming.StepPlan`),
-so resumes are exact as in memory. The host does the random resized crop + flip (one crop per
-view), the device the rest of a recipe (SimCLR's colour jitter, grayscale and blur);
-evaluation uses the standard resize-to-S/0.875 + centre crop.
+random-access source by Grain worker threads or processes (`streaming`), each process loading
+its rows of every global batch; the batch order is a NumPy function of (seed, step)
+(`streaming.StepPlan`), so resumes are exact as in memory. The host does the random resized
+crop + flip (one crop per view), the device the rest of a recipe (SimCLR's colour jitter,
+grayscale and blur); evaluation uses the standard resize-to-S/0.875 + centre crop.
 """
 
 from __future__ import annotations
@@ -128,6 +129,9 @@ class _DeviceFeed:
 
     def set_population(self, positions: np.ndarray, step: int) -> None:
         del positions, step  # read from state.extra inside the step
+
+    def close(self) -> None:
+        """Nothing to stop (the stream feed's twin)."""
 
 
 class InMemoryInput:
@@ -237,6 +241,11 @@ class _StreamFeed:
         _close(self._iterator)
         self._iterator = None  # the draw changed: restart the pipeline at this step
         del step
+
+    def close(self) -> None:
+        """Stops the decoding threads or processes (call when the stage's loop is done)."""
+        _close(self._iterator)
+        self._iterator = None
 
 
 def _close(iterator) -> None:

@@ -197,6 +197,7 @@ def run(ctx: common.StageContext) -> dict:
         train_config=ctx.config.train, schedule=schedule,
         evaluate=lambda s: common.evaluate(ctx, logits_fn, s), before_step=redraw,
     )  # fmt: skip
+    feed.close()
     report = common.evaluate(ctx, logits_fn, state)
     results = common.final_results(ctx, report, epochs=cfg.epochs, num_steps=num_steps)
     results.update(

@@ -80,6 +80,7 @@ def run(ctx: common.StageContext) -> dict:
         root_key=jax.random.fold_in(key, 2), num_steps=num_steps, steps_per_epoch=spe,
         images_per_step=cfg.batch_size, train_config=ctx.config.train, schedule=schedule,
     )  # fmt: skip
+    feed.close()
     model = train_lib.merge_model(graphdef, jax.device_get(state))
     common.save_module(ctx, STAGE, "encoder", model.encoder)
     return {"epoch": cfg.epochs, "num_steps": num_steps, "loss": cfg.loss,

@@ -71,6 +71,7 @@ def run(ctx: common.StageContext, stage: str = "ce") -> dict:
         images_per_step=cfg.batch_size, train_config=ctx.config.train, schedule=schedule,
         evaluate=lambda s: common.evaluate(ctx, logits_fn, s),
     )  # fmt: skip
+    feed.close()
     trained = train_lib.merge_model(graphdef, jax.device_get(state))
     common.save_module(ctx, stage, "encoder", trained.encoder)
     common.save_module(ctx, stage, "head", trained.head)
