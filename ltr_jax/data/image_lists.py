@@ -48,7 +48,6 @@ import collections
 import contextlib
 import dataclasses
 import functools
-import inspect
 import logging
 import os
 import posixpath
@@ -431,7 +430,7 @@ def _class_names(lists: Mapping[str, _SplitList], num_classes: int) -> list[str]
 # TFDS builders.
 
 
-class _ImageListBuilder(tfds.core.ShardBasedBuilder, skip_registration=True):
+class _ImageListBuilder(sources.LocalCodePath, tfds.core.ShardBasedBuilder, skip_registration=True):
     """Shared code: split lists + manual image download -> ArrayRecord in list order."""
 
     VERSION = tfds.core.Version("1.0.0")
@@ -470,12 +469,6 @@ class _ImageListBuilder(tfds.core.ShardBasedBuilder, skip_registration=True):
         self._allow_unverified_archive = allow_unverified_archive
         self._cleanup: contextlib.ExitStack | None = None
         super().__init__(**kwargs)
-
-    @tfds.core.utils.classproperty
-    @classmethod
-    def code_path(cls) -> epath.Path:
-        """This file. (TFDS's own version imports `importlib_resources`, not installed here.)"""
-        return epath.Path(inspect.getfile(cls))
 
     def _info(self) -> tfds.core.DatasetInfo:
         return self.dataset_info_from_configs(

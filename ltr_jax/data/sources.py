@@ -121,7 +121,17 @@ def _parse_records(data: bytes, label_bytes: int, member: str) -> tuple[np.ndarr
 # TFDS builders.
 
 
-class _LtrCifarBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+class LocalCodePath:
+    """Builder mixin: `code_path` is the builder's own file. (TFDS's version imports
+    `importlib_resources`, not installed here.)"""
+
+    @tfds.core.utils.classproperty
+    @classmethod
+    def code_path(cls) -> epath.Path:
+        return epath.Path(inspect.getfile(cls))
+
+
+class _LtrCifarBuilder(LocalCodePath, tfds.core.GeneratorBasedBuilder, skip_registration=True):
     """Shared code of the CIFAR builders: official binary archive -> ArrayRecord."""
 
     VERSION = tfds.core.Version("1.0.0")
@@ -150,12 +160,6 @@ class _LtrCifarBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         self._allow_unverified_archive = allow_unverified_archive
         self._download = download
         super().__init__(**kwargs)
-
-    @tfds.core.utils.classproperty
-    @classmethod
-    def code_path(cls) -> epath.Path:
-        """This file. (TFDS's own version imports `importlib_resources`, not installed here.)"""
-        return epath.Path(inspect.getfile(cls))
 
     def _info(self) -> tfds.core.DatasetInfo:
         labels = {
