@@ -62,10 +62,3 @@ def gather(data: dict, positions: jax.Array, mesh) -> dict:
     """The examples at ``positions`` (int [B]), batch axis sharded over ``data``."""
     positions = jax.lax.with_sharding_constraint(positions, runtime.batch_sharded(mesh))
     return {"images": data["images"][positions], "labels": data["labels"][positions]}
-
-
-def pad_to_batches(n: int, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
-    """Positions covering ``n`` rows in whole batches (last row repeated) and the real-row mask."""
-    total = -(-n // batch_size) * batch_size
-    positions = np.minimum(np.arange(total), n - 1)
-    return positions, np.arange(total) < n

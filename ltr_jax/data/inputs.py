@@ -157,12 +157,12 @@ class InMemoryInput:
         lt = self.long_tail
         images, labels = {"train": (lt.train_images, lt.train_labels),
                           "test": (lt.test_images, lt.test_labels)}[split]  # fmt: skip
-        if positions is None:
-            positions = np.arange(len(labels))
-        positions = np.asarray(positions, np.int32)
-        return train_lib.apply_in_batches(
-            fn, (images[positions], labels[positions], positions), batch_size, self.mesh
-        )
+        if positions is None:  # the whole split: no host copy of its images
+            positions = np.arange(len(labels), dtype=np.int32)
+        else:
+            positions = np.asarray(positions, np.int32)
+            images, labels = images[positions], labels[positions]
+        return train_lib.apply_in_batches(fn, (images, labels, positions), batch_size, self.mesh)
 
 
 # --------------------------------------------------------------------------------------------

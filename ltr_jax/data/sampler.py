@@ -72,3 +72,10 @@ def process_slice(global_batch: np.ndarray, process_index: int, process_count: i
         raise ValueError(f"Global batch {n} is not divisible by {process_count} processes.")
     per = n // process_count
     return global_batch[process_index * per : (process_index + 1) * per]
+
+
+def pad_to_batches(n: int, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Positions covering ``n`` rows in whole batches (last row repeated) and the real-row mask."""
+    total = -(-n // batch_size) * batch_size
+    positions = np.minimum(np.arange(total), n - 1)
+    return positions, np.arange(total) < n

@@ -70,7 +70,7 @@ from absl import flags
 from PIL import Image
 
 from ltr_jax import runtime
-from ltr_jax.data import augment
+from ltr_jax.data import augment, sampler
 
 # Distinct seed streams so the permutation and the augmentation draws never share a generator.
 _PERMUTATION_STREAM = 0
@@ -121,6 +121,7 @@ class StepPlan:
         self.local_batch_size = global_batch_size // process_count
         self.seed = seed
         self.process_index = process_index
+        self.process_count = process_count
         self._positions_fn = positions_fn  # picklable (worker processes get a copy)
         self._cache: dict[int, np.ndarray] = {}
 
@@ -138,8 +139,10 @@ class StepPlan:
     def locate(self, element: int) -> tuple[int, int, int]:
         """Maps this process's flat element index to (step, global row, source position)."""
         step, local_row = divmod(element, self.local_batch_size)
+        local = sampler.process_slice(self.global_positions(step), self.process_index,
+                                      self.process_count)  # fmt: skip
         row = self.process_index * self.local_batch_size + local_row
-        return step, row, int(self.global_positions(step)[row])
+        return step, row, int(local[local_row])
 
 
 class BatchPlan(StepPlan):
@@ -241,9 +244,9 @@ def eval_plan(
     Returns:
         (plan, number of batches).
     """
-    positions = np.asarray(positions, np.int64)
-    num_batches = -(-len(positions) // batch_size)
-    padded = positions[np.minimum(np.arange(num_batches * batch_size), len(positions) - 1)]
+    rows, _ = sampler.pad_to_batches(len(positions), batch_size)
+    padded = np.asarray(positions, np.int64)[rows]
+    num_batches = len(rows) // batch_size
     plan = StepPlan(
         SlicePositions(padded, batch_size),
         batch_size,
