@@ -526,7 +526,7 @@ def _dataset_dir(out: str, index: int, dataset: str) -> str:
 
 def _report_and_print(workdirs: Sequence[str], out: str, labels) -> dict:
     report = make_report(workdirs, out, labels)
-    print(f"{report['dataset']}:\n{report['table']}{report['per_class_table']}")
+    print(f"{report['dataset']}:\n{report['table']}\n{report['per_class_table']}")
     print("Wrote", ", ".join([os.path.join(out, "report.md")] + report["figures"]))
     return report
 

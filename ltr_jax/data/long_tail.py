@@ -101,7 +101,17 @@ def train_subset(
     ``imbalance_factor`` (1 keeps every image, so an already long-tailed source stays as is).
     """
     if not class_counts:
-        return ldam_subset(labels, original_index, num_classes, imbalance_factor)
+        pos = ldam_subset(labels, original_index, num_classes, imbalance_factor)
+        available = np.bincount(np.asarray(labels), minlength=num_classes)
+        kept = np.bincount(np.asarray(labels)[pos], minlength=num_classes)
+        emptied = np.flatnonzero((kept == 0) & (available > 0)).tolist()
+        if emptied:
+            raise ValueError(
+                f"data.imbalance_factor={imbalance_factor} leaves classes {emptied} without a "
+                f"training image (largest class: {available.max()} images): lower it, or give "
+                "data.class_counts."
+            )
+        return pos
     available = np.bincount(np.asarray(labels), minlength=num_classes)
     if len(class_counts) != num_classes:
         raise ValueError(

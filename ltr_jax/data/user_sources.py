@@ -341,7 +341,14 @@ def load_tfds(name: str, data_config) -> sources.Dataset:
             f"Prepare it first (e.g. tfds build {name} --data_dir=... "
             "--file_format=array_record), then set --config.data.data_dir."
         ) from e
-    label = builder.info.features[keys.label_key]
+    features = builder.info.features
+    for what, key in (("image_key", keys.image_key), ("label_key", keys.label_key)):
+        if key not in features:
+            raise ValueError(
+                f"TFDS {name} has no feature {key!r} (has {sorted(features)}): "
+                f"set --config.data.tfds.{what}."
+            )
+    label = features[keys.label_key]
     names = tuple(str(n) for n in (getattr(label, "names", None) or range(label.num_classes)))
     read = lambda split: _read_tfds_split(builder, split, keys, data_config.image_size)
     images, labels = read(keys.train_split)
