@@ -18,8 +18,8 @@ import tensorflow_datasets as tfds
 from ml_collections import ConfigDict
 from PIL import Image
 
-from ltr_jax import config_lib, report
-from ltr_jax.data import datasets, long_tail, sources, user_sources
+from ltr_jax import config_lib, report, runtime
+from ltr_jax.data import datasets, inputs, long_tail, sources, user_sources
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXAMPLE = os.path.join(ROOT, "configs", "examples", "image_folder_lt.py")
@@ -192,6 +192,12 @@ def test_image_folder_in_memory_and_streamed(tmp_path):
     assert np.bincount(streamed.train.labels).tolist() == [3, 1]  # the long tail, on the list
     record = streamed.train.source[0]
     assert record["label"] == 0 and record["image"][:4] == b"\x89PNG"
+    # Through the streaming input: class names kept, test images centre-cropped at image_size.
+    streamed_config = _data_config(**dict(config, stream_above=0, imbalance_factor=1))
+    data = inputs.load(streamed_config, runtime.make_mesh())
+    assert isinstance(data, inputs.StreamingInput) and data.class_names == NAMES
+    shapes = data.map_split(lambda x, y, i: np.full(len(y), x.shape[1]), "test", batch_size=8)
+    assert data.test_labels.tolist() == [0, 1] and shapes[:2].tolist() == [8, 8]
 
 
 def test_image_folder_errors_say_what_to_fix(tmp_path):
