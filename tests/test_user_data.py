@@ -260,16 +260,45 @@ def test_register_dataset_and_unknown_names():
                               np.arange(4))  # fmt: skip
         return sources.Dataset(split, split, 2, ("a", "b"), verified=True)
 
-    datasets.register_dataset("test_user_data_set", loader)
-    datasets.register_dataset("test_user_data_set", loader)  # the same loader again: fine
+    datasets.register_dataset("test_user_data_set", lambda c: None)
+    datasets.register_dataset("test_user_data_set", loader)  # again (a re-imported config)
     assert datasets.load(_data_config(name="test_user_data_set")).class_names == ("a", "b")
-    with pytest.raises(ValueError, match="already registered"):
-        datasets.register_dataset("test_user_data_set", lambda c: None)
+    with pytest.raises(ValueError, match="'cifar10' is built in"):
+        datasets.register_dataset("cifar10", loader)
     datasets.register_dataset("test_user_data_bad", lambda c: "pixels")
     with pytest.raises(TypeError, match="returned str; it must return Dataset"):
         datasets.load(_data_config(name="test_user_data_bad"))
     with pytest.raises(ValueError, match="image_folder, arrays.*register_dataset"):
         datasets.lookup("mnist")
+
+
+REGISTERING_CONFIG = """
+import numpy as np
+from ltr_jax import config_lib
+from ltr_jax.data import datasets, sources
+
+
+def load(data_config):
+    split = sources.Split(np.zeros((2, 4, 4, 3), np.uint8), np.array([0, 1]), np.arange(2))
+    return sources.Dataset(split, split, 2, ("cat", "dog"), verified=True)
+
+
+datasets.register_dataset("test_user_data_file", load)
+
+
+def get_config(arg=None):
+    config = config_lib.base_config()
+    config.data.name = "test_user_data_file"
+    return config_lib.apply_arg(config, arg)
+"""
+
+
+def test_a_config_file_registers_its_dataset_even_when_imported_twice(tmp_path):
+    path = tmp_path / "mine.py"
+    path.write_text(REGISTERING_CONFIG)
+    config_lib.load_config_file(str(path))  # run.py's override check imports it too
+    config = config_lib.load_config_file(str(path))
+    assert datasets.load(config.data).class_names == ("cat", "dog")
 
 
 def test_smoke_keeps_your_data_and_thresholds_default_to_the_standard():

@@ -83,6 +83,7 @@ def _builtin_registry() -> dict[str, DatasetEntry]:
     }
 
 
+_BUILT_IN = frozenset(_builtin_registry())
 _REGISTRY: dict[str, DatasetEntry] = _builtin_registry()
 
 
@@ -90,21 +91,23 @@ def register_dataset(name: str, loader: Callable[[Any], Any], *, kind: str = "in
     """Makes ``config.data.name=name`` load with ``loader(config.data)``.
 
     Args:
-      name: the dataset name (not a built-in one, not starting with ``tfds:``).
+      name: the dataset name (not a built-in one, not starting with ``tfds:``); registering
+        it again replaces its loader.
       loader: ``data_config -> sources.Dataset`` (``kind="in_memory"``), or a
         `user_sources.StreamedDataset` (``kind="streamed"``).
       kind: ``in_memory``, ``streamed`` or ``auto`` (the loader's result decides).
 
     Raises:
-      ValueError: an invalid kind, or a name already taken by a different loader.
+      ValueError: an invalid kind, or a built-in name.
     """
     if kind not in KINDS:
         raise ValueError(f"Unknown dataset kind {kind!r}; valid: {', '.join(KINDS)}.")
     if name.startswith(TFDS_PREFIX):
         raise ValueError(f"Dataset names starting with {TFDS_PREFIX!r} are read from TFDS.")
-    old = _REGISTRY.get(name)
-    if old is not None and old.loader is not loader:
-        raise ValueError(f"Dataset name {name!r} is already registered; choose another name.")
+    if name in _BUILT_IN:
+        raise ValueError(f"Dataset name {name!r} is built in; choose another name.")
+    # A config file may be imported more than once (run.py checks overrides, then loads it):
+    # registering a name again replaces its loader.
     _REGISTRY[name] = DatasetEntry(kind, loader)
 
 

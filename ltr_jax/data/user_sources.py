@@ -333,14 +333,22 @@ def load_tfds(name: str, data_config) -> sources.Dataset:
     import tensorflow_datasets as tfds  # noqa: PLC0415 (only when this source is used)
 
     keys = data_config.tfds
+    hint = (
+        f"Prepare it as ArrayRecord first (e.g. tfds build {name} --data_dir=DIR "
+        "--file_format=array_record; preparing a stock TFDS dataset may need TensorFlow, "
+        "reading it here does not), then set --config.data.data_dir=DIR."
+    )
     try:
         builder = tfds.builder(name, data_dir=data_config.data_dir)
     except Exception as e:  # TFDS raises several types for "not there"
         raise sources.DatasetNotFoundError(
             f"TFDS dataset {name!r} is not prepared in data_dir={data_config.data_dir} ({e}). "
-            f"Prepare it first (e.g. tfds build {name} --data_dir=... "
-            "--file_format=array_record), then set --config.data.data_dir."
+            + hint
         ) from e
+    if not builder.is_prepared() or builder.info.file_format != tfds.core.FileFormat.ARRAY_RECORD:
+        raise sources.DatasetNotFoundError(
+            f"TFDS dataset {name!r} is not prepared as ArrayRecord in {builder.data_dir}. " + hint
+        )
     features = builder.info.features
     for what, key in (("image_key", keys.image_key), ("label_key", keys.label_key)):
         if key not in features:
