@@ -38,6 +38,10 @@ from PIL import Image
 from ltr_jax.data import long_tail, sources
 
 
+class DatasetError(ValueError):
+    """Your dataset's files or layout do not fit its source (run.py prints it, no traceback)."""
+
+
 @dataclasses.dataclass(frozen=True)
 class StreamedDataset:
     """Both splits as random-access sources of encoded images, for the streaming pipeline."""
@@ -76,11 +80,11 @@ def to_rgb(images: np.ndarray, what: str) -> np.ndarray:
     alpha dropped); anything else fails naming ``what`` and its shape."""
     images = np.asarray(images)
     if images.dtype != np.uint8:
-        raise ValueError(f"{what}: images are {images.dtype}; ltr_jax takes uint8 (0..255).")
+        raise DatasetError(f"{what}: images are {images.dtype}; ltr_jax takes uint8 (0..255).")
     if images.ndim == 3:
         images = images[..., None]
     if images.ndim != 4 or images.shape[-1] not in (1, 3, 4):
-        raise ValueError(
+        raise DatasetError(
             f"{what}: images of shape {images.shape}; ltr_jax takes [N, H, W] or [N, H, W, C] "
             "with C = 1 (grayscale, expanded to 3 channels), 3 (RGB) or 4 (RGBA, alpha dropped)."
         )
@@ -117,7 +121,7 @@ def split_fraction(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.n
     """(train, test) positions: a seeded ``fraction`` of every class held out for testing
     (rounded, at least one image of a class with two or more), both sorted."""
     if not 0.0 < fraction < 1.0:
-        raise ValueError(f"data.test_fraction must be in (0, 1), got {fraction}.")
+        raise DatasetError(f"data.test_fraction must be in (0, 1), got {fraction}.")
     rng = np.random.default_rng(seed)
     test = []
     for c in np.unique(labels):
@@ -140,7 +144,7 @@ def _dataset(train: sources.Split, test: sources.Split, class_names) -> sources.
     num_classes = len(class_names)
     for name, split in (("train", train), ("test", test)):
         if len(split.labels) and (split.labels.min() < 0 or split.labels.max() >= num_classes):
-            raise ValueError(
+            raise DatasetError(
                 f"{name} labels span {split.labels.min()}..{split.labels.max()}, outside the "
                 f"{num_classes} classes 0..{num_classes - 1}."
             )
@@ -160,7 +164,7 @@ def _held_out(images, labels, class_names, data_config) -> sources.Dataset:
 
 def _require(value: str | None, key: str, source: str) -> str:
     if not value:
-        raise ValueError(f"data.name={source} needs --config.data.{key}=<path>.")
+        raise DatasetError(f"data.name={source} needs --config.data.{key}=<path>.")
     return value
 
 
@@ -181,12 +185,14 @@ def list_image_folder(root: str, class_names: tuple[str, ...] | None = None):
         sub-folder outside them is an error.
     """
     if not os.path.isdir(root):
-        raise FileNotFoundError(f"Image folder {root} does not exist (root/<class>/<image>).")
+        raise sources.DatasetNotFoundError(
+            f"Image folder {root} does not exist (root/<class>/<image>)."
+        )
     found = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)))
     names = tuple(found) if class_names is None else tuple(class_names)
     unknown = sorted(set(found) - set(names))
     if unknown or not names:
-        raise ValueError(
+        raise DatasetError(
             f"{root}: class folders {unknown or found} do not match the training "
             f"classes {list(names)}; use the root/<class>/<image> layout."
         )
@@ -197,7 +203,9 @@ def list_image_folder(root: str, class_names: tuple[str, ...] | None = None):
             paths += [os.path.join(folder, f) for f in chosen]
             labels += [label] * len(chosen)
     if not paths:
-        raise ValueError(f"{root}: no image files (extensions Pillow reads) in its class folders.")
+        raise DatasetError(
+            f"{root}: no image files (extensions Pillow reads) in its class folders."
+        )
     return paths, np.asarray(labels, np.int32), names
 
 
@@ -273,11 +281,11 @@ def read_arrays(paths: str) -> tuple[np.ndarray, np.ndarray, tuple[str, ...] | N
     images, labels, names = [], [], None
     for path in [p.strip() for p in paths.split(",") if p.strip()]:
         if not os.path.exists(path):
-            raise FileNotFoundError(f"data.train_path/test_path: {path} does not exist.")
+            raise sources.DatasetNotFoundError(f"data.train_path/test_path: {path} does not exist.")
         with np.load(path, allow_pickle=False) as f:
             missing = {"images", "labels"} - set(f.files)
             if missing:
-                raise ValueError(
+                raise DatasetError(
                     f"{path} lacks {sorted(missing)} (has {f.files}); an arrays "
                     "file holds images [N, H, W(, C)] uint8 and labels [N]."
                 )
@@ -287,14 +295,14 @@ def read_arrays(paths: str) -> tuple[np.ndarray, np.ndarray, tuple[str, ...] | N
                 names = tuple(str(n) for n in f["class_names"])
     shapes = {x.shape[1:] for x in images}
     if len(shapes) > 1:
-        raise ValueError(f"{paths}: images of different shapes {sorted(shapes)} across files.")
+        raise DatasetError(f"{paths}: images of different shapes {sorted(shapes)} across files.")
     return np.concatenate(images), np.concatenate(labels), names
 
 
 def _int_labels(labels: np.ndarray, n: int, path: str) -> np.ndarray:
     labels = np.asarray(labels)
     if labels.shape != (n,) or not np.issubdtype(labels.dtype, np.integer):
-        raise ValueError(
+        raise DatasetError(
             f"{path}: labels must be integers of shape ({n},), got {labels.dtype} {labels.shape}."
         )
     return labels.astype(np.int32)
@@ -307,7 +315,7 @@ def load_arrays(data_config) -> sources.Dataset:
         return _held_out(images, labels, names or _index_names(labels), data_config)
     test_images, test_labels, test_names = read_arrays(data_config.test_path)
     if test_images.shape[1:] != images.shape[1:]:
-        raise ValueError(
+        raise DatasetError(
             f"Test images {test_images.shape[1:]} differ in shape from train "
             f"images {images.shape[1:]}."
         )
@@ -352,7 +360,7 @@ def load_tfds(name: str, data_config) -> sources.Dataset:
     features = builder.info.features
     for what, key in (("image_key", keys.image_key), ("label_key", keys.label_key)):
         if key not in features:
-            raise ValueError(
+            raise DatasetError(
                 f"TFDS {name} has no feature {key!r} (has {sorted(features)}): "
                 f"set --config.data.tfds.{what}."
             )
@@ -376,7 +384,7 @@ def _read_tfds_split(builder, split: str, keys, size: int) -> tuple[np.ndarray, 
         for i, record in enumerate(records, start=lo):
             missing = {keys.image_key, keys.label_key} - set(record)
             if missing:
-                raise ValueError(
+                raise DatasetError(
                     f"TFDS {builder.name} records lack {sorted(missing)} (have "
                     f"{sorted(record)}): set data.tfds.image_key/label_key."
                 )
