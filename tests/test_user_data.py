@@ -384,9 +384,11 @@ def test_own_datasets_train_through_the_whole_pipeline(tmp_path):
     write_folder(tmp_path / "folder", per_class=48, size=40, seed=2)
     write_tfds(tmp_path / "tfds")
     # Same shapes everywhere (2 classes, 40 + 10 training and 16 test images of 32 x 32), so
-    # the second and third runs reuse the first one's compiled XLA programs.
-    env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=str(tmp_path / "xla_cache"),
-               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+    # the second and third runs reuse the first one's compiled XLA programs (from the test
+    # suite's shared compilation cache when conftest sets one, else from one of our own).
+    env = dict(os.environ)
+    env.setdefault("JAX_COMPILATION_CACHE_DIR", str(tmp_path / "xla_cache"))
+    env.update(JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
                JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")  # fmt: skip
     data = {
         "arrays": dict(name="arrays", train_path=str(tmp_path / "train.npz"),
