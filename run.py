@@ -78,12 +78,12 @@ def main(argv):
     )
     from ml_collections import FrozenConfigDict
 
-    from ltr_jax.data import imagenet_lt, sources
+    from ltr_jax.data import imagenet_lt, sources, user_sources
 
     config = FrozenConfigDict(_CONFIG.value)
     workdir = _WORKDIR.value or default_workdir(flags.FLAGS["config"].config_filename)
     data_errors = (sources.DatasetNotFoundError, sources.UnverifiedArchiveError,
-                   imagenet_lt.SplitListError)  # fmt: skip
+                   imagenet_lt.SplitListError, user_sources.DatasetError)  # fmt: skip
     try:
         if _PREPARE_DATA.value:
             return prepare_data(config)

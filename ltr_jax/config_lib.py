@@ -16,6 +16,9 @@ from ml_collections import config_dict
 
 # Datasets read by the streaming pipeline (ltr_jax.data.inputs.STREAMED).
 STREAMED_DATASETS = ("imagenet_lt", "inaturalist2018", "synthetic_jpeg")
+# In-memory datasets that ``:smoke`` replaces by synthetic arrays (others keep their data).
+SMOKE_SYNTHETIC = ("cifar10", "cifar100", "synthetic")
+SMOKE_PER_CLASS = 50  # ``:smoke`` on your own data: at most this many images per class
 
 
 def optim(name: str = "adamw", lr: float = 1e-3, lr_base_batch: int = 256, **kw) -> mlc.ConfigDict:
@@ -60,6 +63,7 @@ def base_config() -> mlc.ConfigDict:
         dict(
             # In device memory: cifar10 | cifar100 | synthetic.
             # Streamed from disk: imagenet_lt | inaturalist2018 | synthetic_jpeg.
+            # Your own data: image_folder | arrays | tfds:<name> | register_dataset() names.
             name="cifar10",
             data_dir=config_dict.placeholder(str),  # TFDS data_dir; None: TFDS default
             manual_dir=config_dict.placeholder(str),  # folder holding the official download
@@ -68,12 +72,21 @@ def base_config() -> mlc.ConfigDict:
             download=True,
             allow_unverified_archive=False,
             imbalance_factor=100,  # CIFAR / synthetic only (the large sets come long-tailed)
-            many_threshold=500,  # Many: more training images than this
-            few_threshold=200,  # Few: fewer training images than this
+            many_threshold=100,  # Many: more training images than this (CIFAR-10 configs: 500)
+            few_threshold=20,  # Few: fewer training images than this (CIFAR-10 configs: 200)
             image_size=224,  # streamed datasets: side of the crops
             num_workers=0,  # streamed datasets: decoding threads per process; 0: its CPU cores
             prefetch_steps=2,  # streamed datasets: batches decoded ahead
             worker_processes=0,  # streamed: decode in N processes instead of threads (0: threads)
+            # Your own dataset (README "Your own dataset"): image_folder / arrays / tfds:<name>.
+            train_path=config_dict.placeholder(str),  # root/<class>/<image> folder, or .npz(s)
+            test_path=config_dict.placeholder(str),  # None: hold out test_fraction of train
+            test_fraction=0.2,  # per class, seeded by split_seed, when test_path is None
+            split_seed=0,
+            tfds=dict(image_key="image", label_key="label", train_split="train", test_split="test"),
+            class_counts=(),  # explicit per-class train counts (instead of imbalance_factor)
+            max_per_class=0,  # at most this many images per class in each split (0: all)
+            stream_above=20000,  # image_folder: stream (not decode into memory) above this
             synthetic=dict(
                 num_classes=10, train_per_class=100, test_per_class=20, seed=0, jpeg_sizes=(40, 56)
             ),  # fmt: skip
@@ -141,14 +154,19 @@ def base_config() -> mlc.ConfigDict:
 
 
 def smoke(config: mlc.ConfigDict) -> mlc.ConfigDict:
-    """Shrinks any config to a CPU run of seconds per stage on synthetic data (``:smoke``).
+    """Shrinks any config to a CPU run of seconds per stage (``:smoke``).
 
     A config of a streamed dataset (ImageNet-LT, iNaturalist) gets synthetic JPEGs through
-    the same streaming pipeline, at 32 x 32; the others synthetic arrays in device memory.
+    the same streaming pipeline, at 32 x 32; CIFAR configs synthetic arrays in device memory.
+    Any other dataset (your own: image_folder, arrays, tfds:<name>, ...) is kept, cut to a
+    fixed subset of at most ``SMOKE_PER_CLASS`` images per class in each split.
     """
     streamed = config.data.name in STREAMED_DATASETS
-    config.data.update(name="synthetic_jpeg" if streamed else "synthetic", imbalance_factor=10,
-                       many_threshold=50, few_threshold=20)  # fmt: skip
+    if streamed or config.data.name in SMOKE_SYNTHETIC:
+        config.data.update(name="synthetic_jpeg" if streamed else "synthetic",
+                           imbalance_factor=10, many_threshold=50, few_threshold=20)  # fmt: skip
+    else:
+        config.data.max_per_class = SMOKE_PER_CLASS
     if streamed:
         config.data.update(image_size=32, num_workers=2)
     config.model.update(encoder="cifar_resnet8", proj_hidden=64, proj_dim=32, dtype="float32")

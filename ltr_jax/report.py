@@ -180,11 +180,63 @@ def summarise(groups: dict[str, list[Run]]) -> list[dict]:
             "metrics": {m: mean_std([res.get(m) for res in results]) for m in METRICS},
             "train_class_counts": results[0].get("train_class_counts"),
             "per_class_acc": _per_class(results),
-            "thresholds": {k: runs[0].config.get("data", {}).get(f"{k}_threshold")
+            "thresholds": {k: results[0].get(f"{k}_threshold",
+                                             runs[0].config.get("data", {}).get(f"{k}_threshold"))
                            for k in ("many", "few")},
+            "dataset": dataset_of(runs[0]),
+            "class_names": results[0].get("class_names"),
         }  # fmt: skip
         rows.append(row)
     return rows
+
+
+def dataset_of(run: Run) -> str:
+    """The dataset a run trained on: ``data.name``, with its files for your own data."""
+    data = run.config.get("data", {})
+    name = str(data.get("name", "?"))
+    return f"{name} ({data['train_path']})" if data.get("train_path") else name
+
+
+def check_one_dataset(runs: Sequence[Run]) -> str:
+    """The one dataset of ``runs``; fails, listing the datasets and their workdirs, when the
+    runs come from several (their per-class figures and Many/Few groups do not compare)."""
+    by_dataset: dict[str, list[str]] = {}
+    for run in runs:
+        by_dataset.setdefault(dataset_of(run), []).append(run.workdir)
+    if len(by_dataset) > 1:
+        listing = "; ".join(f"{d}: {', '.join(w)}" for d, w in by_dataset.items())
+        raise ValueError(
+            f"The workdirs hold runs of {len(by_dataset)} datasets ({listing}). Report each "
+            "dataset on its own (python -m ltr_jax.report <its workdirs>), or pass "
+            "--by_dataset to write one report per dataset under --out."
+        )
+    return next(iter(by_dataset))
+
+
+def split_by_dataset(workdirs: Sequence[str]) -> dict[str, list[str]]:
+    """Workdirs grouped by the dataset their runs trained on, in order of first appearance."""
+    groups: dict[str, list[str]] = {}
+    for workdir in workdirs:
+        groups.setdefault(dataset_of(load_run(workdir)), []).append(workdir)
+    return groups
+
+
+def per_class_table(rows: Sequence[dict], max_classes: int = 100) -> str:
+    """Markdown: per-class test accuracy of every method (mean over runs), one row per class
+    named by its class name, with its training count; empty beyond ``max_classes`` classes."""
+    rows = [r for r in rows if r["per_class_acc"] is not None]
+    if not rows or len(rows[0]["per_class_acc"]["mean"]) > max_classes:
+        return ""
+    num_classes = len(rows[0]["per_class_acc"]["mean"])
+    names = rows[0]["class_names"] or [str(c) for c in range(num_classes)]
+    counts = rows[0]["train_class_counts"] or [None] * num_classes
+    lines = ["| class | train images | " + " | ".join(r["method"] for r in rows) + " |",
+             "|---|---|" + "---|" * len(rows)]  # fmt: skip
+    for c in range(num_classes):
+        accs = [r["per_class_acc"]["mean"][c] for r in rows]
+        cells = ["n/a" if a is None or not math.isfinite(a) else f"{a:.1f}" for a in accs]
+        lines.append(f"| {names[c]} | {counts[c]} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def _cell(stat: dict) -> str:
@@ -394,10 +446,15 @@ def _method_legend(fig, axes) -> None:
                ncols=min(len(handles), 4))  # fmt: skip
 
 
-def _markdown_document(table: str, figures: Sequence[str]) -> str:
+def _markdown_document(table: str, figures: Sequence[str], dataset: str = "",
+                       per_class: str = "") -> str:  # fmt: skip
     images = "".join(f"![{os.path.basename(p)}]({os.path.basename(p)})\n" for p in figures)
     intro = "Final stage of each method, test accuracy in percent, mean ± std over runs."
-    return f"# ltr_jax report\n\n{intro}\n\n{table}\n{images}"
+    if dataset:
+        intro = f"Dataset: {dataset}. {intro}"
+    if per_class:
+        per_class = f"\nPer-class test accuracy (final stage, mean over runs):\n\n{per_class}"
+    return f"# ltr_jax report\n\n{intro}\n\n{table}{per_class}\n{images}"
 
 
 def make_report(workdirs: Sequence[str], out_dir: str, labels: Sequence[str] | None = None) -> dict:
@@ -407,9 +464,11 @@ def make_report(workdirs: Sequence[str], out_dir: str, labels: Sequence[str] | N
       ``{"table": markdown, "methods": rows, "figures": [png paths]}``.
     """
     runs = [load_run(w) for w in workdirs]
+    dataset = check_one_dataset(runs)
     groups = group_runs(runs, labels)
     rows = summarise(groups)
     table = markdown_table(rows)
+    per_class = per_class_table(rows)
     os.makedirs(out_dir, exist_ok=True)
     figures = [os.path.join(out_dir, "per_class_accuracy.png")]
     plot_per_class(rows, figures[0])
@@ -419,8 +478,9 @@ def make_report(workdirs: Sequence[str], out_dir: str, labels: Sequence[str] | N
     if plot_confidence(groups, confidence):
         figures.append(confidence)
     with open(os.path.join(out_dir, "report.md"), "w") as f:
-        f.write(_markdown_document(table, figures))
-    report = {"table": table, "methods": rows, "figures": figures}
+        f.write(_markdown_document(table, figures, dataset, per_class))
+    report = {"table": table, "dataset": dataset, "per_class_table": per_class,
+              "methods": rows, "figures": figures}  # fmt: skip
     with open(os.path.join(out_dir, "report.json"), "w") as f:
         json.dump(_finite(report), f, indent=2)
     return report
@@ -447,11 +507,27 @@ def main(argv: Sequence[str] | None = None) -> dict:
     parser.add_argument("workdirs", nargs="+", help="finished (or partly finished) workdirs")
     parser.add_argument("--out", default="report", help="output folder (default: report)")
     parser.add_argument("--labels", default=None, help="comma-separated, one per workdir")
+    parser.add_argument("--by_dataset", action="store_true",
+                        help="one report per dataset, in OUT/<n>_<dataset name>")  # fmt: skip
     args = parser.parse_args(argv)
     labels = args.labels.split(",") if args.labels else None
-    report = make_report(args.workdirs, args.out, labels)
-    print(report["table"])
-    print("Wrote", ", ".join([os.path.join(args.out, "report.md")] + report["figures"]))
+    if args.by_dataset:
+        if labels:
+            parser.error("--labels and --by_dataset do not combine: report each dataset alone.")
+        groups = split_by_dataset(args.workdirs)
+        return {d: _report_and_print(w, _dataset_dir(args.out, i, d), None)
+                for i, (d, w) in enumerate(groups.items())}  # fmt: skip
+    return _report_and_print(args.workdirs, args.out, labels)
+
+
+def _dataset_dir(out: str, index: int, dataset: str) -> str:
+    return os.path.join(out, f"{index}_" + re.sub(r"[^A-Za-z0-9_.-]+", "_", dataset).strip("_"))
+
+
+def _report_and_print(workdirs: Sequence[str], out: str, labels) -> dict:
+    report = make_report(workdirs, out, labels)
+    print(f"{report['dataset']}:\n{report['table']}\n{report['per_class_table']}")
+    print("Wrote", ", ".join([os.path.join(out, "report.md")] + report["figures"]))
     return report
 
 

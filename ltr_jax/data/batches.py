@@ -30,14 +30,19 @@ class LongTailData:
     num_classes: int
     class_counts: np.ndarray  # int64 [C]
     groups: long_tail.ShotGroups
+    class_names: tuple[str, ...] = ()
 
 
 def make_long_tail(dataset: Dataset, data_config) -> LongTailData:
-    """Applies the LDAM-protocol subset and the Many/Medium/Few thresholds of ``config.data``."""
-    train = dataset.train
-    pos = long_tail.ldam_subset(
-        train.labels, train.index, dataset.num_classes, data_config.imbalance_factor
-    )
+    """Applies the long-tail subset (LDAM protocol or ``data.class_counts``), the cap of
+    ``data.max_per_class`` on both splits and the Many/Medium/Few thresholds of ``config.data``."""
+    train, test = dataset.train, dataset.test
+    pos = long_tail.train_subset(
+        train.labels, train.index, dataset.num_classes, data_config.imbalance_factor,
+        tuple(data_config.class_counts),
+    )  # fmt: skip
+    pos = pos[long_tail.cap_per_class(train.labels[pos], data_config.max_per_class)]
+    test_pos = long_tail.cap_per_class(test.labels, data_config.max_per_class)
     labels = train.labels[pos].astype(np.int32)
     counts = np.bincount(labels, minlength=dataset.num_classes)
     groups = long_tail.shot_groups(counts, data_config.many_threshold, data_config.few_threshold)
@@ -48,9 +53,18 @@ def make_long_tail(dataset: Dataset, data_config) -> LongTailData:
     )  # fmt: skip
     return LongTailData(
         train_images=train.images[pos], train_labels=labels, train_index=train.index[pos],
-        test_images=dataset.test.images, test_labels=dataset.test.labels.astype(np.int32),
+        test_images=_take(test.images, test_pos),
+        test_labels=test.labels[test_pos].astype(np.int32),
         num_classes=dataset.num_classes, class_counts=counts, groups=groups,
+        class_names=tuple(dataset.class_names),
     )  # fmt: skip
+
+
+def _take(images: np.ndarray, positions: np.ndarray) -> np.ndarray:
+    """``images[positions]``, without a copy when ``positions`` is every image in order."""
+    if len(positions) == len(images):
+        return images
+    return images[positions]
 
 
 def device_train_data(lt: LongTailData, mesh) -> dict:

@@ -2,7 +2,8 @@
 
 Stages see one interface and never which kind they got (the dataset name decides):
 
-- host facts: ``num_classes``, ``train_labels``, ``class_counts``, ``groups``, ``test_labels``;
+- host facts: ``num_classes``, ``class_names``, ``train_labels``, ``class_counts``, ``groups``,
+  ``test_labels``;
 - ``train_feed(sampling, augment=..., strength=..., num_views=...)`` -> a feed:
   ``feed.data(step, state)`` is what `train_lib.run_loop` hands the jitted step,
   ``feed.batch_fn(data, state)`` picks the batch inside the step, and
@@ -79,6 +80,11 @@ def _check_sampling(sampling: Sampling) -> None:
         raise ValueError(f"Unknown sampler {sampling.kind!r}; valid: {valid}.")
 
 
+def _index_names(num_classes: int) -> tuple[str, ...]:
+    """Class names "0".."C-1" for a dataset without names."""
+    return tuple(str(c) for c in range(num_classes))
+
+
 # --------------------------------------------------------------------------------------------
 # In device memory.
 
@@ -144,6 +150,7 @@ class InMemoryInput:
         self.test_labels = long_tail_data.test_labels
         self.class_counts = long_tail_data.class_counts
         self.groups = long_tail_data.groups
+        self.class_names = long_tail_data.class_names or _index_names(self.num_classes)
 
     def train_feed(self, sampling: Sampling, *, augment: str = "none", strength: float = 1.0,
                    num_views: int = 1) -> _DeviceFeed:  # fmt: skip
@@ -263,9 +270,11 @@ class StreamingInput:
     """A long-tailed training source and a test source of encoded images, streamed."""
 
     def __init__(self, train, test, num_classes: int, groups: long_tail.ShotGroups,
-                 mesh: jax.sharding.Mesh, options: StreamOptions):  # fmt: skip
+                 mesh: jax.sharding.Mesh, options: StreamOptions,
+                 class_names: tuple[str, ...] = ()):  # fmt: skip
         self.train, self.test, self.mesh, self.options = train, test, mesh, options
         self.num_classes = num_classes
+        self.class_names = tuple(class_names) or _index_names(num_classes)
         self.train_labels = np.asarray(train.labels, np.int32)
         self.test_labels = np.asarray(test.labels, np.int32)
         self.class_counts = np.bincount(self.train_labels, minlength=num_classes)
@@ -312,7 +321,7 @@ class StreamingInput:
 # --------------------------------------------------------------------------------------------
 # Choosing one.
 
-IN_MEMORY = ("cifar10", "cifar100", "synthetic")
+IN_MEMORY = ("cifar10", "cifar100", "synthetic")  # built in; see `datasets` for every name
 STREAMED = config_lib.STREAMED_DATASETS
 
 
@@ -322,7 +331,8 @@ def default_num_workers() -> int:
 
 
 def load(data_config, mesh: jax.sharding.Mesh):
-    """The input of ``config.data``: `InMemoryInput` or `StreamingInput` by dataset name.
+    """The input of ``config.data``: `InMemoryInput` or `StreamingInput`, by what the dataset's
+    loader in the `datasets` registry returns.
 
     With several processes, process 0 loads first (preparing the dataset if it is not yet
     prepared) while the others wait at a barrier, then they load the prepared copy: no two
@@ -340,37 +350,23 @@ def load(data_config, mesh: jax.sharding.Mesh):
 
 
 def _load(data_config, mesh: jax.sharding.Mesh):
-    from ltr_jax.data import sources  # noqa: PLC0415 (TFDS import only when loading data)
+    from ltr_jax.data import datasets, sources  # noqa: PLC0415 (TFDS import only when loading)
 
-    name = data_config.name
-    if name in IN_MEMORY:
-        lt = batches.make_long_tail(sources.load_dataset(data_config), data_config)
-        return InMemoryInput(lt, mesh)
-    if name not in STREAMED:
-        raise ValueError(f"Unknown dataset name {name!r}; valid: {IN_MEMORY + STREAMED}.")
+    loaded = datasets.load(data_config)
+    if isinstance(loaded, sources.Dataset):
+        return InMemoryInput(batches.make_long_tail(loaded, data_config), mesh)
     options = StreamOptions(
         image_size=data_config.image_size,
         num_workers=data_config.num_workers or default_num_workers(),
         prefetch_steps=data_config.prefetch_steps,
         num_processes=data_config.worker_processes,
     )
-    train, test, num_classes = _streamed_splits(data_config)
+    train, test, num_classes = loaded.train, loaded.test, loaded.num_classes
     counts = np.bincount(np.asarray(train.labels), minlength=num_classes)
     groups = long_tail.shot_groups(counts, data_config.many_threshold, data_config.few_threshold)
     logging.info(
         "%s: %d training images (%d..%d per class), %d test images; many/medium/few %d/%d/%d.",
-        name, len(train.labels), counts.min(), counts.max(), len(test.labels),
+        data_config.name, len(train.labels), counts.min(), counts.max(), len(test.labels),
         len(groups.many), len(groups.medium), len(groups.few),
     )  # fmt: skip
-    return StreamingInput(train, test, num_classes, groups, mesh, options)
-
-
-def _streamed_splits(data_config):
-    if data_config.name == "synthetic_jpeg":
-        from ltr_jax.data import synthetic_jpeg  # noqa: PLC0415
-
-        return synthetic_jpeg.make_splits(data_config)
-    from ltr_jax.data import image_lists  # noqa: PLC0415
-
-    ds = image_lists.load_image_list_dataset(data_config)
-    return ds.train, ds.test, ds.num_classes
+    return StreamingInput(train, test, num_classes, groups, mesh, options, loaded.class_names)

@@ -29,6 +29,20 @@ def _conv(cin: int, cout: int, k: int, stride: int, dtype: Any, rngs: nnx.Rngs) 
     )  # fmt: skip
 
 
+def check_images(x: jax.Array, encoder: str) -> None:
+    """Fails at trace time, naming both shapes, unless ``x`` is a batch [B, H, W, 3].
+
+    The data loaders bring every source to 3 channels (grayscale replicated), so a mismatch
+    here means data that bypassed them, e.g. a custom loader returning [N, H, W, 1] arrays.
+    """
+    if x.ndim != 4 or x.shape[-1] != 3:
+        raise ValueError(
+            f"{encoder} got images of shape {tuple(x.shape)}; it expects [B, H, W, 3]. "
+            "Return uint8 [N, H, W, 3] images from the dataset loader (for grayscale, "
+            "np.repeat(images[..., None], 3, -1), as ltr_jax's own loaders do)."
+        )
+
+
 def _promote_input_only(args: tuple, /, *, dtype: Any = None, inexact: bool = True) -> tuple:
     """Casts only the input (first of ``args``) to ``dtype``; statistics and affine stay float32.
 
@@ -103,6 +117,7 @@ class CifarResNet(nnx.Module):
         self.feature_dim = cin
 
     def __call__(self, x: jax.Array) -> jax.Array:
+        check_images(x, "CifarResNet")
         x = x.astype(self.dtype)  # [B, H, W, 3]
         x = nnx.relu(self.stem_bn(self.stem_conv(x)))
         for layer in self.layers:

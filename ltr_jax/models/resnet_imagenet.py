@@ -98,6 +98,7 @@ class ImageNetResNet(nnx.Module):
         self.feature_dim = cin
 
     def __call__(self, x: jax.Array) -> jax.Array:
+        resnet.check_images(x, "ImageNet ResNet")
         x = x.astype(self.dtype)  # [B, H, W, 3]
         x = nnx.relu(self.stem_bn(self.stem_conv(x)))  # [B, H/2, W/2, 64]
         x = nnx.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))  # [B, H/4, W/4, 64]

@@ -74,17 +74,28 @@ def max_over_epochs_top1(ctx: StageContext, stage: str, final_top1: float) -> fl
     return max(history + [final_top1])
 
 
+def dataset_facts(ctx: StageContext) -> dict:
+    """What every stage's ``results.json`` says about its data (stage 1's too): the dataset,
+    its class names, the Many/Few thresholds, the per-class training counts and groups."""
+    data, data_config = ctx.data, ctx.config.data
+    return dict(
+        dataset=data_config.name,
+        class_names=list(data.class_names),
+        train_class_counts=np.asarray(data.class_counts).tolist(),
+        groups=data.groups.as_dict(),
+        many_threshold=data_config.many_threshold,
+        few_threshold=data_config.few_threshold,
+        imbalance_factor=data_config.imbalance_factor,
+    )
+
+
 def final_results(ctx: StageContext, report: dict, *, epochs: int, num_steps: int) -> dict:
-    """The fields every ``<stage>/results.json`` carries."""
-    data = ctx.data
+    """The fields every evaluated ``<stage>/results.json`` carries."""
     return dict(
         report,
         epoch=epochs,
         num_steps=num_steps,
-        train_class_counts=np.asarray(data.class_counts).tolist(),
-        groups=data.groups.as_dict(),
-        imbalance_factor=ctx.config.data.imbalance_factor,
-        dataset=ctx.config.data.name,
+        **dataset_facts(ctx),
         encoder=ctx.config.model.encoder,
     )
 

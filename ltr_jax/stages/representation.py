@@ -84,4 +84,5 @@ def run(ctx: common.StageContext) -> dict:
     model = train_lib.merge_model(graphdef, jax.device_get(state))
     common.save_module(ctx, STAGE, "encoder", model.encoder)
     return {"epoch": cfg.epochs, "num_steps": num_steps, "loss": cfg.loss,
-            "bns_form": cfg.bns.form, "encoder": ctx.config.model.encoder}  # fmt: skip
+            "bns_form": cfg.bns.form, "encoder": ctx.config.model.encoder,
+            **common.dataset_facts(ctx)}  # fmt: skip
