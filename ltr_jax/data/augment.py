@@ -258,11 +258,6 @@ def _gray_planes(planes: jax.Array) -> jax.Array:
     return jnp.broadcast_to(_luma(planes), planes.shape)
 
 
-def rgb_to_grayscale(image: jax.Array) -> jax.Array:
-    """ITU-R 601 luma of an [..., 3] image, shape [..., 1]."""
-    return _on_planes(lambda planes: _luma(planes)[None], image)
-
-
 def grayscale(image: jax.Array) -> jax.Array:
     """Grayscale [..., 3] image: the luma replicated to all three channels."""
     return _on_planes(_gray_planes, image)

@@ -24,7 +24,6 @@ class LongTailData:
 
     train_images: np.ndarray  # uint8 [N, H, W, 3]
     train_labels: np.ndarray  # int32 [N]
-    train_index: np.ndarray  # int64 [N] original positions in the official train split
     test_images: np.ndarray
     test_labels: np.ndarray
     num_classes: int
@@ -52,7 +51,7 @@ def make_long_tail(dataset: Dataset, data_config) -> LongTailData:
         len(groups.many), len(groups.medium), len(groups.few),
     )  # fmt: skip
     return LongTailData(
-        train_images=train.images[pos], train_labels=labels, train_index=train.index[pos],
+        train_images=train.images[pos], train_labels=labels,
         test_images=_take(test.images, test_pos),
         test_labels=test.labels[test_pos].astype(np.int32),
         num_classes=dataset.num_classes, class_counts=counts, groups=groups,

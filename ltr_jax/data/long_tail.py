@@ -10,8 +10,6 @@ import dataclasses
 
 import numpy as np
 
-VALID_IMBALANCE_FACTORS = (1, 10, 20, 50, 100, 200)
-
 
 def long_tail_counts(n_max: int, num_classes: int, imbalance_factor: float) -> np.ndarray:
     """Per-class counts n_c = floor(n_max * IF^(-c / (C - 1))) of the LDAM protocol.
