@@ -1,19 +1,25 @@
 """Report: a Markdown table (mean +- std over seeds) and figures from finished workdirs.
 
     python -m ltr_jax.report wd/bns/seed_* wd/ce/seed_* --out=reports/c10
+    python -m ltr_jax.report workdirs/cifar10_lt_smoke             # writes to reports/
     python -m ltr_jax.report wd/a wd/b --labels=BNS,CE --out=reports/ab
 
 Reads only the workdirs (``config.json``, ``<stage>/results.json``, ``metrics.jsonl``,
 ``stage2/draws.jsonl``), so it works on runs copied back from another machine. Workdirs are
 grouped into methods: by ``--labels`` (one per workdir) if given, else workdirs named
 ``DIR/seed_<i>`` group under DIR's name, else by a label derived from the finished stages and
-their key settings (runs whose configs differ beyond the seed get distinct labels). For each
+their key settings. Runs that share a label but whose configs differ beyond the seed are kept
+apart, each label naming the differing keys (``ce [data.name=cifar10]``). For each
 method the table gives the final stage's top-1 / Many / Medium / Few (percent) as mean +- std
-over runs (sample std, ddof 1; no std for a single run). Writes to OUT (default ``report``):
+over runs (sample std, ddof 1; no std for a single run); a note lists every configured stage a
+run did not finish (started but failed or stopped, or never run) and every stage whose
+training loss became non-finite. Writes to OUT (default ``reports``, git-ignored):
 ``report.md``, ``report.json`` and the figures ``per_class_accuracy.png``,
 ``training_curves.png`` and, when there are IP-DPP draws, ``ipdpp_confidence.png``. Plotting
 needs matplotlib (``pip install ltr_jax[report]``); it is drawn with the Agg canvas, without
-pyplot, so no global backend state is touched.
+pyplot, so no global backend state is touched. Non-finite losses are drawn as red crosses at
+the top of the loss panel, not dropped. A missing or unreadable workdir ends the command with
+one line and exit code 2.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ import json
 import math
 import os
 import re
+import sys
 from collections.abc import Sequence
 
 import numpy as np
@@ -32,6 +39,13 @@ METRICS = ("top1", "many", "medium", "few")
 HEADERS = ("top-1", "Many", "Medium", "Few")
 STAGE_ORDER = ("ce", "crt", "stage1", "probe", "stage2")
 _SEED_DIR = re.compile(r"seed_\d+$")
+_MAX_DIFF_KEYS = 3  # differing config keys named in a label; more are counted
+NOT_RUN = "not run"
+NOT_FINISHED = "started, not finished (failed, stopped or still running)"
+
+
+class ReportError(ValueError):
+    """A workdir the report cannot read; the command line prints it as one line."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,11 +57,25 @@ class Run:
     results: dict  # stage name -> results.json, finished stages in pipeline order
     metrics: list  # metrics.jsonl records
     draws: list  # stage2/draws.jsonl records ([] when absent)
+    unfinished: dict = dataclasses.field(default_factory=dict)  # configured stage -> status
+
+
+def unfinished_stages(workdir: str, config: dict, results: dict) -> dict[str, str]:
+    """Each stage of ``config["pipeline"]`` without a results.json: NOT_FINISHED when its
+    folder exists (it started), else NOT_RUN."""
+    return {
+        s: NOT_FINISHED if os.path.isdir(os.path.join(workdir, s)) else NOT_RUN
+        for s in config.get("pipeline", ())
+        if s not in results
+    }
 
 
 def _read_json(path: str):
-    with open(path) as f:
-        return json.load(f)
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, json.JSONDecodeError) as e:
+        raise ReportError(f"Cannot read {path}: {e}.") from e
 
 
 def _read_jsonl(path: str) -> list[dict]:
@@ -58,7 +86,11 @@ def _read_jsonl(path: str) -> list[dict]:
 
 
 def load_run(workdir: str) -> Run:
-    """Reads one workdir; fails when it has no config.json or no finished stage."""
+    """Reads one workdir; fails (ReportError) when it has no config.json or no finished stage."""
+    if not os.path.isdir(workdir):
+        raise ReportError(f"{workdir} is not a folder: pass the workdir of a run (its --workdir).")
+    if not os.path.exists(os.path.join(workdir, "config.json")):
+        raise ReportError(f"{workdir} has no config.json: it is not an ltr_jax workdir.")
     config = _read_json(os.path.join(workdir, "config.json"))
     pipeline = list(config.get("pipeline", ()))
     stages = pipeline + [s for s in STAGE_ORDER if s not in pipeline]
@@ -68,11 +100,12 @@ def load_run(workdir: str) -> Run:
         if os.path.exists(os.path.join(workdir, s, "results.json"))
     }
     if not results:
-        raise ValueError(f"{workdir} has no finished stage (no <stage>/results.json).")
+        raise ReportError(f"{workdir} has no finished stage (no <stage>/results.json).")
     return Run(
         workdir=workdir, config=config, results=results,
         metrics=_read_jsonl(os.path.join(workdir, "metrics.jsonl")),
         draws=_read_jsonl(os.path.join(workdir, "stage2", "draws.jsonl")),
+        unfinished=unfinished_stages(workdir, config, results),
     )  # fmt: skip
 
 
@@ -106,36 +139,56 @@ def method_label(config: dict, stages: Sequence[str]) -> str:
     return " + ".join(parts) or "+".join(stages)
 
 
-def _without_seed(config: dict) -> str:
-    return json.dumps({k: v for k, v in config.items() if k != "seed"}, sort_keys=True)
+def flat_config(config: dict, prefix: str = "") -> dict[str, str]:
+    """``{"a.b": value as text}``: every leaf of ``config`` but the seed (lists are leaves)."""
+    flat = {}
+    for key, value in config.items():
+        if not prefix and key == "seed":
+            continue
+        if isinstance(value, dict):
+            flat.update(flat_config(value, f"{prefix}{key}."))
+        else:
+            flat[prefix + key] = value if isinstance(value, str) else json.dumps(value)
+    return flat
 
 
-def _derived_labels(runs: Sequence[Run]) -> list[str]:
-    """Derived labels, suffixed " #2", " #3"... where different configs share a label."""
-    seen: dict[str, list[str]] = {}
-    labels = []
-    for run in runs:
-        label = method_label(run.config, list(run.results))
-        variants = seen.setdefault(label, [])
-        key = _without_seed(run.config)
-        if key not in variants:
-            variants.append(key)
-        index = variants.index(key)
-        labels.append(label if index == 0 else f"{label} #{index + 1}")
-    return labels
+def _difference(variant: dict, keys: Sequence[str]) -> str:
+    """`` [k1=v1, k2=v2, +3 more]``: ``variant``'s values of the differing ``keys``."""
+    shown = [f"{k}={variant.get(k, 'unset')}" for k in keys[:_MAX_DIFF_KEYS]]
+    if len(keys) > _MAX_DIFF_KEYS:
+        shown.append(f"+{len(keys) - _MAX_DIFF_KEYS} more")
+    return f" [{', '.join(shown)}]"
+
+
+def distinguish(labels: Sequence[str], runs: Sequence[Run]) -> list[str]:
+    """``labels``, where runs sharing a label differ in config (beyond the seed), each followed by
+    the differing keys and its values; a numbered suffix only if that still leaves a tie."""
+    variants: dict[str, list[dict]] = {}
+    flats = [flat_config(r.config) for r in runs]
+    for label, flat in zip(labels, flats, strict=True):
+        if flat not in variants.setdefault(label, []):
+            variants[label].append(flat)
+    named = {}
+    for label, flats_of_label in variants.items():
+        keys = sorted({k for f in flats_of_label for k in f})
+        keys = [k for k in keys if len({f.get(k) for f in flats_of_label}) > 1]
+        for i, flat in enumerate(flats_of_label):
+            name = label + (_difference(flat, keys) if keys else "")
+            named[(label, i)] = name if name not in named.values() else f"{name} #{i + 1}"
+    return [named[(lbl, variants[lbl].index(f))] for lbl, f in zip(labels, flats, strict=True)]
 
 
 def group_runs(runs: Sequence[Run], labels: Sequence[str] | None = None) -> dict[str, list[Run]]:
     """Groups runs into methods (see the module docstring), in order of first appearance."""
     if labels is not None and len(labels) != len(runs):
-        raise ValueError(f"{len(labels)} labels given for {len(runs)} workdirs.")
+        raise ReportError(f"{len(labels)} labels given for {len(runs)} workdirs.")
     if labels is None:
-        derived = _derived_labels(runs)
-        labels = [
+        labels = distinguish([
             os.path.basename(os.path.dirname(os.path.abspath(r.workdir)))
-            if _SEED_DIR.search(os.path.basename(os.path.normpath(r.workdir))) else d
-            for r, d in zip(runs, derived, strict=True)
-        ]  # fmt: skip
+            if _SEED_DIR.search(os.path.basename(os.path.normpath(r.workdir)))
+            else method_label(r.config, list(r.results))
+            for r in runs
+        ], runs)  # fmt: skip
     groups: dict[str, list[Run]] = {}
     for label, run in zip(labels, runs, strict=True):
         groups.setdefault(label, []).append(run)
@@ -146,7 +199,7 @@ def final_stage(runs: Sequence[Run]) -> str:
     """The last stage (in pipeline order) that every run of a group finished."""
     common = [s for s in runs[0].results if all(s in r.results for r in runs)]
     if not common:
-        raise ValueError(f"No stage finished by all of {[r.workdir for r in runs]}.")
+        raise ReportError(f"No stage finished by all of {[r.workdir for r in runs]}.")
     return common[-1]
 
 
@@ -185,9 +238,34 @@ def summarise(groups: dict[str, list[Run]]) -> list[dict]:
                            for k in ("many", "few")},
             "dataset": dataset_of(runs[0]),
             "class_names": results[0].get("class_names"),
+            "unfinished": {r.workdir: r.unfinished for r in runs if r.unfinished},
+            "nonfinite_loss": {r.workdir: nonfinite_losses(r) for r in runs if nonfinite_losses(r)},
         }  # fmt: skip
         rows.append(row)
     return rows
+
+
+def nonfinite_losses(run: Run) -> dict[str, int]:
+    """Stage -> first logged step whose training loss is NaN or infinite."""
+    first: dict[str, int] = {}
+    for r in run.metrics:
+        loss = r.get("loss")
+        if isinstance(loss, (int, float)) and not math.isfinite(loss):
+            first.setdefault(r.get("stage", "?"), int(r["step"]))
+    return first
+
+
+def notes(rows: Sequence[dict]) -> str:
+    """Markdown bullets: unfinished configured stages and non-finite losses, per workdir."""
+    lines = []
+    for row in rows:
+        for workdir, stages in row["unfinished"].items():
+            said = "; ".join(f"{s} {status}" for s, status in stages.items())
+            lines.append(f"- {row['method']}: `{workdir}`: {said}.")
+        for workdir, stages in row["nonfinite_loss"].items():
+            said = ", ".join(f"{s} from step {step}" for s, step in stages.items())
+            lines.append(f"- {row['method']}: `{workdir}`: non-finite training loss ({said}).")
+    return "\n".join(lines) + "\n" if lines else ""
 
 
 def dataset_of(run: Run) -> str:
@@ -205,7 +283,7 @@ def check_one_dataset(runs: Sequence[Run]) -> str:
         by_dataset.setdefault(dataset_of(run), []).append(run.workdir)
     if len(by_dataset) > 1:
         listing = "; ".join(f"{d}: {', '.join(w)}" for d, w in by_dataset.items())
-        raise ValueError(
+        raise ReportError(
             f"The workdirs hold runs of {len(by_dataset)} datasets ({listing}). Report each "
             "dataset on its own (python -m ltr_jax.report <its workdirs>), or pass "
             "--by_dataset to write one report per dataset under --out."
@@ -338,6 +416,23 @@ def _confidence_per_draw(run: Run) -> tuple[np.ndarray, np.ndarray, np.ndarray, 
     return epochs, whole, drawn, int(cut.sum())
 
 
+def configured_k(run: Run) -> str:
+    """The run's k per class: the one stage 2 recorded, else the configured one."""
+    k = run.results.get("stage2", {}).get("k_per_class")
+    if k is None:
+        k = run.config.get("stage2", {}).get("k_per_class")
+        if k is not None and k <= 0:
+            return "10 x the smallest class"  # the configured default (stage2.k_per_class=0)
+    return "?" if k is None else str(k)
+
+
+def confidence_title(method: str, runs: Sequence[Run], cut: int) -> str:
+    """Title of one method's IP-DPP panel: the configured k and how many classes it cut."""
+    what = f"{cut} classes cut to k" if cut else "no class cut: every class <= k"
+    n = len(runs)
+    return f"{method}\n{what} = {configured_k(runs[0])}; {n} run{'s' * (n > 1)}"
+
+
 def plot_confidence(groups: dict[str, list[Run]], path: str) -> bool:
     """Per IP-DPP method: mean p(y|x) of the drawn subset vs the whole class, per draw.
 
@@ -362,10 +457,7 @@ def plot_confidence(groups: dict[str, list[Run]], path: str) -> bool:
         drawn = np.mean([p[2][:draws] for p in per_run], axis=0)
         ax.plot(epochs, whole, "o-", color="tab:blue", label="whole class")
         ax.plot(epochs, drawn, "s--", color="tab:red", label="drawn subset")
-        k = max(runs[0].draws[0]["counts"])
-        n = len(runs)
-        ax.set_title(f"{method}\n{per_run[0][3]} classes cut to k={k}; {n} run{'s' * (n > 1)}",
-                     fontsize=9)  # fmt: skip
+        ax.set_title(confidence_title(method, runs, per_run[0][3]), fontsize=9)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("epoch of the draw")
         ax.grid(True, alpha=0.3)
@@ -411,7 +503,7 @@ def plot_curves(groups: dict[str, list[Run]], path: str) -> None:
     """Training loss and eval top-1 against step, one column per stage, one line per method."""
     stages = _training_stages(groups)
     if not stages:
-        raise ValueError("No training records (metrics.jsonl) in the workdirs.")
+        raise ReportError("No training records (metrics.jsonl) in the workdirs.")
     fig = _figure(4.2 * len(stages), 6.4)
     axes = fig.subplots(2, len(stages), squeeze=False)
     for col, stage in enumerate(stages):
@@ -419,9 +511,12 @@ def plot_curves(groups: dict[str, list[Run]], path: str) -> None:
         for i, (method, runs) in enumerate(groups.items()):
             for ax, key in ((loss_ax, "loss"), (eval_ax, "eval_top1")):
                 steps, values = _stage_series(runs, stage, key)
-                if len(steps):
-                    ax.plot(steps, values, ms=4, lw=1.3, alpha=0.85, label=method,
-                            markevery=max(1, len(steps) // 12), **_style(i))  # fmt: skip
+                finite = np.isfinite(values)
+                if finite.any():
+                    ax.plot(steps[finite], values[finite], ms=4, lw=1.3, alpha=0.85, label=method,
+                            markevery=max(1, int(finite.sum()) // 12), **_style(i))  # fmt: skip
+                if not finite.all():
+                    _mark_nonfinite(ax, steps[~finite], i)
         loss_ax.set_title(f"stage {stage}: training loss")
         eval_ax.set_title(f"stage {stage}: test top-1 (last point: final)")
         loss_ax.set_ylabel("loss (mean over runs)")
@@ -436,6 +531,19 @@ def plot_curves(groups: dict[str, list[Run]], path: str) -> None:
     fig.savefig(path)
 
 
+NONFINITE_LABEL = "non-finite (NaN / inf)"
+
+
+def _mark_nonfinite(ax, steps: np.ndarray, index: int) -> None:
+    """Red crosses at the top of ``ax`` at the steps whose value is NaN or infinite."""
+    from matplotlib.transforms import blended_transform_factory
+
+    top = blended_transform_factory(ax.transData, ax.transAxes)  # x: step, y: axes fraction
+    height = 0.97 - 0.04 * (index % 10)  # one row of crosses per method
+    ax.plot(steps, np.full(len(steps), height), ls="none", marker="x", ms=7, mew=2,
+            color="red", transform=top, clip_on=False, label=NONFINITE_LABEL)  # fmt: skip
+
+
 def _method_legend(fig, axes) -> None:
     """One legend for the whole figure, below it: every method once, in plotting order."""
     handles = {}
@@ -447,14 +555,19 @@ def _method_legend(fig, axes) -> None:
 
 
 def _markdown_document(table: str, figures: Sequence[str], dataset: str = "",
-                       per_class: str = "") -> str:  # fmt: skip
+                       per_class: str = "", notes_md: str = "") -> str:  # fmt: skip
     images = "".join(f"![{os.path.basename(p)}]({os.path.basename(p)})\n" for p in figures)
     intro = "Final stage of each method, test accuracy in percent, mean ± std over runs."
     if dataset:
         intro = f"Dataset: {dataset}. {intro}"
     if per_class:
         per_class = f"\nPer-class test accuracy (final stage, mean over runs):\n\n{per_class}"
-    return f"# ltr_jax report\n\n{intro}\n\n{table}{per_class}\n{images}"
+    if notes_md:
+        notes_md = f"\n{NOTES_TITLE}\n\n{notes_md}"
+    return f"# ltr_jax report\n\n{intro}\n\n{table}{notes_md}{per_class}\n{images}"
+
+
+NOTES_TITLE = "Warnings (the table shows the last stage that every run of a method finished):"
 
 
 def make_report(workdirs: Sequence[str], out_dir: str, labels: Sequence[str] | None = None) -> dict:
@@ -469,6 +582,7 @@ def make_report(workdirs: Sequence[str], out_dir: str, labels: Sequence[str] | N
     rows = summarise(groups)
     table = markdown_table(rows)
     per_class = per_class_table(rows)
+    notes_md = notes(rows)
     os.makedirs(out_dir, exist_ok=True)
     figures = [os.path.join(out_dir, "per_class_accuracy.png")]
     plot_per_class(rows, figures[0])
@@ -478,9 +592,9 @@ def make_report(workdirs: Sequence[str], out_dir: str, labels: Sequence[str] | N
     if plot_confidence(groups, confidence):
         figures.append(confidence)
     with open(os.path.join(out_dir, "report.md"), "w") as f:
-        f.write(_markdown_document(table, figures, dataset, per_class))
+        f.write(_markdown_document(table, figures, dataset, per_class, notes_md))
     report = {"table": table, "dataset": dataset, "per_class_table": per_class,
-              "methods": rows, "figures": figures}  # fmt: skip
+              "notes": notes_md, "methods": rows, "figures": figures}  # fmt: skip
     with open(os.path.join(out_dir, "report.json"), "w") as f:
         json.dump(_finite(report), f, indent=2)
     return report
@@ -505,11 +619,19 @@ def main(argv: Sequence[str] | None = None) -> dict:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("workdirs", nargs="+", help="finished (or partly finished) workdirs")
-    parser.add_argument("--out", default="report", help="output folder (default: report)")
+    parser.add_argument("--out", default="reports", help="output folder (default: reports)")
     parser.add_argument("--labels", default=None, help="comma-separated, one per workdir")
     parser.add_argument("--by_dataset", action="store_true",
                         help="one report per dataset, in OUT/<n>_<dataset name>")  # fmt: skip
     args = parser.parse_args(argv)
+    try:
+        return _run(parser, args)
+    except (ReportError, ImportError) as e:  # what to fix, in one line, without a traceback
+        print(f"{parser.prog}: error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> dict:
     labels = args.labels.split(",") if args.labels else None
     if args.by_dataset:
         if labels:
@@ -526,7 +648,8 @@ def _dataset_dir(out: str, index: int, dataset: str) -> str:
 
 def _report_and_print(workdirs: Sequence[str], out: str, labels) -> dict:
     report = make_report(workdirs, out, labels)
-    print(f"{report['dataset']}:\n{report['table']}\n{report['per_class_table']}")
+    notes_txt = f"{NOTES_TITLE}\n{report['notes']}\n" if report["notes"] else ""
+    print(f"{report['dataset']}:\n{report['table']}\n{notes_txt}{report['per_class_table']}")
     print("Wrote", ", ".join([os.path.join(out, "report.md")] + report["figures"]))
     return report
 

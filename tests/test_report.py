@@ -199,7 +199,131 @@ def test_distinct_configs_with_one_label_stay_apart(tmp_path):
     config["data"]["name"] = "cifar10"
     _write(os.path.join(b, "config.json"), config)
     runs = [report.load_run(a), report.load_run(b)]
-    assert list(report.group_runs(runs)) == ["ce", "ce #2"]
+    assert list(report.group_runs(runs)) == ["ce [data.name=synthetic]", "ce [data.name=cifar10]"]
+
+
+def test_seeds_of_one_sweep_with_different_configs_are_named_by_the_difference(tmp_path):
+    paths = [str(tmp_path / "sweep" / f"seed_{s}") for s in range(3)]
+    for seed, path in enumerate(paths):
+        _ce_run(path, seed)
+    for path, tau in ((paths[1], 2.0), (paths[2], 2.0)):
+        config = json.loads(open(os.path.join(path, "config.json")).read())
+        config["ce"]["logit_adjust_tau"] = tau
+        config["data"].update(many_threshold=40, few_threshold=10, max_per_class=7)
+        _write(os.path.join(path, "config.json"), config)
+    groups = report.group_runs([report.load_run(p) for p in paths])
+    assert {k: len(v) for k, v in groups.items()} == {
+        "sweep [ce.logit_adjust_tau=1.0, data.few_threshold=20, data.many_threshold=50, "
+        "+1 more]": 1,
+        "sweep [ce.logit_adjust_tau=2.0, data.few_threshold=10, data.many_threshold=40, "
+        "+1 more]": 2,
+    }
+
+
+def test_labels_tied_after_the_cap_are_numbered():
+    runs = []
+    for first, last in ((0, 1), (0, 2), (1, 1)):
+        config = _config(["ce"], 0)
+        config["data"].update(a=first, b=first, c=first, d=last)
+        runs.append(report.Run("w", config, {"ce": {}}, [], []))
+    assert report.distinguish(["x", "x", "x"], runs) == [
+        "x [data.a=0, data.b=0, data.c=0, +1 more]",
+        "x [data.a=0, data.b=0, data.c=0, +1 more] #2",
+        "x [data.a=1, data.b=1, data.c=1, +1 more]",
+    ]
+    config = _config(["ce"], 0)
+    config.pop("stage2")
+    runs.append(report.Run("w", config, {"ce": {}}, [], []))
+    assert report.distinguish(["y", "x"], runs[2:]) == ["y", "x"]  # one config per label
+
+
+def test_unfinished_stages_and_nonfinite_losses_are_noted(tmp_path):
+    done, failed = str(tmp_path / "done"), str(tmp_path / "failed")
+    _bns_run(done, 0)
+    _bns_run(failed, 1)
+    os.remove(os.path.join(failed, "stage2", "results.json"))  # stage 2 started, then failed
+    losses = ((5, 1.0), (10, float("nan")), (15, float("inf")))
+    records = _curve("probe") + [{"stage": "stage2", "step": s, "loss": v} for s, v in losses]
+    _write_jsonl(os.path.join(failed, "metrics.jsonl"), records)
+    never = str(tmp_path / "never")
+    _write(os.path.join(never, "config.json"), _config(["stage1", "probe", "stage2"], 2))
+    _write(os.path.join(never, "stage1", "results.json"), {"epoch": 2, "num_steps": 40})
+    runs = [report.load_run(w) for w in (done, failed, never)]
+    assert [r.unfinished for r in runs] == [
+        {}, {"stage2": report.NOT_FINISHED}, {"probe": report.NOT_RUN, "stage2": report.NOT_RUN},
+    ]  # fmt: skip
+    assert report.nonfinite_losses(runs[1]) == {"stage2": 10}
+    rows = report.summarise(report.group_runs(runs))
+    assert [r["stage"] for r in rows] == ["stage2", "probe", "stage1"]
+    assert report.notes(rows).splitlines() == [
+        f"- BNS(reference) + probe: `{failed}`: stage2 {report.NOT_FINISHED}.",
+        f"- BNS(reference) + probe: `{failed}`: non-finite training loss (stage2 from step 10).",
+        f"- BNS(reference): `{never}`: probe {report.NOT_RUN}; stage2 {report.NOT_RUN}.",
+    ]
+
+
+def test_confidence_title_shows_the_configured_k(workdirs):
+    run = report.load_run(workdirs["bns_sweep"][0][0])
+    assert report.configured_k(run) == "?"  # neither recorded nor configured
+    run.config["stage2"]["k_per_class"] = 0
+    assert report.configured_k(run) == "10 x the smallest class"
+    run.config["stage2"]["k_per_class"] = 20
+    assert report.confidence_title("m", [run], 3) == "m\n3 classes cut to k = 20; 1 run"
+    run.results["stage2"]["k_per_class"] = 500  # what stage 2 recorded wins
+    assert report.confidence_title("m", [run, run], 0) == (
+        "m\nno class cut: every class <= k = 500; 2 runs"
+    )
+
+
+def _red_pixels(path):
+    from matplotlib import image
+
+    pixels = image.imread(path)[..., :3]
+    return int(((pixels[..., 0] > 0.9) & (pixels[..., 1:] < 0.15).all(-1)).sum())
+
+
+def test_cli_defaults_to_reports_notes_failures_and_marks_nonfinite_losses(
+    workdirs, tmp_path, monkeypatch, capsys
+):
+    monkeypatch.chdir(tmp_path)
+    finite = [w for w, _ in workdirs["bns_sweep"]]
+    report.main([*finite, "--out=finite"])
+    failed = finite[1]
+    os.remove(os.path.join(failed, "stage2", "results.json"))
+    records = report.load_run(failed).metrics
+    for r in records:
+        if r.get("stage") == "stage2" and r.get("step", 0) >= 30 and "loss" in r:
+            r["loss"] = float("nan")
+    _write_jsonl(os.path.join(failed, "metrics.jsonl"), records)
+    capsys.readouterr()
+    report.main(finite)
+    printed = capsys.readouterr().out
+    assert f"`{failed}`: stage2 {report.NOT_FINISHED}." in printed
+    assert "non-finite training loss (stage2 from step 30)" in printed
+    markdown = open(tmp_path / "reports" / "report.md").read()
+    assert report.NOTES_TITLE in markdown and report.NOT_FINISHED in markdown
+    curves = "training_curves.png"
+    assert _red_pixels(tmp_path / "finite" / curves) == 0
+    assert _red_pixels(tmp_path / "reports" / curves) > 40  # the crosses at steps 30, 35, 40
+
+
+@pytest.mark.parametrize("make", ["nothing", "empty folder", "file", "bad json"])
+def test_cli_unreadable_workdir_is_one_line_and_exit_2(tmp_path, capsys, make):
+    workdir = tmp_path / "wd"
+    if make == "empty folder":
+        workdir.mkdir()
+    elif make == "file":
+        workdir.write_text("x")
+    elif make == "bad json":
+        workdir.mkdir()
+        (workdir / "config.json").write_text("{")
+    with pytest.raises(SystemExit) as exit_info:
+        report.main([str(workdir), f"--out={tmp_path / 'out'}"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("python -m ltr_jax.report: error: ")
+    assert str(workdir) in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists()
 
 
 def test_cli_prints_the_table(workdirs, tmp_path, capsys):
