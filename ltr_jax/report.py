@@ -405,8 +405,9 @@ def plot_per_class(rows: Sequence[dict], path: str) -> None:
 def _confidence_per_draw(run: Run) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
     """(epochs, mean p of whole class, of drawn subset), averaged over the classes that were cut;
     and the number of cut classes."""
-    counts = np.asarray(run.results.get("stage2", {}).get("train_class_counts")
-                        or run.draws[0]["counts"])  # fmt: skip
+    recorded = [r.get("train_class_counts") for r in run.results.values()]
+    recorded = [c for c in recorded if c]  # stage 2's, or an earlier stage's if it did not finish
+    counts = np.asarray(recorded[-1] if recorded else run.draws[0]["counts"])  # [C]
     cut = np.asarray(run.draws[0]["counts"]) < counts  # [C]
     epochs = np.array([d["epoch"] for d in run.draws], float)
     whole = np.array([np.asarray(d["mean_p_class"])[cut].mean() if cut.any() else np.nan

@@ -253,6 +253,7 @@ def test_unfinished_stages_and_nonfinite_losses_are_noted(tmp_path):
         {}, {"stage2": report.NOT_FINISHED}, {"probe": report.NOT_RUN, "stage2": report.NOT_RUN},
     ]  # fmt: skip
     assert report.nonfinite_losses(runs[1]) == {"stage2": 10}
+    assert report._confidence_per_draw(runs[1])[3] == 3  # cut judged by the probe's counts
     rows = report.summarise(report.group_runs(runs))
     assert [r["stage"] for r in rows] == ["stage2", "probe", "stage1"]
     assert report.notes(rows).splitlines() == [
