@@ -15,6 +15,7 @@ host; on TPU pods and SLURM the three launch flags are auto-detected and may be 
 from __future__ import annotations
 
 import os
+import shlex
 import sys
 
 from absl import app, flags, logging
@@ -96,6 +97,15 @@ def main(argv):
         )
         if "top1" in res:
             logging.info("%s: top1=%.2f %s (%s)", name, res["top1"], groups, workdir)
+    if hint := report_hint(flags.FLAGS["config"].config_filename, workdir):
+        logging.info("Next, the report of this run: %s", hint)
+
+
+def report_hint(config_arg: str, workdir: str) -> str | None:
+    """The report command to try after a ``:smoke`` run; None after any other run."""
+    if not config_arg.endswith(":smoke"):
+        return None
+    return f"python -m ltr_jax.report {shlex.quote(workdir)}  # writes reports/report.md"
 
 
 def prepare_data(config) -> None:

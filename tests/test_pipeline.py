@@ -84,6 +84,13 @@ def test_unknown_stage_and_override_errors():
     assert "imbalance_factor" in msg and "config.data.imbalance_factr" in msg
 
 
+def test_smoke_run_ends_with_the_report_command():
+    assert run.report_hint("configs/cifar10_lt.py:smoke", "workdirs/a b") == (
+        "python -m ltr_jax.report 'workdirs/a b'  # writes reports/report.md"
+    )
+    assert run.report_hint("configs/cifar10_lt.py", "workdirs/x") is None
+
+
 @pytest.mark.slow
 def test_resume_after_sigkill_gives_identical_results(tmp_path):
     overrides = ["--config.ce.epochs=5", "--config.train.checkpoint_every_steps=7"]
@@ -104,6 +111,7 @@ def test_resume_after_sigkill_gives_identical_results(tmp_path):
     out, _ = resumed.communicate(timeout=300)
     assert resumed.returncode == 0, out[-3000:]
     assert "resumed from step" in out
+    assert f"Next, the report of this run: python -m ltr_jax.report {killed_dir}" in out
 
     a = json.loads((tmp_path / "straight" / "ce" / "results.json").read_text())
     b = json.loads((killed_dir / "ce" / "results.json").read_text())
