@@ -27,6 +27,7 @@ def get_config(arg: str | None = None):
     config = config_lib.base_config()
     config.pipeline = ("stage1", "probe", "stage2")
     config.data.update(name="imagenet_lt", many_threshold=100, few_threshold=20, image_size=224)
+    config.data.update(format="decoded", decoded_size=256)  # decoded once, cropped on device
     config.model.update(encoder="resnet50", dtype="bfloat16", proj_hidden=2048, proj_dim=128)
     config.train.update(eval_every_epochs=10.0, checkpoint_every_steps=1000, eval_batch_size=1024)
     config.stage1.update(epochs=200, batch_size=512, augment_strength=1.0)

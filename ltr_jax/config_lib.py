@@ -74,6 +74,10 @@ def base_config() -> mlc.ConfigDict:
             num_workers=0,  # streamed datasets: decoding threads per process; 0: its CPU cores
             prefetch_steps=2,  # streamed datasets: batches decoded ahead
             worker_processes=0,  # streamed: decode in N processes instead of threads (0: threads)
+            format="jpeg",  # streamed: jpeg (decode every epoch) | decoded (a store, decoded once)
+            decoded_size=256,  # format=decoded: side S of the stored centre squares
+            decoded_dir=config_dict.placeholder(str),  # the store; None: <data_dir>/ltr_decoded/..
+            prepare_processes=0,  # format=decoded: processes decoding the store once; 0: cores
             synthetic=dict(
                 num_classes=10, train_per_class=100, test_per_class=20, seed=0, jpeg_sizes=(40, 56)
             ),  # fmt: skip
@@ -150,7 +154,7 @@ def smoke(config: mlc.ConfigDict) -> mlc.ConfigDict:
     config.data.update(name="synthetic_jpeg" if streamed else "synthetic", imbalance_factor=10,
                        many_threshold=50, few_threshold=20)  # fmt: skip
     if streamed:
-        config.data.update(image_size=32, num_workers=2)
+        config.data.update(image_size=32, num_workers=2, decoded_size=40, prepare_processes=1)
     config.model.update(encoder="cifar_resnet8", proj_hidden=64, proj_dim=32, dtype="float32")
     config.train.update(log_every_steps=5, eval_every_epochs=1.0, checkpoint_every_steps=10,
                         eval_batch_size=64)  # fmt: skip
