@@ -74,6 +74,7 @@ def base_config() -> mlc.ConfigDict:
             num_workers=0,  # streamed datasets: decoding threads per process; 0: its CPU cores
             prefetch_steps=2,  # streamed datasets: batches decoded ahead
             worker_processes=0,  # streamed: decode in N processes instead of threads (0: threads)
+            jpeg_draft=True,  # format=jpeg: decode at 1/2..1/8 size where every crop allows
             format="jpeg",  # streamed: jpeg (decode every epoch) | decoded (a store, decoded once)
             decoded_size=256,  # format=decoded: side S of the stored centre squares
             decoded_dir=config_dict.placeholder(str),  # the store; None: <data_dir>/ltr_decoded/..

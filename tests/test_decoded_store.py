@@ -5,6 +5,9 @@ by the JPEG path (Pillow, bilinear, from the full-size decoded JPEG) within a me
 difference of ``FIDELITY_MEAN`` = 1.5 and a 99th percentile of ``FIDELITY_P99`` = 4 grey
 levels (of 255), for ImageNet-size images with smooth regions, hard edges and pixel noise
 (observed: mean 0.4-0.9, p99 1.3-3.0; a crop 3 store pixels off gives mean 10-12).
+JPEG draft decoding (``data.jpeg_draft``, 1/2 or 1/4 size here) against full-size decoding,
+64-pixel crops: mean below ``DRAFT_MEAN`` = 2, p99 below ``DRAFT_P99`` = 8 (observed 1.2-1.4
+and 5-6).
 The end-to-end resume of a run trained from the store is `test_inputs.py`'s.
 """
 
@@ -22,6 +25,7 @@ from ltr_jax.data import augment, decoded_store, inputs, streaming, synthetic_jp
 
 FIDELITY_MEAN = 1.5
 FIDELITY_P99 = 4.0
+DRAFT_MEAN, DRAFT_P99 = 2.0, 8.0
 
 
 def _natural(height: int, width: int, seed: int) -> np.ndarray:
@@ -194,3 +198,18 @@ def test_format_errors():
         inputs.check_format(config.data)
     with pytest.raises(ValueError, match="Unknown augment"):
         inputs.store_augment("mixup", 1.0, 224, 256)
+
+
+def test_jpeg_draft_decodes_smaller_only_where_every_crop_allows():
+    assert streaming.draft_scale([(0, 0, 300, 400), (0, 0, 130, 500)], 64) == 2
+    assert streaming.draft_scale([(0, 0, 375, 500)], 64) == 4
+    assert streaming.draft_scale([(0, 0, 100, 90)], 64) == 1
+    encoded = _jpeg(_natural(375, 500, seed=1))
+    for seed in range(6):
+        full = streaming.augment_image(encoded, np.random.default_rng(seed), 64, num_views=2)
+        drafted = streaming.augment_image(
+            encoded, np.random.default_rng(seed), 64, num_views=2, draft=True
+        )
+        diff = np.abs(full.astype(float) - drafted)
+        assert 0 < diff.mean() < DRAFT_MEAN and np.percentile(diff, 99) < DRAFT_P99, (
+            seed, diff.mean(), np.percentile(diff, 99))  # fmt: skip

@@ -192,6 +192,7 @@ class StreamOptions:
     num_workers: int
     prefetch_steps: int
     num_processes: int = 0
+    draft: bool = False
 
 
 class _StreamFeed:
@@ -286,6 +287,7 @@ class StreamingInput:
             num_workers=self.options.num_workers, prefetch_steps=self.options.prefetch_steps,
             plan=plan, mode=mode, num_views=num_views, process_index=plan.process_index,
             process_count=jax.process_count(), num_processes=self.options.num_processes,
+            draft=self.options.draft,
         )  # fmt: skip
 
     def train_feed(self, sampling: Sampling, *, augment: str = "none", strength: float = 1.0,
@@ -412,6 +414,7 @@ def _load(data_config, mesh: jax.sharding.Mesh):
         num_workers=data_config.num_workers or default_num_workers(),
         prefetch_steps=data_config.prefetch_steps,
         num_processes=data_config.worker_processes,
+        draft=data_config.jpeg_draft,
     )
     check_format(data_config)
     train, test, num_classes = _streamed_splits(data_config)
