@@ -9,8 +9,9 @@ generated in memory, then timed back to back:
   and 2 gathering threads (a memory-mapped row gather per image; the crops are made on the
   device, so the host work does not depend on the number of views);
 - ``jpeg``: the JPEG-per-epoch host side, `streaming.make_iterator` with 1 and 2 threads and
-  ``--processes`` worker processes, full-size and draft (``data.jpeg_draft``) decoding,
-  1 and 2 views (random resized crop + flip to ``--image_size`` on the host);
+  ``--processes`` worker processes (timed from their start, see `time_jpeg`), full-size and
+  draft (``data.jpeg_draft``) decoding, 1 and 2 views (random resized crop + flip to
+  ``--image_size`` on the host);
 - ``device ops``: what the store moves to the accelerator, timed here on the CPU: the jitted
   SimCLR view (crop S -> ``--image_size`` + flip + colour) per image and view. On a GPU this is a
   few matmuls per image; on CPU it competes with the host work and is reported apart.
@@ -88,17 +89,30 @@ def time_store(store: decoded_store.DecodedSplit, args, threads: int) -> dict:
 
 
 def time_jpeg(source, args, views: int, draft: bool, threads: int = 0, processes: int = 0):
+    """Threads: best window after a warm-up batch. Processes: Grain's worker processes decode
+    far ahead of the consumer while they start, so a window after warm-up would time their
+    buffers; they are timed from the iterator's creation to the last of 3 x ``--batches``
+    batches instead (their start-up included: a lower bound), start-up also given apart."""
+    num_steps = args.repeats * (args.batches + 1) if threads else 3 * args.batches
+    start = time.perf_counter()
     batches = jpeg_stream.make_iterator(
         source, seed=0, global_batch_size=args.batch_size, image_size=args.image_size,
-        num_workers=threads, num_steps=args.repeats * (args.batches + 1 + 2 * processes),
-        num_views=views, num_processes=processes, prefetch_steps=2, draft=draft,
+        num_workers=threads, num_steps=num_steps, num_views=views, num_processes=processes,
+        prefetch_steps=2, draft=draft,
     )  # fmt: skip
-    rate = _rate(batches, args, warm=1 + 2 * processes)
+    row = {"case": "jpeg" + (" draft" if draft else ""), "views": views}
+    if threads:
+        row.update(variant=f"{threads} thread(s)", images_per_s=_rate(batches, args, warm=1))
+    else:
+        next(batches)
+        first = time.perf_counter() - start
+        for _ in range(num_steps - 1):
+            next(batches)
+        rate = num_steps * args.batch_size / (time.perf_counter() - start)
+        row.update(variant=f"{processes} processes", images_per_s=rate, first_batch_s=first)
     batches.close()
-    workers = f"{processes} process(es)" if processes else f"{threads} thread(s)"
-    cores = min(processes or threads, os.cpu_count())
-    return {"case": "jpeg" + (" draft" if draft else ""), "variant": workers, "views": views,
-            "cores_used": cores, "images_per_s": rate}  # fmt: skip
+    row["cores_used"] = min(processes or threads, os.cpu_count())
+    return row
 
 
 def time_device_ops(args, views: int) -> dict:
@@ -163,11 +177,12 @@ def main() -> None:
         row["images_per_s_per_core"] = row["images_per_s"] / row["cores_used"]
     columns = [("case", "case", "s"), ("workers", "variant", "s"), ("views", "views", "s"),
                ("images/s", "images_per_s", ".0f"), ("per core", "images_per_s_per_core", ".0f"),
-               ("RSS MB", "rss_mb", ".0f")]  # fmt: skip
+               ("RSS MB", "rss_mb", ".0f"), ("first batch s", "first_batch_s", ".1f")]  # fmt: skip
     for row in rows:
         row.setdefault("views", "-")
         row["views"] = str(row["views"])
         row.setdefault("rss_mb", float("nan"))
+        row.setdefault("first_batch_s", float("nan"))
     print(markdown_table(rows, columns))
     bytes_per_image = {"jpeg": jpeg_kb * 1024, "store": args.store_size**2 * 3}
     print(f"Bytes per image: JPEG {bytes_per_image['jpeg']:.0f}, store {bytes_per_image['store']}")
