@@ -7,7 +7,9 @@
 ``manual_dir`` holds the official ``train_val2018.tar.gz`` (or its extracted
 ``train_val2018/`` folder); ``split_dir`` holds ``iNaturalist18_train.txt`` and
 ``iNaturalist18_val.txt`` (the lists of the decoupling / OLTR code; the 24,426 validation
-images are the test set). Streamed like ImageNet-LT. Many/Medium/Few: > 100 / 20-100 / < 20.
+images are the test set). Read like ImageNet-LT, from a decoded store of 256 x 256 squares
+(about 86 GB for the training set: memory-mapped from disk where host memory is smaller).
+Many/Medium/Few: > 100 / 20-100 / < 20.
 
 Paper: BNS + IP-DPP 74.0 top-1. The schedule is ours (SPEC gives none): 100 BNS epochs at
 B 512 in bfloat16, a probe on 10 images per class, 20 stage-2 epochs with k = 10 x 2 = 20
