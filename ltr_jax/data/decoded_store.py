@@ -295,7 +295,7 @@ class _GatherBatch:
         local = sampler.process_slice(plan.global_positions(step), plan.process_index,
                                       plan.process_count)  # fmt: skip
         return {
-            "images": np.take(self.split.source, local, axis=0),  # uint8 [B_local, S, S, 3]
+            "images": np.asarray(np.take(self.split.source, local, axis=0)),  # [B_l, S, S, 3]
             "labels": self.split.labels[local].astype(np.int32),
             "positions": local.astype(np.int32),
         }

@@ -362,11 +362,18 @@ class DecodedInput(StreamingInput):
                   batch_size: int = 512) -> Any:  # fmt: skip
         """``fn(images uint8, labels int32, positions int32)`` over ``split``: centre crops
         made on device from the store (uint8 [B, image_size, image_size, 3], as streamed)."""
-        source = {"train": self.train, "test": self.test}[split]
-        centre = store_augment("none", 1.0, self.options.image_size, source.size)
-        crop = jax.jit(lambda x: jax.numpy.round(centre(None, augment.to_float(x)) * 255.0)
-                       .astype(jax.numpy.uint8))  # fmt: skip
+        crop = self._centre_crop({"train": self.train, "test": self.test}[split].size)
         return super().map_split(lambda x, y, i: fn(crop(x), y, i), split, positions, batch_size)
+
+    def _centre_crop(self, store_size: int) -> Callable:
+        """Jitted uint8 [B, S, S, 3] -> uint8 [B, image_size, image_size, 3] centre crops (one
+        function per store size, so every evaluation reuses its compilation)."""
+        crops = self.__dict__.setdefault("_crops", {})
+        if store_size not in crops:
+            centre = store_augment("none", 1.0, self.options.image_size, store_size)
+            to_uint8 = lambda x: jax.numpy.round(x * 255.0).astype(jax.numpy.uint8)
+            crops[store_size] = jax.jit(lambda x: to_uint8(centre(None, augment.to_float(x))))
+        return crops[store_size]
 
 
 # --------------------------------------------------------------------------------------------
