@@ -4,6 +4,9 @@ Standard library only (it installs what the rest needs, as ``bench/gpu_reproduce
 from ``.whl/``). Steps, each timed, each skipped once ``--deadline_s`` has passed:
 
 1. install the wheels, record the device;
+1b. ``bench/streamed_train.py --format decoded`` (issue 16): the same ResNet-50 steps fed from a
+   decoded store of ImageNet-LT's size (115,846 synthetic 256 x 256 rows, 22.8 GB, crops on
+   device) against the pre-made batch; ``--only decoded_train`` runs just this (about 2 min);
 2. ``bench/streamed_train.py``: ResNet-50 at 224, bfloat16, stage 1 (two host crops per image)
    and the supervised step, fed pre-made batches (the model's speed) and fed by the Grain
    pipeline on this machine's cores (is the GPU fed?);
@@ -16,6 +19,7 @@ Everything lands in OUT_DIR (JSON per bench, log.txt, summary.json).
 
     python3 bench/gpu_scale.py /tmp/out --quick     # CPU try: small sizes, every step
     python3 bench/gpu_scale.py "$OUT"               # device tool, carry=[".whl"]
+    python3 bench/gpu_scale.py "$OUT" --only decoded_train,streamed_train   # issue 16
 """
 
 from __future__ import annotations
@@ -52,7 +56,10 @@ def steps(out: str, quick: bool) -> list[tuple[str, list[str]]]:
         cifar = ["--backbones", "cifar_resnet18", "--batch_sizes", "1024", "--steps", "10",
                  "--warmup", "3"]  # fmt: skip
         dpp = []
+    store = ["--store_rows", "256", "--store_size", "80"] if quick else []
     return [
+        ("decoded_train", [PY, "bench/streamed_train.py", *streamed, "--format", "decoded",
+                           *store, "--out", j("decoded_train.json")]),
         ("streamed_train", [PY, "bench/streamed_train.py", *streamed,
                             "--out", j("streamed_train.json")]),
         ("streaming_1view", [PY, "bench/streaming.py", *stream,

@@ -8,7 +8,10 @@ build it on streamed data (`inputs.StreamingInput.train_feed`, `representation.m
   model's own speed, device-side augmentation included;
 - ``streamed``: the step fed by ``feed.data(step, state)``, i.e. Grain worker threads decoding
   JPEGs, random-resized-cropping and flipping on the host, then the global batch assembled with
-  `jax.make_array_from_process_local_data`.
+  `jax.make_array_from_process_local_data`; with ``--format decoded``, the same feed of a
+  decoded store (`inputs.DecodedInput`: uint8 256 x 256 rows gathered on the host, every crop
+  on device) of ``--store_rows`` synthetic images (default: ImageNet-LT's 115,846, 22.8 GB,
+  written to ``--store_dir`` first and then in the page cache, as a prepared store would be).
 
 fed = streamed / model images/s: 1.0 means the pipeline keeps up. Stages: ``stage1`` (BNS, two
 host crops per image, SimCLR colour ops on device) and ``supervised`` (one crop + flip, linear
@@ -17,6 +20,7 @@ photo-like JPEGs at ImageNet size (``bench/streaming.py``'s generator, about 105
 held in memory, so disk speed is not measured.
 
     python bench/streamed_train.py --encoder resnet50 --image_size 224 --dtype bfloat16  # GPU
+    python bench/streamed_train.py --format decoded --batch_size 256 --steps 30          # GPU
     python bench/streamed_train.py --encoder cifar_resnet8 --image_size 64 --batch_size 32 \\
         --dtype float32 --steps 5 --num_images 128 --workers 2                          # CPU try
 """
@@ -25,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import tempfile
 import time
 
 import bench_lib
@@ -34,7 +39,7 @@ import streaming as streaming_bench  # bench/streaming.py: the synthetic JPEG ge
 from flax import nnx
 
 from ltr_jax import config_lib, runtime, train_lib
-from ltr_jax.data import inputs, long_tail, synthetic_jpeg
+from ltr_jax.data import decoded_store, inputs, long_tail, synthetic_jpeg
 from ltr_jax.losses import classification
 from ltr_jax.models import registry
 from ltr_jax.stages import representation
@@ -58,12 +63,33 @@ def make_input(args, mesh) -> inputs.StreamingInput:
                                  long_tail.shot_groups(counts, 100, 20), mesh, options)  # fmt: skip
 
 
+def make_store_input(args, mesh) -> inputs.DecodedInput:
+    """A decoded store of ``--store_rows`` synthetic S x S images behind `inputs.DecodedInput`.
+
+    The rows are a repeated block of random images (written at memory speed, not decoded: the
+    store's read side is what is timed here).
+    """
+    size, rows = args.store_size, args.store_rows
+    path = os.path.join(args.store_dir or tempfile.mkdtemp(), "train.npy")
+    images = np.lib.format.open_memmap(path, "w+", np.uint8, (rows, size, size, 3))
+    block = np.random.default_rng(0).integers(0, 256, (min(rows, 1024), size, size, 3), np.uint8)
+    for start in range(0, rows, len(block)):
+        images[start : start + len(block)] = block[: rows - start]
+    images.flush()
+    labels = (np.arange(rows) % args.num_classes).astype(np.int32)
+    split = decoded_store.DecodedSplit(np.load(path, mmap_mode="r"), labels)
+    counts = np.bincount(labels, minlength=args.num_classes)
+    options = inputs.StreamOptions(args.image_size, args.workers, prefetch_steps=args.prefetch)
+    return inputs.DecodedInput(split, split, args.num_classes,
+                               long_tail.shot_groups(counts, 100, 20), mesh, options)  # fmt: skip
+
+
 def make_step(stage: str, args, data: inputs.StreamingInput, mesh):
     """(jitted step, initial state, feed) of one stage on streamed data."""
     config = config_lib.base_config()
     config.model.update(encoder=args.encoder, dtype=args.dtype)
     sampling = inputs.Sampling("uniform", jax.random.key(1), args.batch_size)
-    spe = train_lib.steps_per_epoch(args.num_images, args.batch_size)
+    spe = train_lib.steps_per_epoch(len(data.train_labels), args.batch_size)
     if stage == "stage1":
         cfg = config.stage1
         feed = data.train_feed(sampling, augment="simclr", strength=1.0, num_views=2)
@@ -120,6 +146,7 @@ def bench_stage(stage: str, args, data, mesh) -> dict:
         "dtype": args.dtype,
         "batch": args.batch_size,
         "image_size": args.image_size,
+        "format": args.format,
         "workers": args.workers,
         "processes": args.processes,
         "compile_s": compile_s,
@@ -147,6 +174,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--num_classes", type=int, default=1000)
     parser.add_argument("--width", type=int, default=500)
     parser.add_argument("--height", type=int, default=375)
+    parser.add_argument("--format", default="jpeg", choices=inputs.FORMATS)
+    parser.add_argument("--store_rows", type=int, default=115_846, help="--format decoded")
+    parser.add_argument("--store_size", type=int, default=256, help="--format decoded: S")
+    parser.add_argument("--store_dir", default=None, help="--format decoded (default: a tmp dir)")
     parser.add_argument("--out", default=None, help="JSON path (default by device)")
     return parser.parse_args()
 
@@ -155,7 +186,7 @@ def main() -> None:
     args = parse_args()
     mesh = runtime.make_mesh()
     device = jax.devices()[0].device_kind
-    data = make_input(args, mesh)
+    data = make_store_input(args, mesh) if args.format == "decoded" else make_input(args, mesh)
     rows = [bench_stage(stage, args, data, mesh) for stage in args.stages]
     columns = [
         ("stage", "stage", "s"),
@@ -163,6 +194,7 @@ def main() -> None:
         ("dtype", "dtype", "s"),
         ("batch", "batch", "d"),
         ("size", "image_size", "d"),
+        ("format", "format", "s"),
         ("workers", "workers", "d"),
         ("processes", "processes", "d"),
         ("model img/s", "model_images_per_s", ".0f"),

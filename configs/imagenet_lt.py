@@ -8,11 +8,14 @@
 ``manual_dir`` holds the ImageNet-2012 download (``ILSVRC2012_img_train.tar`` and
 ``ILSVRC2012_img_val.tar``, or the extracted ``train/`` and ``val/`` folders); ``split_dir``
 holds ``ImageNet_LT_{train,val,test}.txt``. The first run prepares an ArrayRecord copy of the
-115,846 + 20,000 + 50,000 listed images in ``data_dir`` (no TensorFlow), then every run
-streams from it: random resized crop 224 + flip on the host (``data.num_workers`` threads per
-process), SimCLR colour ops on device. Evaluated on the 50,000-image test list
-(``data.test_split=val`` for the 20,000-image validation list). Many/Medium/Few: > 100 /
-20-100 / < 20 training images.
+115,846 + 20,000 + 50,000 listed images in ``data_dir`` (no TensorFlow), then decodes the
+training and test images once into a decoded store (``data.format="decoded"``: 256 x 256 uint8
+centre squares, 22.8 GB for the training set, memory-mapped; ``ltr_jax/data/decoded_store.py``):
+each step gathers its rows on the host and crops (random resized crop 224 + flip, SimCLR colour
+ops; evaluation's centre crop) on device. ``--config.data.format=jpeg`` decodes the JPEGs
+every epoch instead (host crops with ``data.num_workers`` threads per process). Evaluated on
+the 50,000-image test list (``data.test_split=val`` for the 20,000-image validation list).
+Many/Medium/Few: > 100 / 20-100 / < 20 training images.
 
 Paper: BNS + IP-DPP 51.7 top-1. The schedule below is ours (SPEC does not give ImageNet-LT
 hyperparameters): 200 BNS epochs at B 512 in bfloat16, a 30-epoch probe on 20 images per class,
@@ -27,6 +30,7 @@ def get_config(arg: str | None = None):
     config = config_lib.base_config()
     config.pipeline = ("stage1", "probe", "stage2")
     config.data.update(name="imagenet_lt", many_threshold=100, few_threshold=20, image_size=224)
+    config.data.update(format="decoded", decoded_size=256)  # decoded once, cropped on device
     config.model.update(encoder="resnet50", dtype="bfloat16", proj_hidden=2048, proj_dim=128)
     config.train.update(eval_every_epochs=10.0, checkpoint_every_steps=1000, eval_batch_size=1024)
     config.stage1.update(epochs=200, batch_size=512, augment_strength=1.0)

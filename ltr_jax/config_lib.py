@@ -87,6 +87,11 @@ def base_config() -> mlc.ConfigDict:
             class_counts=(),  # explicit per-class train counts (instead of imbalance_factor)
             max_per_class=0,  # at most this many images per class in each split (0: all)
             stream_above=20000,  # image_folder: stream (not decode into memory) above this
+            jpeg_draft=True,  # format=jpeg: decode at 1/2..1/8 size where every crop allows
+            format="jpeg",  # streamed: jpeg (decode every epoch) | decoded (a store, decoded once)
+            decoded_size=256,  # format=decoded: side S of the stored centre squares
+            decoded_dir=config_dict.placeholder(str),  # the store; None: <data_dir>/ltr_decoded/..
+            prepare_processes=0,  # format=decoded: processes decoding the store once; 0: cores
             synthetic=dict(
                 num_classes=10, train_per_class=100, test_per_class=20, seed=0, jpeg_sizes=(40, 56)
             ),  # fmt: skip
@@ -168,7 +173,7 @@ def smoke(config: mlc.ConfigDict) -> mlc.ConfigDict:
     else:
         config.data.max_per_class = SMOKE_PER_CLASS
     if streamed:
-        config.data.update(image_size=32, num_workers=2)
+        config.data.update(image_size=32, num_workers=2, decoded_size=40, prepare_processes=1)
     config.model.update(encoder="cifar_resnet8", proj_hidden=64, proj_dim=32, dtype="float32")
     config.train.update(log_every_steps=5, eval_every_epochs=1.0, checkpoint_every_steps=10,
                         eval_batch_size=64)  # fmt: skip

@@ -1,8 +1,10 @@
 """The stages' two inputs (in device memory, streamed) and the grouped IP-DPP draws.
 
-The streamed path runs the ImageNet-LT smoke config end to end (synthetic JPEGs through the
-Grain pipeline): a run interrupted in stage 1 and in stage 2 (between two IP-DPP draws) and
-resumed gives exactly the results and logged losses of an uninterrupted run.
+The streamed path runs the ImageNet-LT smoke config end to end: from a decoded store (its
+default ``data.format``), a run interrupted in stage 1 and in stage 2 (between two IP-DPP
+draws) and resumed gives exactly the results and logged losses of an uninterrupted run; the
+``ce`` + ``crt`` run and the feed tests here decode JPEGs every epoch (``data.format=jpeg``,
+the Grain pipeline); `tests/test_decoded_store.py` tests the store itself.
 """
 
 import json
@@ -31,7 +33,7 @@ def _config(**data):
 
 @pytest.fixture(scope="module")
 def streamed():
-    config = _config()
+    config = _config(format="jpeg")
     return inputs.load(config.data, runtime.make_mesh(1))
 
 
@@ -72,6 +74,7 @@ def test_streamed_pipeline_resumes_exactly(tmp_path, monkeypatch):
 
 def test_streamed_ce_and_crt_with_class_balanced_sampling(tmp_path):
     config = config_lib.load_config_file(SMOKE)
+    config.data.format = "jpeg"  # the JPEG-per-epoch pipeline end to end
     config.ce.update(sampler="class_balanced", epochs=1)
     config.crt.update(epochs=1)
     results = pipeline.run(FrozenConfigDict(config), str(tmp_path), ["ce", "crt"])

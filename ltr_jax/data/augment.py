@@ -237,6 +237,32 @@ def resized_crop(
     return jnp.einsum("oh,hwc,pw->opc", rows, image, cols, precision=_HIGHEST)
 
 
+def random_resized_crop_flip_image(key: jax.Array, image: jax.Array, size: int) -> jax.Array:
+    """The ImageNet training recipe on one [H, W, C] image: `RandomResizedCrop` (area
+    U(0.08, 1), ratio in [3/4, 4/3]) to ``size`` x ``size``, then a horizontal flip p=0.5."""
+    height, width, _ = image.shape
+    u = jax.random.uniform(key, (_NUM_CROP_UNIFORMS + 1,))
+    box = _crop_box_from_uniforms(u[:-1], height, width, (0.08, 1.0), (3 / 4, 4 / 3))
+    return hflip(resized_crop(image, box, (size, size)), u[-1] < 0.5)
+
+
+def random_resized_crop_flip(key: jax.Array, images: jax.Array, size: int) -> jax.Array:
+    """`random_resized_crop_flip_image` on a batch [B, H, W, C] -> [B, size, size, C]."""
+    fn = functools.partial(random_resized_crop_flip_image, size=size)
+    return _per_example(fn, key, images)
+
+
+def centre_crop_resize(images: jax.Array, side: float, size: int) -> jax.Array:
+    """The centred ``side`` x ``side`` box of every [H, W, C] image resized to ``size``.
+
+    Evaluation from a decoded store: resize-to-R + centre-crop-``size`` of the original is
+    the centred box of side ``S * size / R`` of the store's S x S square.
+    """
+    height, width, _ = images.shape[1:]
+    box = jnp.asarray([(height - side) / 2, (width - side) / 2, side, side], jnp.float32)
+    return jax.vmap(lambda image: resized_crop(image, box, (size, size)))(images)
+
+
 # --- Colour ops -----------------------------------------------------------------------------
 # Public ops take channels-last [..., 3] images; the work is done on channel planes [3, ...].
 # XLA cancels the back-to-back transposes when ops are chained, and on CPU fused chains of
@@ -452,9 +478,12 @@ def sample_simclr(
     )
 
 
-def apply_simclr(image: jax.Array, params: SimCLRParams) -> jax.Array:
-    """Resized crop -> flip -> colour jitter -> grayscale -> blur on one [H, W, 3] image."""
-    image = resized_crop(image, params.box)
+def apply_simclr(
+    image: jax.Array, params: SimCLRParams, size: tuple[int, int] | None = None
+) -> jax.Array:
+    """Resized crop -> flip -> colour jitter -> grayscale -> blur on one [H, W, 3] image
+    (output ``size``, default H x W)."""
+    image = resized_crop(image, params.box, size)
     return apply_simclr_colour(hflip(image, params.flip), params)
 
 
@@ -467,15 +496,24 @@ def apply_simclr_colour(image: jax.Array, params: SimCLRParams) -> jax.Array:
 
 
 def simclr_image(
-    key: jax.Array, image: jax.Array, strength: float = 1.0, min_scale: float = 0.08
+    key: jax.Array,
+    image: jax.Array,
+    strength: float = 1.0,
+    min_scale: float = 0.08,
+    size: int | None = None,
 ) -> jax.Array:
-    """One SimCLR view of one [H, W, 3] image."""
+    """One SimCLR view of one [H, W, 3] image (``size`` x ``size``, default H x W)."""
     height, width, _ = image.shape
-    return apply_simclr(image, sample_simclr(key, height, width, strength, min_scale))
+    params = sample_simclr(key, height, width, strength, min_scale)
+    return apply_simclr(image, params, None if size is None else (size, size))
 
 
 def simclr(
-    key: jax.Array, images: jax.Array, strength: float = 1.0, min_scale: float = 0.08
+    key: jax.Array,
+    images: jax.Array,
+    strength: float = 1.0,
+    min_scale: float = 0.08,
+    size: int | None = None,
 ) -> jax.Array:
     """The SimCLR view recipe of SPEC §2 on a batch, one independent draw per example.
 
@@ -489,11 +527,13 @@ def simclr(
         images: [B, H, W, 3] float32 images in [0, 1].
         strength: colour-jitter strength s.
         min_scale: smallest crop area as a fraction of the image.
+        size: output side (default: the input's H x W); a decoded store's S-pixel squares
+            are cropped to ``data.image_size`` here.
 
     Returns:
-        [B, H, W, 3] float32 augmented images in [0, 1].
+        [B, size, size, 3] (default [B, H, W, 3]) float32 augmented images in [0, 1].
     """
-    fn = functools.partial(simclr_image, strength=strength, min_scale=min_scale)
+    fn = functools.partial(simclr_image, strength=strength, min_scale=min_scale, size=size)
     return _per_example(fn, key, images)
 
 

@@ -24,6 +24,12 @@ its rows of every global batch; the batch order is a NumPy function of (seed, st
 (`streaming.StepPlan`), so resumes are exact as in memory. The host does the random resized
 crop + flip (one crop per view), the device the rest of a recipe (SimCLR's colour jitter,
 grayscale and blur); evaluation uses the standard resize-to-S/0.875 + centre crop.
+
+`DecodedInput` (``data.format = "decoded"``, the default of the ImageNet-LT and iNaturalist
+configs): the same sets decoded once into a memory-mapped store of S x S uint8 squares
+(`decoded_store`); the host only gathers this process's rows of each step (same `StepPlan`s,
+so resumes stay exact) and every augmentation, the random resized crop to ``data.image_size``
+included, runs on device; evaluation's resize + centre crop too.
 """
 
 from __future__ import annotations
@@ -39,7 +45,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from ltr_jax import config_lib, runtime, train_lib
-from ltr_jax.data import augment, batches, long_tail, sampler, streaming
+from ltr_jax.data import augment, batches, decoded_store, long_tail, sampler, streaming
 
 AUGMENTS = ("crop_flip", "simclr", "none")
 POPULATIONS = ("train", "extra")
@@ -193,6 +199,7 @@ class StreamOptions:
     num_workers: int
     prefetch_steps: int
     num_processes: int = 0
+    draft: bool = False
 
 
 class _StreamFeed:
@@ -289,6 +296,7 @@ class StreamingInput:
             num_workers=self.options.num_workers, prefetch_steps=self.options.prefetch_steps,
             plan=plan, mode=mode, num_views=num_views, process_index=plan.process_index,
             process_count=jax.process_count(), num_processes=self.options.num_processes,
+            draft=self.options.draft,
         )  # fmt: skip
 
     def train_feed(self, sampling: Sampling, *, augment: str = "none", strength: float = 1.0,
@@ -319,10 +327,70 @@ class StreamingInput:
 
 
 # --------------------------------------------------------------------------------------------
+# From a decoded store.
+
+
+def store_augment(name: str, strength: float, image_size: int, store_size: int) -> Callable:
+    """``fn(key, float store squares [B, S, S, 3]) -> [B, image_size, image_size, 3]``: a named
+    augmentation wholly on device, its crop taken from the store's squares."""
+    eval_side = store_size * image_size / streaming.eval_resize(image_size)
+    augments = {
+        "simclr": lambda key, x: augment.simclr(key, x, strength=strength, size=image_size),
+        "crop_flip": lambda key, x: augment.random_resized_crop_flip(key, x, image_size),
+        "none": lambda key, x: augment.centre_crop_resize(x, eval_side, image_size),
+    }
+    if name not in augments:
+        raise ValueError(f"Unknown augment {name!r}; valid: {', '.join(augments)}.")
+    return augments[name]
+
+
+class DecodedInput(StreamingInput):
+    """A long-tailed training split and a test split from a decoded store (`decoded_store`).
+
+    ``train`` and ``test`` are `decoded_store.DecodedSplit`s; batches are uint8 store squares
+    [B, S, S, 3] gathered on the host by the streaming `StepPlan`s, cropped on device.
+    """
+
+    def iterator(self, split, *, plan, start_step: int = 0, num_steps: int | None = None,
+                 mode: str = "train", num_views: int = 1, global_batch_size: int):  # fmt: skip
+        """This process's uint8 store rows of each step (views and crops are made on device)."""
+        del mode, num_views, global_batch_size  # one copy per image; the plan knows the batch
+        threads = max(1, min(self.options.num_workers, 4))  # a gather is a memcpy per image
+        return decoded_store.make_iterator(
+            split, plan=plan, start_step=start_step, num_steps=num_steps, num_threads=threads,
+            prefetch_steps=max(self.options.prefetch_steps, threads),
+        )  # fmt: skip
+
+    def train_feed(self, sampling: Sampling, *, augment: str = "none", strength: float = 1.0,
+                   num_views: int = 1) -> _StreamFeed:  # fmt: skip
+        _check_sampling(sampling)
+        aug = store_augment(augment, strength, self.options.image_size, self.train.size)
+        return _StreamFeed(self, sampling, augment, aug, num_views)
+
+    def map_split(self, fn: Callable, split: str, positions: np.ndarray | None = None,
+                  batch_size: int = 512) -> Any:  # fmt: skip
+        """``fn(images uint8, labels int32, positions int32)`` over ``split``: centre crops
+        made on device from the store (uint8 [B, image_size, image_size, 3], as streamed)."""
+        crop = self._centre_crop({"train": self.train, "test": self.test}[split].size)
+        return super().map_split(lambda x, y, i: fn(crop(x), y, i), split, positions, batch_size)
+
+    def _centre_crop(self, store_size: int) -> Callable:
+        """Jitted uint8 [B, S, S, 3] -> uint8 [B, image_size, image_size, 3] centre crops (one
+        function per store size, so every evaluation reuses its compilation)."""
+        crops = self.__dict__.setdefault("_crops", {})
+        if store_size not in crops:
+            centre = store_augment("none", 1.0, self.options.image_size, store_size)
+            to_uint8 = lambda x: jax.numpy.round(x * 255.0).astype(jax.numpy.uint8)
+            crops[store_size] = jax.jit(lambda x: to_uint8(centre(None, augment.to_float(x))))
+        return crops[store_size]
+
+
+# --------------------------------------------------------------------------------------------
 # Choosing one.
 
 IN_MEMORY = ("cifar10", "cifar100", "synthetic")  # built in; see `datasets` for every name
 STREAMED = config_lib.STREAMED_DATASETS
+FORMATS = ("jpeg", "decoded")  # data.format of a streamed dataset
 
 
 def default_num_workers() -> int:
@@ -360,8 +428,14 @@ def _load(data_config, mesh: jax.sharding.Mesh):
         num_workers=data_config.num_workers or default_num_workers(),
         prefetch_steps=data_config.prefetch_steps,
         num_processes=data_config.worker_processes,
+        draft=data_config.jpeg_draft,
     )
     train, test, num_classes = loaded.train, loaded.test, loaded.num_classes
+    check_format(data_config)
+    input_cls = StreamingInput
+    if data_config.format == "decoded":
+        train, test = _decoded_splits(data_config, train, test)
+        input_cls = DecodedInput
     counts = np.bincount(np.asarray(train.labels), minlength=num_classes)
     groups = long_tail.shot_groups(counts, data_config.many_threshold, data_config.few_threshold)
     logging.info(
@@ -369,4 +443,47 @@ def _load(data_config, mesh: jax.sharding.Mesh):
         data_config.name, len(train.labels), counts.min(), counts.max(), len(test.labels),
         len(groups.many), len(groups.medium), len(groups.few),
     )  # fmt: skip
-    return StreamingInput(train, test, num_classes, groups, mesh, options, loaded.class_names)
+    return input_cls(train, test, num_classes, groups, mesh, options, loaded.class_names)
+
+
+def check_format(data_config) -> None:
+    """Refuses an unknown ``data.format`` or a store smaller than the crops it must give."""
+    if data_config.format not in FORMATS:
+        raise ValueError(f"Unknown data.format {data_config.format!r}; valid: {FORMATS}.")
+    eval_side = streaming.eval_resize(data_config.image_size)
+    if data_config.format == "decoded" and data_config.decoded_size < eval_side:
+        raise ValueError(
+            f"data.decoded_size={data_config.decoded_size} is smaller than the {eval_side} "
+            f"pixels evaluation resizes to for data.image_size={data_config.image_size}: set "
+            f"--config.data.decoded_size={eval_side} or more."
+        )
+
+
+def store_directory(data_config, source_fingerprint: str) -> str:
+    """``data.decoded_dir``, or ``<data_dir>/ltr_decoded/<name>-s<S>-<fingerprint>``."""
+    if data_config.decoded_dir:
+        return data_config.decoded_dir
+    root = data_config.data_dir or os.environ.get("TFDS_DATA_DIR", "~/tensorflow_datasets")
+    name = f"{data_config.name}-s{data_config.decoded_size}-{source_fingerprint}"
+    return os.path.join(os.path.expanduser(root), "ltr_decoded", name)
+
+
+def _decoded_splits(data_config, train, test) -> tuple[Any, Any]:
+    """The store of (train, test), prepared first if it is not yet complete."""
+    facts = dict(name=data_config.name, test_split=data_config.test_split,
+                 train=train.labels, test=test.labels)  # fmt: skip
+    if data_config.name == "synthetic_jpeg":  # the labels alone do not identify its images
+        facts.update(synthetic=data_config.synthetic.to_dict(),
+                     imbalance_factor=data_config.imbalance_factor)  # fmt: skip
+    source_fingerprint = decoded_store.fingerprint(**facts)
+    directory = store_directory(data_config, source_fingerprint)
+    size = data_config.decoded_size
+    if not decoded_store.is_complete(directory):
+        logging.info("Preparing the decoded store of %s in %s.", data_config.name, directory)
+        splits = {"train": train, "test": test}
+        decoded_store.prepare_store(directory, splits, size=size,
+                                    source_fingerprint=source_fingerprint,
+                                    num_processes=data_config.prepare_processes)  # fmt: skip
+    store = decoded_store.open_store(directory, size, source_fingerprint)
+    return store["train"], store["test"]
+

@@ -295,20 +295,43 @@ def _open_image(value: Any) -> Image.Image:
     return Image.fromarray(np.asarray(value))
 
 
-def _crop_flip(image: Image.Image, u: np.ndarray, image_size: int) -> np.ndarray:
-    """Random resized crop (box from ``u[:-1]``) + flip (``u[-1] < 0.5``) of a decoded image."""
-    width, height = image.size
-    top, left, h, w = crop_box_from_uniforms(u[:-1], height, width)
+def _crop_flip(
+    image: Image.Image, box: tuple[float, ...], flip_u: float, image_size: int
+) -> np.ndarray:
+    """Resizes ``box`` (top, left, height, width) of a decoded image to S x S, flips it if
+    ``flip_u < 0.5``."""
+    top, left, h, w = box
     image = image.resize(
         (image_size, image_size), Image.Resampling.BILINEAR, box=(left, top, left + w, top + h)
     )
-    if u[-1] < 0.5:
+    if flip_u < 0.5:
         image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
     return np.asarray(image, dtype=np.uint8)
 
 
+def draft_scale(boxes: Sequence[tuple[int, int, int, int]], image_size: int) -> int:
+    """The JPEG DCT reduction (1, 2, 4 or 8) that keeps every crop box at least S pixels on
+    each side, so the crops are still downsampled, never upsampled, after it."""
+    smallest = min(min(h, w) for _, _, h, w in boxes)
+    return next((r for r in (8, 4, 2) if smallest >= r * image_size), 1)
+
+
+def _decode_for_boxes(
+    image: Image.Image, boxes: list[tuple[int, int, int, int]], image_size: int
+) -> tuple[Image.Image, list[tuple[float, ...]]]:
+    """Decodes at the reduced size `draft_scale` allows (Pillow `Image.draft`, JPEG only) and
+    maps the boxes to the decoded image."""
+    width, height = image.size
+    reduction = draft_scale(boxes, image_size)
+    if reduction > 1:
+        image.draft("RGB", (width // reduction, height // reduction))  # Pillow: floor
+    sx, sy = image.size[0] / width, image.size[1] / height
+    image = image.convert("RGB")
+    return image, [(top * sy, left * sx, h * sy, w * sx) for top, left, h, w in boxes]
+
+
 def augment_image(
-    value: Any, rng: np.random.Generator, image_size: int, num_views: int = 1
+    value: Any, rng: np.random.Generator, image_size: int, num_views: int = 1, draft: bool = False
 ) -> np.ndarray:
     """Decodes one image and applies random resized crop + horizontal flip.
 
@@ -317,13 +340,22 @@ def augment_image(
         rng: this example's generator (seeded by (seed, step, row)).
         image_size: output side S.
         num_views: independent crops of the one decoded image (SimCLR's two views).
+        draft: decode a JPEG at 1/2, 1/4 or 1/8 size (DCT scaling, much cheaper) when every
+            crop box keeps at least S pixels a side at that size (`draft_scale`); the crops
+            then differ from full-size ones by that reduction's filtering.
 
     Returns:
         uint8 [S, S, 3] image, or [V, S, S, 3] views when ``num_views`` > 1.
     """
-    # ImageNet has some grayscale and CMYK JPEGs; convert() also decodes.
-    image = _open_image(value).convert("RGB")
-    views = [_crop_flip(image, rng.random(_NUM_UNIFORMS), image_size) for _ in range(num_views)]
+    image = _open_image(value)
+    width, height = image.size
+    uniforms = [rng.random(_NUM_UNIFORMS) for _ in range(num_views)]  # [V, 23]
+    boxes = [crop_box_from_uniforms(u[:-1], height, width) for u in uniforms]
+    if draft:
+        image, boxes = _decode_for_boxes(image, boxes, image_size)
+    else:  # ImageNet has some grayscale and CMYK JPEGs; convert() also decodes.
+        image = image.convert("RGB")
+    views = [_crop_flip(image, b, u[-1], image_size) for b, u in zip(boxes, uniforms)]
     return views[0] if num_views == 1 else np.stack(views)
 
 
@@ -380,12 +412,13 @@ class _LoadExample:
         label_key: str,
         mode: str = "train",
         num_views: int = 1,
+        draft: bool = False,
     ):
         if mode not in ("train", "eval"):
             raise ValueError(f"Unknown mode {mode!r}; valid: train, eval.")
         self.source, self.plan, self.image_size = source, plan, image_size
         self.image_key, self.label_key = image_key, label_key
-        self.mode, self.num_views = mode, num_views
+        self.mode, self.num_views, self.draft = mode, num_views, draft
 
     def __call__(self, element: int) -> dict[str, np.ndarray]:
         step, row, position = self.plan.locate(element)
@@ -394,7 +427,9 @@ class _LoadExample:
             image = center_crop_image(record[self.image_key], self.image_size)
         else:
             rng = np.random.default_rng(seed_entropy(self.plan.seed, _AUGMENT_STREAM, step, row))
-            image = augment_image(record[self.image_key], rng, self.image_size, self.num_views)
+            image = augment_image(
+                record[self.image_key], rng, self.image_size, self.num_views, self.draft
+            )
         return {
             "images": image,
             "labels": np.int32(record[self.label_key]),
@@ -417,6 +452,7 @@ def make_dataset(
     plan: StepPlan | None = None,
     mode: str = "train",
     num_views: int = 1,
+    draft: bool = False,
 ) -> grain.MapDataset:
     """The per-example `grain.MapDataset` of this process, from ``start_step`` on (unbatched).
 
@@ -427,7 +463,7 @@ def make_dataset(
     load = _make_loader(
         source, seed=seed, global_batch_size=global_batch_size, process_index=process_index,
         process_count=process_count, image_size=image_size, image_key=image_key,
-        label_key=label_key, plan=plan, mode=mode, num_views=num_views,
+        label_key=label_key, plan=plan, mode=mode, num_views=num_views, draft=draft,
     )  # fmt: skip
     first = start_step * load.plan.local_batch_size
     stop = sys.maxsize if num_steps is None else first + num_steps * load.plan.local_batch_size
@@ -447,6 +483,7 @@ def _make_loader(
     plan: StepPlan | None,
     mode: str,
     num_views: int,
+    draft: bool = False,
 ) -> _LoadExample:
     """The per-element transform, with the default `BatchPlan` or a checked ``plan``."""
     if plan is None:
@@ -455,7 +492,7 @@ def _make_loader(
         plan.local_batch_size * process_count != global_batch_size
     ):
         raise ValueError("plan was built for another batch size or process split.")
-    return _LoadExample(source, plan, image_size, image_key, label_key, mode, num_views)
+    return _LoadExample(source, plan, image_size, image_key, label_key, mode, num_views, draft)
 
 
 def make_iterator(
@@ -475,6 +512,7 @@ def make_iterator(
     plan: StepPlan | None = None,
     mode: str = "train",
     num_views: int = 1,
+    draft: bool = False,
     num_processes: int = 0,
 ) -> Iterator[dict[str, np.ndarray]]:
     """This process's host batches, one per step from ``start_step`` on.
@@ -498,6 +536,7 @@ def make_iterator(
             the same batch size, seed and process split as given here.
         mode: "train" (random resized crop + flip) or "eval" (centre crop).
         num_views: random crops per image in train mode.
+        draft: decode JPEGs at a reduced size where the crops allow (`augment_image`).
         num_processes: decode in this many worker processes instead of threads (each decodes
             whole batches, one after another; ``num_workers`` is then unused). Threads share
             the GIL for the Python and NumPy parts of the work: measured on a 16-core GPU
@@ -512,7 +551,7 @@ def make_iterator(
             source, seed=seed, global_batch_size=global_batch_size, start_step=start_step,
             num_steps=num_steps, process_index=process_index, process_count=process_count,
             image_size=image_size, image_key=image_key, label_key=label_key, plan=plan,
-            mode=mode, num_views=num_views, num_processes=num_processes,
+            mode=mode, num_views=num_views, draft=draft, num_processes=num_processes,
             prefetch_steps=prefetch_steps,
         )  # fmt: skip
     dataset = make_dataset(
@@ -529,6 +568,7 @@ def make_iterator(
         plan=plan,
         mode=mode,
         num_views=num_views,
+        draft=draft,
     )
     local_batch_size = global_batch_size // process_count
     buffer = prefetch_steps * local_batch_size if num_workers else 0
