@@ -2,7 +2,7 @@
 
 Stages never reach into a model's layers: evaluation uses :func:`eval_view` (BatchNorm on
 running statistics, dropout and stochastic depth off), and the training step hands each step's
-randomness to the model with :func:`set_step_key`. A model without BatchNorm, dropout or
+randomness to the model's variables with :func:`with_step_key`. A model without BatchNorm, dropout or
 stochastic depth is unaffected by either.
 """
 
@@ -22,12 +22,14 @@ def eval_view(model: nnx.Module) -> nnx.Module:
     return nnx.view(model, use_running_average=True, deterministic=True, raise_if_not_found=False)
 
 
-def set_step_key(model: nnx.Module, key: jax.Array) -> None:
-    """Sets the dropout / stochastic-depth key of every encoder in ``model`` for this step.
-
-    Call it on a model merged inside the step being traced (the keys are not carried over).
-    """
+def with_step_key(state: nnx.State, key: jax.Array) -> nnx.State:
+    """``state`` (variables split off a model) with every encoder's dropout / stochastic-depth
+    key set for this step; merge the model from it inside the step. A pure function: nothing
+    is mutated, so it works inside any trace."""
     raw = jax.random.key_data(jax.random.fold_in(key, _MODEL_SALT))
-    for _, variable in nnx.iter_graph(model):
-        if isinstance(variable, transformer.StepKey):
-            variable.set_value(raw)
+    is_variable = lambda v: isinstance(v, nnx.Variable)  # noqa: E731
+    return jax.tree.map(
+        lambda v: v.replace(raw) if isinstance(v, transformer.StepKey) else v,
+        state,
+        is_leaf=is_variable,
+    )
