@@ -206,7 +206,9 @@ def _tiny_pipeline_config(name: str):
     config.train.update(eval_every_epochs=0.0, eval_batch_size=32, tensorboard=False)
     config.stage1.update(epochs=1, batch_size=32)
     config.probe.update(epochs=1, batch_size=16, per_class=8)
-    config.stage2.update(epochs=1, batch_size=16, redraw_every_epochs=1, k_per_class=8)
+    config.stage2.update(
+        epochs=1, batch_size=16, redraw_every_epochs=1, k_per_class=8, augment="crop_flip"
+    )
     return config
 
 

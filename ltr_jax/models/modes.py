@@ -1,9 +1,9 @@
 """Train and eval modes of any model, owned by the models package.
 
 Stages never reach into a model's layers: evaluation uses :func:`eval_view` (BatchNorm on
-running statistics, dropout and stochastic depth off), and the training step hands each step's
-randomness to the model's variables with :func:`with_step_key`. A model without BatchNorm, dropout or
-stochastic depth is unaffected by either.
+running statistics, dropout and stochastic depth off), and the training step hands each
+step's randomness to the model's variables with :func:`with_step_key`. A model without
+BatchNorm, dropout or stochastic depth is unaffected by either.
 """
 
 from __future__ import annotations
