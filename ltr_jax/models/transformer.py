@@ -78,15 +78,34 @@ def fold(key: jax.Array, *data: int) -> jax.Array:
     return jax.random.key_data(k)
 
 
+def attention_implementation(q: jax.Array, bias: jax.Array | None) -> str | None:
+    """``cudnn`` (fused flash attention) where it applies, else None (XLA's plain formula).
+
+    cuDNN is used on GPU for bfloat16 / float16 attention without a bias (ViT / DeiT) and head
+    dimensions that are multiples of 8 up to 128; Swin's biased window attention stays on XLA.
+    ``jax.nn.dot_product_attention`` itself defaults to XLA.
+    """
+    head_dim = q.shape[-1]
+    fused = (
+        jax.default_backend() == "gpu"
+        and q.dtype in (jnp.bfloat16, jnp.float16)
+        and bias is None
+        and head_dim % 8 == 0
+        and head_dim <= 128
+    )
+    return "cudnn" if fused else None
+
+
 def attention(q: jax.Array, k: jax.Array, v: jax.Array, bias: jax.Array | None = None):
     """Softmax attention over [B, T, H, hd] inputs with ``jax.nn.dot_product_attention``.
 
-    On GPU XLA may pick cuDNN's fused (flash) kernel; the scale is 1 / sqrt(hd) as in the
-    original papers. ``bias`` broadcasts to [B, H, T, T] and is added to the logits.
+    The scale is 1 / sqrt(hd) as in the original papers; ``bias`` broadcasts to [B, H, T, T]
+    and is added to the logits. See :func:`attention_implementation` for the kernel.
     """
     if bias is not None:
         bias = bias.astype(q.dtype)
-    return jax.nn.dot_product_attention(q, k, v, bias=bias)  # [B, T, H, hd]
+    impl = attention_implementation(q, bias)
+    return jax.nn.dot_product_attention(q, k, v, bias=bias, implementation=impl)  # [B, T, H, hd]
 
 
 def attention_reference(q, k, v, bias=None) -> np.ndarray:
