@@ -178,6 +178,18 @@ def test_eval_view_is_deterministic_and_step_key_drives_stochastic_depth():
     np.testing.assert_array_equal(forward(view, x), forward(modes.eval_view(enc), x))
 
 
+@pytest.mark.parametrize("name", ["vit_smoke", "swin_smoke"])
+def test_bfloat16_compute_keeps_float32_params_and_features(name):
+    fp32 = registry.make_encoder(name, rngs=nnx.Rngs(0))
+    bf16 = registry.make_encoder(name, dtype="bfloat16", rngs=nnx.Rngs(0))
+    assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(nnx.state(bf16, nnx.Param)))
+    x = jax.random.normal(jax.random.key(0), (2, 32, 32, 3))
+    forward = nnx.jit(lambda m, x: m(x))
+    a, b = forward(modes.eval_view(fp32), x), forward(modes.eval_view(bf16), x)
+    assert b.dtype == jnp.float32
+    assert np.linalg.norm(a - b) / np.linalg.norm(a) < 0.05
+
+
 def test_unknown_format_and_missing_file_fail_clearly(tmp_path):
     with pytest.raises(FileNotFoundError, match="nothing is downloaded"):
         pretrained.read_state_dict(str(tmp_path / "absent.safetensors"))
