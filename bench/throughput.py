@@ -30,6 +30,19 @@ TFLOP/s = model_flops / median step time, reported as a fraction of the device's
     python bench/throughput.py --backbones cifar_resnet18 --batch_sizes 1024 --dtypes bfloat16
     python bench/throughput.py --backbones cifar_resnet18,cifar_resnet32 --batch_sizes 64,128 \\
         --dtypes float32 --stages stage1 --steps 10 --warmup 2      # CPU
+
+Transformer encoders (any name of ``ltr_jax.models.registry.ENCODERS``): the CIFAR ones as
+above, the ImageNet ones with ``--image_size 224`` (stage 2 = fine-tuning, encoder + linear
+head, with the base config's optimiser, no layer decay):
+
+    python bench/throughput.py --backbones vit_small_patch4_32,swin_tiny_patch2_window4_32 \\
+        --batch_sizes 512 --dtypes bfloat16                         # GPU, CIFAR, stages 1 + 2
+    python bench/throughput.py --backbones vit_base_patch16_224,swin_base_patch4_window7_224 \\
+        --image_size 224 --num_images 2048 --batch_sizes 256 --dtypes bfloat16   # GPU, ImageNet
+
+Attention is ``jax.nn.dot_product_attention``: on GPU XLA may run cuDNN's fused attention, a
+custom call that ``model_flops`` (dot_general and convolutions only) does not see, so the
+FLOP count and peak fraction of transformers there leave out the attention matmuls.
 """
 
 from __future__ import annotations
@@ -66,11 +79,12 @@ def bench_config(backbone: str, dtype: str):
     return config
 
 
-def synthetic_data(num_images: int, seed: int = 0) -> dict:
-    """Random uint8 CIFAR-shaped images and labels, as ``batches.device_train_data`` holds them."""
+def synthetic_data(num_images: int, seed: int = 0, image_size: int = 32) -> dict:
+    """Random uint8 square images (CIFAR-shaped by default) and labels, as
+    ``batches.device_train_data`` holds them."""
     rng = np.random.default_rng(seed)
     return {
-        "images": rng.integers(0, 256, (num_images, 32, 32, 3), dtype=np.uint8),
+        "images": rng.integers(0, 256, (num_images, image_size, image_size, 3), dtype=np.uint8),
         "labels": rng.integers(0, bench_lib.NUM_CLASSES, num_images).astype(np.int32),
     }
 
@@ -325,6 +339,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps after compiling")
     parser.add_argument("--num_images", type=int, default=bench_lib.CIFAR10_LT_IF100_SIZE)
     parser.add_argument(
+        "--image_size", type=int, default=32, help="image side (224: ImageNet ViT / Swin encoders)"
+    )
+    parser.add_argument(
         "--peak_size",
         type=int,
         default=None,
@@ -350,7 +367,7 @@ def device_info() -> dict:
 
 def run_all(args, mesh, peaks: dict) -> list[dict]:
     """Every requested case in order; a failing case (e.g. out of memory) records its error."""
-    data = runtime.put_replicated(mesh, synthetic_data(args.num_images))
+    data = runtime.put_replicated(mesh, synthetic_data(args.num_images, 0, args.image_size))
     rows = []
     for stage in args.stages:
         for backbone in args.backbones:

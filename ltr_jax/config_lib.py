@@ -25,7 +25,9 @@ def optim(name: str = "adamw", lr: float = 1e-3, lr_base_batch: int = 256, **kw)
     """An optimizer section: peak lr = lr * batch_size / lr_base_batch, warm-up then cosine."""
     c = mlc.ConfigDict(
         dict(name=name, lr=lr, lr_base_batch=lr_base_batch, b1=0.9, b2=0.95, momentum=0.9,
-             nesterov=False, weight_decay=0.05, warmup_epochs=5.0)
+             nesterov=False, weight_decay=0.05, warmup_epochs=5.0,
+             layer_decay=1.0,  # < 1: layer-wise lr decay (fine-tuning ViTs); 1: off
+             clip_grad_norm=0.0)  # > 0: clip the global gradient norm; 0: off
     )  # fmt: skip
     c.update(kw)
     return c
@@ -99,6 +101,13 @@ def base_config() -> mlc.ConfigDict:
     )
     c.model = mlc.ConfigDict(
         dict(encoder="cifar_resnet32", dtype="float32", proj_hidden=2048, proj_dim=128)
+    )
+    c.model.update(  # transformer encoders, local pretrained weights (README: Transformers)
+        drop_path_rate=config_dict.placeholder(float),  # None: the encoder's default
+        init_from=config_dict.placeholder(str),  # a local .safetensors (timm) / .npz (big_vision)
+        init_format="auto",  # auto (from the suffix) | timm | big_vision
+        init_prefix="",  # stripped from the file's keys, e.g. "module."
+        init_head=False,  # also load the file's classifier head (same number of classes)
     )
     c.train = mlc.ConfigDict(
         dict(

@@ -20,7 +20,8 @@ import numpy as np
 import optax
 from flax import nnx
 
-from ltr_jax import checkpointing, runtime, writers
+from ltr_jax import checkpointing, param_groups, runtime, writers
+from ltr_jax.models import modes
 
 
 @flax.struct.dataclass
@@ -47,13 +48,13 @@ def scaled_learning_rate(optim_config, batch_size: int) -> float:
     return optim_config.lr * batch_size / optim_config.lr_base_batch
 
 
-def _decay_mask(params):
-    # No weight decay on biases and 1-D parameters (BatchNorm scales and offsets).
-    return jax.tree.map(lambda x: x.ndim > 1, params)
-
-
 def make_optimizer(optim_config, *, batch_size: int, num_steps: int, steps_per_epoch: int):
     """AdamW or SGD with linear warm-up then cosine to 0, per step.
+
+    No weight decay on biases, norms, position embeddings and tokens
+    (:func:`ltr_jax.param_groups.decay_mask`); ``clip_grad_norm`` > 0 clips the global
+    gradient norm first; ``layer_decay`` < 1 scales each layer's learning rate
+    (:func:`ltr_jax.param_groups.layer_scales`).
 
     Returns:
       (optax transformation, learning-rate schedule).
@@ -64,15 +65,36 @@ def make_optimizer(optim_config, *, batch_size: int, num_steps: int, steps_per_e
     wd = optim_config.weight_decay
     if optim_config.name == "adamw":
         tx = optax.adamw(schedule, optim_config.b1, optim_config.b2, weight_decay=wd,
-                         mask=_decay_mask)  # fmt: skip
+                         mask=param_groups.decay_mask)  # fmt: skip
     elif optim_config.name == "sgd":
         tx = optax.chain(
-            optax.add_decayed_weights(wd, mask=_decay_mask),
+            optax.add_decayed_weights(wd, mask=param_groups.decay_mask),
             optax.sgd(schedule, momentum=optim_config.momentum, nesterov=optim_config.nesterov),
         )
     else:
         raise ValueError(f"Unknown optim.name {optim_config.name!r}; valid: adamw, sgd.")
-    return tx, schedule
+    return _with_clip_and_layer_decay(tx, optim_config), schedule
+
+
+def _scale_by_layer(decay: float) -> optax.GradientTransformation:
+    """Multiplies each parameter's update by its layer-decay factor (a final lr scale)."""
+
+    def update(updates, state, params=None):
+        scales = param_groups.layer_scales(updates, decay)
+        return jax.tree.map(lambda u, s: u * s, updates, scales), state
+
+    return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
+
+
+def _with_clip_and_layer_decay(tx, optim_config):
+    clip, decay = optim_config.get("clip_grad_norm", 0.0), optim_config.get("layer_decay", 1.0)
+    if not 0.0 < decay <= 1.0:
+        raise ValueError(f"optim.layer_decay must be in (0, 1] (1: off), got {decay}.")
+    parts = [optax.clip_by_global_norm(clip)] if clip > 0 else []
+    parts.append(tx)
+    if decay < 1.0:
+        parts.append(_scale_by_layer(decay))
+    return optax.chain(*parts) if len(parts) > 1 else tx
 
 
 def split_model(model: nnx.Module, trainable=nnx.Param):
@@ -108,7 +130,8 @@ def make_train_step(graphdef, tx, batch_fn: Callable, loss_fn: Callable, mesh):
         def objective(params, batch_stats):
             # Batch stats are differentiated too (their gradient is zero and dropped): NNX may
             # only mutate variables that belong to the innermost trace.
-            model = nnx.merge(graphdef, params, batch_stats, state.frozen)
+            frozen = modes.with_step_key(state.frozen, key)  # dropout, stochastic depth
+            model = nnx.merge(graphdef, params, batch_stats, frozen)
             loss, metrics = loss_fn(model, batch, key)
             return loss, (metrics, nnx.state(model, nnx.BatchStat))
 

@@ -7,7 +7,7 @@ from collections.abc import Callable
 import jax.numpy as jnp
 from flax import nnx
 
-from ltr_jax.models import heads, resnet, resnet_imagenet
+from ltr_jax.models import heads, resnet, resnet_imagenet, swin, vit
 
 ENCODERS: dict[str, Callable[..., nnx.Module]] = {
     "cifar_resnet8": resnet.cifar_resnet8,
@@ -16,7 +16,11 @@ ENCODERS: dict[str, Callable[..., nnx.Module]] = {
     "cifar_resnet34": resnet.cifar_resnet34,
     "resnet50": resnet_imagenet.resnet50,  # ImageNet stem, for ImageNet-LT / iNaturalist
     "resnext50_32x4d": resnet_imagenet.resnext50_32x4d,
+    **vit.ENCODERS,  # ViT and DeiT
+    **swin.ENCODERS,
 }
+
+STOCHASTIC_DEPTH = frozenset(vit.ENCODERS) | frozenset(swin.ENCODERS)
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
@@ -28,11 +32,21 @@ def compute_dtype(name: str):
     return DTYPES[name]
 
 
-def make_encoder(name: str, *, dtype: str = "float32", rngs: nnx.Rngs) -> nnx.Module:
-    """Builds a registered encoder; an unknown name fails with the list of valid names."""
+def make_encoder(
+    name: str, *, dtype: str = "float32", rngs: nnx.Rngs, drop_path_rate: float | None = None
+) -> nnx.Module:
+    """Builds a registered encoder; an unknown name fails with the list of valid names.
+
+    ``drop_path_rate`` (None: the encoder's default) applies to the transformer encoders.
+    """
     if name not in ENCODERS:
         raise ValueError(f"Unknown model.encoder {name!r}; valid: {', '.join(sorted(ENCODERS))}.")
-    return ENCODERS[name](dtype=compute_dtype(dtype), rngs=rngs)
+    if drop_path_rate is None:
+        return ENCODERS[name](dtype=compute_dtype(dtype), rngs=rngs)
+    if name not in STOCHASTIC_DEPTH:
+        raise ValueError(f"model.drop_path_rate is for transformer encoders; {name!r} has none: "
+                         "leave it unset (None).")  # fmt: skip
+    return ENCODERS[name](dtype=compute_dtype(dtype), rngs=rngs, drop_path_rate=drop_path_rate)
 
 
 HEADS: dict[str, Callable[..., nnx.Module]] = {
@@ -47,14 +61,16 @@ def make_classifier(
     """Encoder + classifier head (``linear`` or ``cosine``) from ``config.model``."""
     if head not in HEADS:
         raise ValueError(f"Unknown head {head!r}; valid: {', '.join(HEADS)}.")
-    encoder = make_encoder(model_config.encoder, dtype=model_config.dtype, rngs=rngs)
+    encoder = make_encoder(model_config.encoder, dtype=model_config.dtype, rngs=rngs,
+                           drop_path_rate=model_config.get("drop_path_rate"))  # fmt: skip
     return heads.Classifier(encoder, HEADS[head](encoder.feature_dim, num_classes, rngs=rngs))
 
 
 def make_contrastive(model_config, *, rngs: nnx.Rngs) -> heads.ContrastiveNet:
     """Encoder + projection head from ``config.model`` (``proj_hidden``, ``proj_dim``)."""
     dtype = compute_dtype(model_config.dtype)
-    encoder = make_encoder(model_config.encoder, dtype=model_config.dtype, rngs=rngs)
+    encoder = make_encoder(model_config.encoder, dtype=model_config.dtype, rngs=rngs,
+                           drop_path_rate=model_config.get("drop_path_rate"))  # fmt: skip
     projection = heads.ProjectionHead(
         encoder.feature_dim, model_config.proj_hidden, model_config.proj_dim, dtype=dtype, rngs=rngs
     )

@@ -13,6 +13,7 @@ from flax import nnx
 
 from ltr_jax import checkpointing, metrics, train_lib, writers
 from ltr_jax.data import augment
+from ltr_jax.models import modes, pretrained
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,8 +42,8 @@ def write_results(ctx: StageContext, stage: str, results: dict) -> None:
 
 
 def eval_graphdef(model: nnx.Module, trainable=nnx.Param):
-    """The graphdef of ``model`` with BatchNorm using running statistics (eval mode)."""
-    return train_lib.split_model(nnx.view(model, use_running_average=True), trainable)[0]
+    """The graphdef of ``model`` in eval mode (``models.modes.eval_view``)."""
+    return train_lib.split_model(modes.eval_view(model), trainable)[0]
 
 
 def make_logits_fn(graphdef_eval):
@@ -98,6 +99,16 @@ def final_results(ctx: StageContext, report: dict, *, epochs: int, num_steps: in
         **dataset_facts(ctx),
         encoder=ctx.config.model.encoder,
     )
+
+
+def init_from_pretrained(ctx: StageContext, stage: str, model: nnx.Module) -> nnx.Module:
+    """Loads ``model.init_from`` (a local file) into a new model; the report of loaded,
+    missing, unexpected, resized and dropped keys goes to WORKDIR/<stage>/init_from.json."""
+    report = pretrained.init_from_config(model, ctx.config.model)
+    if report is not None and jax.process_index() == 0:
+        report = dict(report, path=ctx.config.model.init_from)
+        writers.write_json(os.path.join(ctx.workdir, stage, "init_from.json"), report)
+    return model
 
 
 def _module_dir(workdir: str, stage: str, what: str) -> str:

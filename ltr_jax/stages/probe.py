@@ -17,7 +17,7 @@ from flax import nnx
 from ltr_jax import metrics, runtime, train_lib
 from ltr_jax.data import augment, batches, sampler
 from ltr_jax.losses import classification
-from ltr_jax.models import heads, registry
+from ltr_jax.models import heads, modes, registry
 from ltr_jax.stages import common
 
 STAGE = "probe"
@@ -39,7 +39,7 @@ def make_features_fn(encoder: nnx.Module, mesh=None):
     With a ``mesh``, the encoder's variables are replicated on it, to meet batches sharded
     over its ``data`` axis.
     """
-    graphdef, state = nnx.split(nnx.view(encoder, use_running_average=True))
+    graphdef, state = nnx.split(modes.eval_view(encoder))
     if mesh is not None:
         state = runtime.put_replicated(mesh, state)
 

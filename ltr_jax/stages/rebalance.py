@@ -20,7 +20,7 @@ from flax import nnx
 from ltr_jax import dpp, runtime, train_lib, writers
 from ltr_jax.data import augment, inputs
 from ltr_jax.losses import classification
-from ltr_jax.models import registry
+from ltr_jax.models import modes, registry
 from ltr_jax.stages import common
 
 STAGE = "stage2"
@@ -160,8 +160,8 @@ def run(ctx: common.StageContext) -> dict:
     key = common.stage_key(ctx, STAGE)
     trainable = trainable_filter(cfg.train)
     model = build_model(ctx, jax.random.fold_in(key, 0))
-    if cfg.train == "head":  # frozen encoder: BatchNorm statistics stay as stage 1 left them
-        model = nnx.view(model, use_running_average=True)
+    if cfg.train == "head":  # frozen encoder in eval mode: BatchNorm statistics stay as stage 1
+        model = modes.eval_view(model)  # left them, no dropout or stochastic depth
     k = k_per_class(cfg, data.class_counts)
     table, valid = class_table(data.train_labels, data.num_classes)
     subset_size = int(np.minimum(data.class_counts, k).sum())

@@ -61,6 +61,7 @@ def run(ctx: common.StageContext) -> dict:
         raise ValueError(f"Unknown stage1.bns.form {cfg.bns.form!r}; valid: {bns.FORMS}.")
     key = common.stage_key(ctx, STAGE)
     model = registry.make_contrastive(ctx.config.model, rngs=nnx.Rngs(key))
+    model = common.init_from_pretrained(ctx, STAGE, model)
     spe = train_lib.steps_per_epoch(len(data.train_labels), cfg.batch_size)
     num_steps = cfg.epochs * spe
     tx, schedule = train_lib.make_optimizer(

@@ -43,6 +43,7 @@ def run(ctx: common.StageContext, stage: str = "ce") -> dict:
     model = registry.make_classifier(
         ctx.config.model, data.num_classes, rngs=nnx.Rngs(key), head=cfg.head
     )
+    model = common.init_from_pretrained(ctx, stage, model)
     spe = train_lib.steps_per_epoch(len(data.train_labels), cfg.batch_size)
     num_steps = cfg.epochs * spe
     tx, schedule = train_lib.make_optimizer(

@@ -1,0 +1,221 @@
+"""Pretrained weights from local files (``model.init_from``); nothing is ever downloaded.
+
+Two formats, a registry of readers that each return a timm-named state dict of NumPy arrays:
+
+- ``timm``: a timm / Hugging Face Hub ``safetensors`` state dict (PyTorch layouts, names such
+  as ``blocks.0.attn.qkv.weight``), read with the ``safetensors`` NumPy API (no torch);
+- ``big_vision``: a big_vision / AugReg ``.npz`` ViT checkpoint (Flax layouts, names such as
+  ``Transformer/encoderblock_0/MultiHeadDotProductAttention_1/query/kernel``), re-laid out
+  to the timm names.
+
+The timm names match the module attributes of ltr_jax's encoders (:mod:`ltr_jax.models.vit`,
+:mod:`ltr_jax.models.swin`): ``weight`` is a ``kernel`` (transposed) or a LayerNorm ``scale``.
+Position embeddings of another grid are resized (bicubic interpolation of the grid); the
+classifier ``head`` is kept only when asked for (and its shape matches). The report lists
+missing, unexpected, resized and dropped keys.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+HEAD_PREFIXES = ("head.", "head_dist.", "pre_logits.")
+# Buffers that timm recomputes and we compute on the fly.
+_IGNORED = ("relative_position_index", "attn_mask")
+
+
+def read_timm(path: str) -> dict[str, np.ndarray]:
+    """A ``safetensors`` state dict as NumPy arrays (bfloat16 tensors become float32)."""
+    from safetensors.numpy import load_file  # imported here: only runs that load need it
+
+    return {k: np.asarray(v, np.float32) for k, v in load_file(path).items()}
+
+
+def _qkv_from_big_vision(block: dict[str, np.ndarray], prefix: str) -> dict[str, np.ndarray]:
+    """query / key / value kernels [D, H, hd] and biases [H, hd] -> timm's qkv [3D, D], [3D]."""
+    d = block[f"{prefix}/query/kernel"].shape[0]
+    kernels = [block[f"{prefix}/{n}/kernel"].reshape(d, -1) for n in ("query", "key", "value")]
+    biases = [block[f"{prefix}/{n}/bias"].reshape(-1) for n in ("query", "key", "value")]
+    out = block[f"{prefix}/out/kernel"]  # [H, hd, D]
+    return {
+        "attn.qkv.weight": np.concatenate(kernels, axis=1).T,
+        "attn.qkv.bias": np.concatenate(biases),
+        "attn.proj.weight": out.reshape(-1, out.shape[-1]).T,
+        "attn.proj.bias": block[f"{prefix}/out/bias"],
+    }
+
+
+def _big_vision_block(block: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """One ``encoderblock_i`` (AugReg numbering LayerNorm_0/2, or big_vision's LayerNorm_0/1)."""
+    out = {}
+    norms = sorted({k.split("/")[0] for k in block if k.startswith("LayerNorm_")})
+    for name, norm in zip(("norm1", "norm2"), norms):
+        out[f"{name}.weight"], out[f"{name}.bias"] = block[f"{norm}/scale"], block[f"{norm}/bias"]
+    (attn,) = {k.split("/")[0] for k in block if k.startswith("MultiHeadDotProductAttention")}
+    out.update(_qkv_from_big_vision(block, attn))
+    (mlp,) = {k.split("/")[0] for k in block if k.startswith("MlpBlock")}
+    for i, fc in enumerate(("fc1", "fc2")):
+        out[f"mlp.{fc}.weight"] = block[f"{mlp}/Dense_{i}/kernel"].T
+        out[f"mlp.{fc}.bias"] = block[f"{mlp}/Dense_{i}/bias"]
+    return out
+
+
+_BIG_VISION_TOP = {
+    "cls": "cls_token",
+    "Transformer/posembed_input/pos_embedding": "pos_embed",
+    "pos_embedding": "pos_embed",
+    "Transformer/encoder_norm/scale": "norm.weight",
+    "Transformer/encoder_norm/bias": "norm.bias",
+    "embedding/bias": "patch_embed.proj.bias",
+    "head/bias": "head.bias",
+    "pre_logits/bias": "pre_logits.fc.bias",
+}
+
+
+def read_big_vision(path: str) -> dict[str, np.ndarray]:
+    """A big_vision / AugReg ViT ``.npz`` re-laid out as a timm state dict."""
+    with np.load(path) as f:
+        flat = {k.removeprefix("params/"): np.asarray(f[k], np.float32) for k in f.files}
+    out, blocks = {}, {}
+    for key, value in flat.items():
+        m = re.match(r"Transformer/encoderblock_(\d+)/(.*)", key)
+        if m:
+            blocks.setdefault(int(m.group(1)), {})[m.group(2)] = value
+        elif key in _BIG_VISION_TOP:
+            out[_BIG_VISION_TOP[key]] = value
+        elif key == "embedding/kernel":  # [p, p, 3, D] -> [D, 3, p, p]
+            out["patch_embed.proj.weight"] = value.transpose(3, 2, 0, 1)
+        elif key in ("head/kernel", "pre_logits/kernel"):
+            out[key.split("/")[0] + (".weight" if key[0] == "h" else ".fc.weight")] = value.T
+        else:
+            out[key] = value  # reported as unexpected
+    for i, block in blocks.items():
+        out.update({f"blocks.{i}.{k}": v for k, v in _big_vision_block(block).items()})
+    return out
+
+
+FORMATS = {"timm": read_timm, "big_vision": read_big_vision}
+_SUFFIX_FORMAT = {".safetensors": "timm", ".npz": "big_vision"}
+
+
+def read_state_dict(path: str, fmt: str = "auto", prefix: str = "") -> dict[str, np.ndarray]:
+    """Reads a local checkpoint as a timm-named dict; ``prefix`` is stripped from its keys."""
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"model.init_from={path} does not exist (nothing is downloaded).")
+    if fmt == "auto":
+        fmt = _SUFFIX_FORMAT.get(os.path.splitext(path)[1])
+        if fmt is None:
+            raise ValueError(
+                f"Cannot tell the format of {path} from its suffix: set "
+                f"model.init_format to one of {', '.join(FORMATS)}."
+            )
+    if fmt not in FORMATS:
+        raise ValueError(f"Unknown model.init_format {fmt!r}; valid: auto, {', '.join(FORMATS)}.")
+    state = FORMATS[fmt](path)
+    return {k.removeprefix(prefix): v for k, v in state.items() if not k.endswith(_IGNORED)}
+
+
+def resize_pos_embed(pos: np.ndarray, tokens: int, prefix: int) -> np.ndarray:
+    """[1, T_old, D] position embeddings -> [1, tokens, D]: the grid bicubically resized.
+
+    The checkpoint's prefix tokens (class token) are those beyond the largest square; they are
+    kept if the model has ``prefix`` of them and dropped if it has none.
+    """
+    n_old, d = pos.shape[1], pos.shape[2]
+    old_side = int(np.sqrt(n_old))
+    old_prefix = n_old - old_side**2
+    new_side = int(round(np.sqrt(tokens - prefix)))
+    grid = pos[0, old_prefix:].reshape(old_side, old_side, d)
+    grid = jax.image.resize(jnp.asarray(grid), (new_side, new_side, d), "bicubic")
+    head = pos[0, :old_prefix][:prefix]
+    return np.concatenate([head, np.asarray(grid).reshape(-1, d)])[None]
+
+
+def _to_ours(name: str, value: np.ndarray, ours: dict) -> tuple[tuple, np.ndarray]:
+    """The path in ``ours`` that a timm key names, and the value in our layout."""
+    parts = tuple(int(p) if p.isdigit() else p for p in name.split("."))
+    if parts[0] == "head" and parts[1] != "fc":
+        parts = ("head", "fc") + parts[1:]  # ViT's ``head`` is our LinearHead's ``head.fc``
+    if parts[-1] == "weight":
+        if parts[:-1] + ("kernel",) in ours:
+            layout = {2: (1, 0), 4: (2, 3, 1, 0)}.get(value.ndim)  # Linear, Conv (OIHW -> HWIO)
+            return parts[:-1] + ("kernel",), value.transpose(layout) if layout else value
+        return parts[:-1] + ("scale",), value
+    return parts, value
+
+
+def _flat_params(model: nnx.Module, section: str) -> dict[tuple, nnx.Variable]:
+    """``{path within section: Param}`` of the model's ``section`` (encoder or head)."""
+    return {
+        path[1:]: v
+        for path, v in nnx.to_flat_state(nnx.state(model, nnx.Param))
+        if path[0] == section
+    }
+
+
+def load_into(model: nnx.Module, state: dict[str, np.ndarray], *, keep_head: bool) -> dict:
+    """Loads a timm-named state dict into ``model.encoder`` (and ``model.head``), in place.
+
+    Returns:
+      The report: ``loaded``, ``missing`` (our parameters absent from the file), ``unexpected``
+      (file keys matching nothing), ``resized`` and ``dropped_head`` keys.
+    """
+    enc = _flat_params(model, "encoder")
+    head = _flat_params(model, "head") if keep_head and hasattr(model, "head") else {}
+    ours = {**enc, **{("head",) + k: v for k, v in head.items()}}
+    report = {"loaded": [], "unexpected": [], "resized": [], "dropped_head": []}
+    for name, value in sorted(state.items()):
+        if name.startswith(HEAD_PREFIXES) and not head:
+            report["dropped_head"].append(name)
+            continue
+        path, value = _to_ours(name, value, ours)
+        if path not in ours:
+            report["unexpected"].append(name)
+            continue
+        target = ours.pop(path)
+        if path[-1] == "pos_embed" and value.shape != target.shape:
+            value = resize_pos_embed(value, target.shape[1], target.shape[1] - _grid_tokens(model))
+            report["resized"].append(name)
+        if value.shape != target.shape:
+            raise ValueError(
+                f"{name}: shape {value.shape} in the file, {target.shape} in "
+                f"model {'.'.join(map(str, path))}: pick the matching encoder."
+            )
+        target.set_value(jnp.asarray(value, target.get_value().dtype))
+        report["loaded"].append(name)
+    report["missing"] = sorted(".".join(map(str, p)) for p in ours)
+    return report
+
+
+def _grid_tokens(model: nnx.Module) -> int:
+    return model.encoder.grid**2
+
+
+def init_from_config(model: nnx.Module, model_config) -> dict | None:
+    """Applies ``model.init_from`` (if set) to a freshly built model; returns the report.
+
+    Fails when the file sets none of the encoder's parameters (wrong family or prefix).
+    """
+    path = model_config.get("init_from")
+    if not path:
+        return None
+    state = read_state_dict(path, model_config.init_format, model_config.init_prefix)
+    report = load_into(model, state, keep_head=model_config.init_head)
+    counts = {k: len(v) for k, v in report.items()}
+    if not report["loaded"]:
+        raise ValueError(
+            f"model.init_from={path} set no parameter of {model_config.encoder}: "
+            "check the encoder and model.init_prefix."
+        )
+    logging.info("init_from %s: %s.", path, counts)
+    for kind in ("missing", "unexpected", "resized"):
+        if report[kind]:
+            logging.warning("init_from %s: %s keys: %s", path, kind, ", ".join(report[kind]))
+    return report
