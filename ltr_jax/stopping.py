@@ -58,6 +58,10 @@ def deadline_from_env(environ=None) -> float | None:
         ) from None
 
 
+def _wall_clock() -> float:
+    return time.time()
+
+
 def _allgather_flags(flags: np.ndarray) -> np.ndarray:
     """[num_processes, len(flags)] flags of every process."""
     from jax.experimental import multihost_utils  # noqa: PLC0415 - multi-process only
@@ -83,7 +87,7 @@ class Stopper:
     Args:
       deadline: wall-clock deadline (``time.time()`` seconds); None: none.
       agree_every: multi-process runs agree every this many steps (e.g. the log interval).
-      clock: the wall clock (a test may pass a fake one).
+      clock: the wall clock (default ``time.time``; a test may pass a fake one).
       gather: all-gathers a flag vector across processes (a test may pass a fake one).
       process_count: number of processes (default: ``jax.process_count()``).
     """
@@ -93,7 +97,7 @@ class Stopper:
         deadline: float | None = None,
         *,
         agree_every: int = 1,
-        clock: Callable[[], float] = time.time,
+        clock: Callable[[], float] | None = None,
         gather: Callable[[np.ndarray], np.ndarray] = _allgather_flags,
         process_count: int | None = None,
     ):
@@ -145,7 +149,7 @@ class Stopper:
         """Why this process wants to stop (a signal or the deadline), None if it does not."""
         if self.signal_name is not None:
             return self.signal_name
-        if self.deadline is not None and self.clock() >= self.deadline:
+        if self.deadline is not None and (self.clock or _wall_clock)() >= self.deadline:
             return f"deadline {DEADLINE_ENV}={self.deadline:.0f} reached"
         return None
 

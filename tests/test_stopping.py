@@ -5,7 +5,11 @@ import json
 import logging
 import os
 import signal
+import subprocess
+import sys
+import time
 
+import jax
 import numpy as np
 import pytest
 from ml_collections import FrozenConfigDict
@@ -124,7 +128,26 @@ def _losses(workdir) -> list:
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory):
+def compile_cache(tmp_path_factory):
+    """A persistent compilation cache for this module: reruns and the rehearsal's processes
+    (same programs, same 8 CPU devices) load the executables instead of compiling again."""
+    from jax._src import compilation_cache
+
+    path = str(tmp_path_factory.mktemp("jax_cache"))
+    names = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
+             "jax_persistent_cache_min_entry_size_bytes")  # fmt: skip
+    saved = {n: getattr(jax.config, n) for n in names}
+    compilation_cache.reset_cache()
+    for name, value in zip(names, (path, 0.0, 0)):
+        jax.config.update(name, value)
+    yield path
+    compilation_cache.reset_cache()
+    for name, value in saved.items():
+        jax.config.update(name, value)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, compile_cache):
     """The shortened smoke pipeline run straight through: (workdir, results)."""
     workdir = str(tmp_path_factory.mktemp("straight"))
     return workdir, pipeline.run(_shortened(), workdir)
@@ -134,22 +157,25 @@ def uninterrupted(tmp_path_factory):
 def test_stops_in_stage1_and_stage2_then_reruns_give_the_uninterrupted_run(
     uninterrupted, tmp_path, monkeypatch
 ):
+    """SIGTERM inside stage 1, the deadline inside stage 2; each rerun resumes."""
     straight_dir, straight = uninterrupted
-    stop_at = {("stage1", 5), ("stage2", 10)}  # logged steps (every 5) where SIGTERM arrives
     write = writers.MetricWriter.write
 
-    def write_then_signal(self, step, metrics):
+    def write_then_stop(self, step, metrics):
         write(self, step, metrics)
-        if (self.stage, step) in stop_at and "loss" in metrics:
-            stop_at.discard((self.stage, step))
+        if (self.stage, step) == ("stage1", 5) and "loss" in metrics:
             signal.raise_signal(signal.SIGTERM)
+        if (self.stage, step) == ("stage2", 10) and "loss" in metrics:
+            monkeypatch.setattr(stopping, "_wall_clock", lambda: 2e9)  # the deadline passes
 
-    monkeypatch.setattr(writers.MetricWriter, "write", write_then_signal)
+    monkeypatch.setattr(writers.MetricWriter, "write", write_then_stop)
     config, workdir = _shortened(), str(tmp_path)
     with pytest.raises(stopping.Stopped, match="stage1 stopped at step 5 .SIGTERM"):
         pipeline.run(config, workdir)
-    with pytest.raises(stopping.Stopped, match="stage2 stopped at step 10 .SIGTERM"):
+    monkeypatch.setenv(stopping.DEADLINE_ENV, "1999999999")
+    with pytest.raises(stopping.Stopped, match="stage2 stopped at step 10 .deadline"):
         pipeline.run(config, workdir)
+    monkeypatch.undo()
     results = pipeline.run(config, workdir)
 
     assert _without_timing(results) == _without_timing(straight)
@@ -163,3 +189,50 @@ def test_stops_in_stage1_and_stage2_then_reruns_give_the_uninterrupted_run(
     assert results["probe"]["timing"]["processes"] == 1
     saved = json.loads(open(os.path.join(workdir, "stage1", "results.json")).read())
     assert saved == results["stage1"]
+
+
+def _driver(out_dir, work, env) -> subprocess.Popen:
+    """The device command at smoke sizes (``bench/gpu_reproduce.py --smoke``), shortened."""
+    overrides = [f"--config.{k}={v}" for k, v in SHORTEN.items() if k != "train.tensorboard"]
+    driver = os.path.join(ROOT, "bench", "gpu_reproduce.py")
+    cmd = [sys.executable, driver, str(out_dir), "--smoke", "--wheels=", f"--work={work}",
+           "--copy_every_s=1", "--", *overrides]  # fmt: skip
+    return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)  # fmt: skip
+
+
+@pytest.mark.slow
+def test_rehearsal_of_the_device_command_cut_in_stage1_then_resumed(
+    uninterrupted, compile_cache, tmp_path
+):
+    """The driver cut inside stage 1 (SIGTERM, forwarded to run.py: a clean stop, exit 75),
+    then the identical command: the uninterrupted run's results, every file in OUT."""
+    straight_dir, straight = uninterrupted
+    work, env = tmp_path / "work", dict(os.environ, JAX_COMPILATION_CACHE_DIR=compile_cache)
+    first = _driver(tmp_path / "out1", work, env)
+    deadline = time.time() + 300
+    metrics = work / "run" / "metrics.jsonl"
+    while not any(r["stage"] == "stage1" for r in writers.read_jsonl(str(metrics))):
+        assert first.poll() is None and time.time() < deadline, first.stdout.read()[-3000:]
+        time.sleep(0.05)
+    first.send_signal(signal.SIGTERM)
+    log, _ = first.communicate(timeout=300)
+    assert first.returncode == stopping.EXIT_CODE, log[-3000:]
+    summary = json.loads((tmp_path / "out1" / "summary.json").read_text())
+    assert summary["status"].startswith("stopped") and "sigterm_at" in summary
+    assert "stage1 stopped at step" in log and summary["results"]["stage1"] is None
+
+    second = _driver(tmp_path / "out2", work, env)
+    log, _ = second.communicate(timeout=300)
+    assert second.returncode == 0, log[-3000:]
+    assert "stage1: resumed from step" in log and "stage1: step 12/12" in log
+    out = tmp_path / "out2"
+    assert sorted(os.listdir(out)) == sorted(["log.txt", "summary.json", "metrics.jsonl",
+        "draws.jsonl", "config.json", "stage1_results.json", "probe_results.json",
+        "stage2_results.json"])  # fmt: skip
+    results = {s: json.loads((out / f"{s}_results.json").read_text()) for s in straight}
+    assert _without_timing(results) == _without_timing(straight)
+    assert _losses(out.parent / "work" / "run") == _losses(straight_dir)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "done" and summary["headline"]["stage2"]["top1"] is not None
+    assert results["stage1"]["timing"]["processes"] == 2
