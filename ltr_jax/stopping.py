@@ -33,10 +33,12 @@ _SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
 class Stopped(Exception):  # noqa: N818 - a request, not an error
-    """A run stopped cleanly at ``step`` of ``stage`` (checkpoint saved) for ``reason``."""
+    """A run stopped cleanly at ``step`` of ``stage`` (checkpoint saved) for ``reason``;
+    ``step`` None: before ``stage`` (re)started."""
 
-    def __init__(self, stage: str, step: int, reason: str):
-        super().__init__(f"{stage} stopped at step {step} ({reason}); rerun to resume.")
+    def __init__(self, stage: str, step: int | None, reason: str):
+        where = f"{stage} stopped at step {step}" if step is not None else f"stopped before {stage}"
+        super().__init__(f"{where} ({reason}); rerun to resume.")
         self.stage, self.step, self.reason = stage, step, reason
 
 
@@ -179,4 +181,4 @@ class Stopper:
         """Raises :class:`Stopped` before ``next_stage`` starts if a stop is asked for."""
         reason, _ = self.agree(self.local_reason(), False)
         if reason is not None:
-            raise Stopped(next_stage, 0, f"{reason}, before the stage started")
+            raise Stopped(next_stage, None, reason)

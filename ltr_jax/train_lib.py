@@ -184,19 +184,12 @@ def run_loop(
                 state, metrics = train_step(state, data(step, state), root_key)
                 done = step + 1
                 if done % train_config.log_every_steps == 0 or done == num_steps:
-                    host = {k: float(v) for k, v in jax.device_get(metrics).items()}
-                    host["epoch"] = done / steps_per_epoch
-                    if schedule is not None:
-                        host["lr"] = float(schedule(step))
+                    host = _host_metrics(metrics, done, steps_per_epoch, schedule)
                     host["images_per_s"] = progress.update(done, host)
                     writer.write(done, host)
-                if (
-                    evaluate is not None
-                    and eval_every
-                    and done % eval_every == 0
-                    and done < num_steps
-                ):
-                    writer.write(done, {f"eval_{k}": v for k, v in evaluate(state).items()})
+                if evaluate is not None and eval_every and done % eval_every == 0:
+                    if done < num_steps:  # the caller evaluates the last step
+                        writer.write(done, {f"eval_{k}": v for k, v in evaluate(state).items()})
                 reason, save = stopper.poll(done, saver.due(done))
                 if save or reason is not None or done == num_steps:
                     ckpt.save(done, state)
@@ -211,6 +204,15 @@ def run_loop(
             progress.close()
             writer.close()
     return state
+
+
+def _host_metrics(metrics: dict, done: int, steps_per_epoch: int, schedule) -> dict:
+    """A step's metrics on the host, with its epoch and learning rate."""
+    host = {k: float(v) for k, v in jax.device_get(metrics).items()}
+    host["epoch"] = done / steps_per_epoch
+    if schedule is not None:
+        host["lr"] = float(schedule(done - 1))
+    return host
 
 
 class _CheckpointCadence:

@@ -53,7 +53,7 @@ def test_processes_agree_at_multiples_of_agree_every():
     assert stopper.poll(5) == ("SIGTERM", True) and seen == [[1, 0]]
     quiet = stopping.Stopper(None, agree_every=5, gather=gather, process_count=2)
     assert quiet.poll(10) == ("stop requested by another process", True)
-    with pytest.raises(stopping.Stopped, match="stage2 stopped at step 0"):
+    with pytest.raises(stopping.Stopped, match="stopped before stage2 .stop requested by another"):
         quiet.check_between_stages("stage2")
 
 

@@ -298,8 +298,12 @@ def _hue_chroma(planes: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
     red, green, blue = planes[0], planes[1], planes[2]
     maxc = jnp.maximum(jnp.maximum(red, green), blue)
     chroma = maxc - jnp.minimum(jnp.minimum(red, green), blue)
-    is_r = maxc == red
-    is_g = (maxc == green) & ~is_r
+    # The max channel by index, ties to red then green (torchvision's maxc == r, then g): not
+    # by `maxc == red`, which fails where XLA fuses and recomputes the planes' producer in
+    # another rounding (seen with the unrolled colour jitter: wrong hue sector, errors 0.04).
+    top = jnp.argmax(planes, axis=0)
+    is_r = top == 0
+    is_g = top == 1
     # torchvision's three masked sums, with one division: (g-b)/c, 2+(b-r)/c or 4+(r-g)/c.
     numerator = jnp.where(is_r, green - blue, jnp.where(is_g, blue - red, red - green))
     base = jnp.where(is_r, 0.0, jnp.where(is_g, 2.0, 4.0))
