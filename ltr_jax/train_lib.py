@@ -190,8 +190,9 @@ def run_loop(
                 if evaluate is not None and eval_every and done % eval_every == 0:
                     if done < num_steps:  # the caller evaluates the last step
                         writer.write(done, {f"eval_{k}": v for k, v in evaluate(state).items()})
-                reason, save = stopper.poll(done, saver.due(done))
-                if save or reason is not None or done == num_steps:
+                # Step multiples are the same on every process; time is agreed by the stopper.
+                reason, save = stopper.poll(done, saver.time_due())
+                if save or saver.steps_due(done) or reason is not None or done == num_steps:
                     ckpt.save(done, state)
                     clock.save(done)
                     saver.saved()
@@ -223,9 +224,11 @@ class _CheckpointCadence:
         self.every_s = train_config.checkpoint_every_minutes * 60.0
         self.last = time.monotonic()
 
-    def due(self, step: int) -> bool:
-        by_steps = self.every_steps > 0 and step % self.every_steps == 0
-        return by_steps or (self.every_s > 0 and time.monotonic() - self.last >= self.every_s)
+    def steps_due(self, step: int) -> bool:
+        return self.every_steps > 0 and step % self.every_steps == 0
+
+    def time_due(self) -> bool:
+        return self.every_s > 0 and time.monotonic() - self.last >= self.every_s
 
     def saved(self) -> None:
         self.last = time.monotonic()

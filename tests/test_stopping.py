@@ -80,15 +80,16 @@ def test_checkpoint_cadence_by_steps_and_minutes(monkeypatch):
     train.update(checkpoint_every_steps=0, checkpoint_every_minutes=2.0)
     cadence = train_lib._CheckpointCadence(train)
     now[0] = 119.0
-    assert not cadence.due(7)
+    assert not cadence.time_due() and not cadence.steps_due(100)
     now[0] = 120.0
-    assert cadence.due(8)
+    assert cadence.time_due()
     cadence.saved()
     now[0] = 200.0
-    assert not cadence.due(9)
+    assert not cadence.time_due()
     train.update(checkpoint_every_steps=3, checkpoint_every_minutes=0.0)
     steps = train_lib._CheckpointCadence(train)
-    assert [s for s in range(1, 10) if steps.due(s)] == [3, 6, 9]
+    now[0] = 1e6
+    assert [s for s in range(1, 10) if steps.steps_due(s)] == [3, 6, 9] and not steps.time_due()
 
 
 def test_progress_info_lines(caplog, monkeypatch):
