@@ -37,7 +37,7 @@ data needed; the CPU rehearsal of ``tests/test_stopping.py``). Arguments after `
 
     bash bench/fetch_gpu_wheels.sh                        # with network, once: fills .whl/
     mkdir -p .data && cp ../shared/data/{cifar10_jpeg_bytes.npz,make_cifar10_archive.py} .data/
-    python3 bench/gpu_reproduce.py /tmp/out --smoke --wheels=   # rehearse (CPU, about a minute)
+    python3 bench/gpu_reproduce.py /tmp/out --smoke --wheels=   # rehearse (CPU: minutes)
     python3 bench/gpu_reproduce.py "$OUT"                 # the full 1000 + 100 + 100 epochs
     python3 bench/gpu_reproduce.py "$OUT"                 # again: resumes (exit 75 = cut)
     python3 bench/gpu_reproduce.py "$OUT" --stage2_uniform   # done: + uniform stage 2
