@@ -5,8 +5,11 @@
     python run.py --config=configs/cifar10_lt.py --config.data.imbalance_factor=50
     python run.py --config=configs/imagenet_lt.py --prepare_data    # only prepare the dataset
 
-Rerunning the same command resumes the run in its workdir. Multi-process (one process per
-host; on TPU pods and SLURM the three launch flags are auto-detected and may be left out):
+Rerunning the same command resumes the run in its workdir. SIGTERM / SIGINT, a deadline in
+``$LTR_DEADLINE_UNIX`` (seconds since the epoch) or a TPU/Cloud preemption notice stop the run
+at the next step boundary with a checkpoint and exit code 75 (``ltr_jax.stopping``).
+Multi-process (one process per host; on TPU pods and SLURM the three launch flags are
+auto-detected and may be left out):
 
     python run.py --config=... --workdir=<shared folder> --multihost \
         --coordinator_address=host0:1234 --num_processes=2 --process_id=<0 or 1>
@@ -21,7 +24,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from ltr_jax import config_lib, pipeline, runtime
+from ltr_jax import config_lib, pipeline, runtime, stopping
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Experiment config file.", lock_config=True
@@ -91,6 +94,9 @@ def main(argv):
         results = pipeline.run(config, workdir, _STAGES.value)
     except data_errors as e:  # say what is wrong and how to fix it, without a traceback
         sys.exit(f"run.py: {type(e).__name__}: {e}")
+    except stopping.Stopped as e:  # a clean stop (signal, deadline, preemption): resumable
+        logging.warning("%s Exit code %d.", e, stopping.EXIT_CODE)
+        sys.exit(stopping.EXIT_CODE)
     for name, res in results.items():
         groups = " ".join(
             f"{g}={res[g]:.2f}" for g in ("many", "medium", "few") if res.get(g) is not None

@@ -1,35 +1,49 @@
-"""One prepared run of the paper's CIFAR-10-LT recipe on a fresh GPU machine without network.
+"""The paper's CIFAR-10-LT recipe on a fresh GPU machine without network: a thin, resumable driver.
 
-Standard library only (it installs what the rest needs). Steps, each timed:
+Standard library only (it installs what the rest needs). The same command, issued again on
+the same machine, resumes where the last one stopped:
 
-1. install the wheels brought along (``bench/fetch_gpu_wheels.sh`` fills ``.whl/``) with
-   ``pip install --no-index --no-deps --target /tmp/site`` and check the imports (the wheels in
-   ``.whl/fallback/``, protobuf and etils, are used only if the machine's own fail);
+1. install the wheels brought along (``bench/fetch_gpu_wheels.sh`` fills ``.whl/``) into
+   ``/tmp/site``, unless the packages already import (a second call finds them there);
 2. build ``cifar-10-binary.tar.gz`` in the official layout from ``cifar10_jpeg_bytes.npz`` with
-   ``make_cifar10_archive.py`` (both copied into ``--data``, default ``$LTR_DATA`` or ``.data/``)
-   and prepare the TFDS dataset from it with ``allow_unverified_archive=True``: CIFAR-10 (JPEG
-   copy), not the official pixels;
-3. benchmark the stage-1 step (``bench/throughput.py``, ResNet-18, batch 1024, bf16) and the
-   PyTorch reference on the same GPU (``bench/torch_reference.py``, where torch is installed);
-4. run ``configs/cifar10_lt.py`` (BNS stage 1 -> linear probe -> IP-DPP stage 2, ResNet-18) with
-   ``model.dtype=bfloat16`` on a GPU, one ``run.py`` call per stage, each timed;
-5. write OUTPUT_DIR/summary.json (device, nvidia-smi, timings, every stage's results.json, what
-   was cut), throughput.json, torch_reference.json, metrics.jsonl and log.txt: at most 6 files.
+   ``make_cifar10_archive.py`` (both copied into ``--data``, default ``$LTR_DATA`` or
+   ``.data/``), unless it exists: CIFAR-10 (JPEG copy), not the official pixels, read with
+   ``allow_unverified_archive=True``; ``run.py`` prepares the TFDS dataset from it the first
+   time (and finds it prepared afterwards);
+3. only with ``--bench``: the stage-1 step benchmark (``bench/throughput.py``, ResNet-18,
+   batch 1024) and the PyTorch reference on the same GPU (``bench/torch_reference.py``);
+4. ONE ``run.py`` process for all stages of ``configs/cifar10_lt.py`` (BNS stage 1 -> linear
+   probe -> IP-DPP stage 2, ResNet-18, ``model.dtype=bfloat16`` on a GPU), with
+   ``LTR_DEADLINE_UNIX`` = start + ``--deadline_s`` (default 560: 40 s before a 600 s limit):
+   at the deadline it stops at a step boundary, saves a checkpoint and exits 75; the JAX
+   persistent compilation cache (``$JAX_COMPILATION_CACHE_DIR``, default ``WORK/jax_cache``,
+   every compile kept) spares a resume the compiles; checkpoints by time
+   (``train.checkpoint_every_minutes``), TensorBoard off;
+5. the output folder is written as the run goes: ``log.txt`` flushed per line (the run's INFO
+   progress lines: stage, step/total, loss, images/s, ETA), each stage's results copied as
+   ``<stage>_results.json`` when it finishes, ``metrics.jsonl``, ``draws.jsonl`` and
+   ``config.json`` (every 30 s and at the end), ``summary.json`` rewritten after every phase
+   and on SIGTERM: at most 8 files.
 
-``--budget_minutes M`` cuts ONLY the number of stage-1 epochs (the paper's 1000, warm-up and
-cosine then span the shorter run): N = (M - reserve) x 60 x measured stage-1 images/s / 12,406,
-so stage 1 + probe + stage 2 fit in about M minutes; ``--stage1_epochs N`` sets N directly.
-``--quick`` keeps the real data path but shrinks everything else (ResNet-8, 1 stage-1 epoch, a
-tiny probe and stage 2), about a minute on a GPU and a few minutes on a 2-core CPU; on a machine
-without a GPU it runs in float32 unless ``--dtype`` says otherwise.
+``--stage2_uniform`` then runs stage 2 again with ``stage2.sampler=uniform`` (uniform
+under-sampling, the reference code's draw) on a copy of the same stage 1 and probe
+(``WORK/run_uniform``), its results in ``summary.json``: IP-DPP against uniform is the paper's
+central claim. Nothing is deleted unless ``--fresh`` (the run folders only).
+
+``--quick`` keeps the real data path but shrinks the rest (ResNet-8, 1 stage-1 epoch, a tiny
+probe and stage 2); ``--smoke`` runs ``configs/cifar10_lt.py:smoke`` on synthetic data (no
+data needed; the CPU rehearsal of ``tests/test_stopping.py``). Arguments after ``--`` go to
+``run.py`` (e.g. ``--config.*``).
 
     bash bench/fetch_gpu_wheels.sh                        # with network, once: fills .whl/
     mkdir -p .data && cp ../shared/data/{cifar10_jpeg_bytes.npz,make_cifar10_archive.py} .data/
-    python3 bench/gpu_reproduce.py /tmp/out --quick       # try it (CPU is fine)
-    python3 bench/gpu_reproduce.py "$OUT" --budget_minutes 6    # on the GPU machine
+    python3 bench/gpu_reproduce.py /tmp/out --smoke --wheels=   # rehearse (CPU: minutes)
     python3 bench/gpu_reproduce.py "$OUT"                 # the full 1000 + 100 + 100 epochs
+    python3 bench/gpu_reproduce.py "$OUT"                 # again: resumes (exit 75 = cut)
+    python3 bench/gpu_reproduce.py "$OUT" --stage2_uniform   # done: + uniform stage 2
 
-With this project's device tool: ``carry=[".whl", ".data"]`` and the output folder ``$OUT``.
+With this project's device tool: ``carry=[".whl", ".data"]``, the output folder ``$OUT``,
+``timeout_s=600``. Exit code: 0 done, 75 stopped at the deadline (issue it again), else failed.
 """
 
 from __future__ import annotations
@@ -38,163 +52,198 @@ import argparse
 import glob
 import importlib.util
 import json
-import math
 import os
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
+import threading
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAIN_IMAGES = 12406  # CIFAR-10-LT IF100
-PAPER = {"top1": 76.4, "probe_top1": 68.2}
+PAPER = {"top1": 76.4, "probe_top1": 68.2, "many": None, "medium": None, "few": None}
 STAGES = ("stage1", "probe", "stage2")
+DATA = "CIFAR-10 (JPEG copy)-LT IF100"
+STOPPED = 75  # ltr_jax.stopping.EXIT_CODE (this script imports nothing of the library)
 QUICK_OVERRIDES = [
     "model.encoder=cifar_resnet8", "model.proj_hidden=64", "model.proj_dim=32",
     "stage1.epochs=1", "stage1.batch_size=1024",
     "probe.epochs=2", "probe.per_class=20", "probe.batch_size=64",
     "stage2.epochs=2", "stage2.batch_size=128", "stage2.k_per_class=50",
-    "stage2.redraw_every_epochs=1",
-    "train.eval_every_epochs=0", "train.log_every_steps=5", "train.checkpoint_every_steps=1000",
+    "stage2.redraw_every_epochs=1", "train.eval_every_epochs=0", "train.log_every_steps=5",
 ]  # fmt: skip
 QUICK_BENCH = ["--backbones", "cifar_resnet8", "--batch_sizes", "64", "--steps", "2",
                "--warmup", "1", "--num_images", "1024"]  # fmt: skip
 FULL_BENCH = ["--backbones", "cifar_resnet18", "--batch_sizes", "1024", "--steps", "20",
               "--warmup", "3"]  # fmt: skip
-IMPORT_CHECK = """
-import json, flax, grain, jax, ml_collections, optax, orbax.checkpoint, tensorboardX
-import tensorflow_datasets as tfds
-import ltr_jax.pipeline, ltr_jax.data.inputs
-print(json.dumps({m.__name__: getattr(m, "__version__", "?") for m in
-                  (jax, flax, optax, tfds, ml_collections, tensorboardX, grain)}))
-"""
-DEVICE_INFO = """
-import json, jax
-d = jax.devices()[0]
-print(json.dumps(dict(platform=d.platform, device_kind=d.device_kind,
-                      device_count=jax.device_count(), jax=jax.__version__)))
-"""
-PREPARE = """
-import json, sys, time
-from ltr_jax import config_lib
-from ltr_jax.data import sources
-data = config_lib.base_config().data
-data.update(name="cifar10", manual_dir=sys.argv[1], data_dir=sys.argv[2], download=False,
-            allow_unverified_archive=True)
-ds = sources.load_dataset(data)
-print(json.dumps(dict(train=len(ds.train.labels), test=len(ds.test.labels), verified=ds.verified)))
-"""
+IMPORTS = "import flax, grain, jax, ml_collections, optax, orbax.checkpoint, tensorflow_datasets"
+COPIED = {  # OUT name -> path in the run folder
+    **{f"{s}_results.json": os.path.join(s, "results.json") for s in STAGES},
+    "metrics.jsonl": "metrics.jsonl",
+    "draws.jsonl": os.path.join("stage2", "draws.jsonl"),
+    "config.json": "config.json",
+}
 
 
-class Runner:
-    """Runs commands with output to the console and OUTPUT_DIR/log.txt; records their times."""
+class Driver:
+    """The output folder: log.txt (flushed per line), summary.json, copies of the run's files."""
 
-    def __init__(self, out_dir: str, env: dict):
+    def __init__(self, out_dir: str, work: str, env: dict):
+        self.out_dir, self.work, self.env = out_dir, work, env
         self.log = open(os.path.join(out_dir, "log.txt"), "a")  # noqa: SIM115 - closed in main
-        self.env, self.timings = env, {}
+        self.summary: dict = {"started": time.ctime(), "phases_s": {}}
+        self.child: subprocess.Popen | None = None
+        self._lock = threading.Lock()
 
     def say(self, text: str) -> None:
-        print(text, flush=True)
-        self.log.write(text + "\n")
-        self.log.flush()
+        with self._lock:
+            print(text, flush=True)
+            self.log.write(text + "\n")
+            self.log.flush()
 
-    def run(self, name: str, cmd: list[str], check: bool = True) -> tuple[int, str]:
-        """Runs ``cmd`` in the repository root; returns (exit code, its stdout + stderr)."""
-        self.say(f"\n=== {name}: {' '.join(cmd)}")
+    def write_summary(self) -> None:
+        with self._lock:
+            path = os.path.join(self.out_dir, "summary.json")
+            with open(path + ".tmp", "w") as f:
+                json.dump(self.summary, f, indent=2, default=str)
+            os.replace(path + ".tmp", path)
+
+    def phase(self, name: str, seconds: float) -> None:
+        self.summary["phases_s"][name] = round(seconds, 2)
+        self.write_summary()
+
+    def run(self, name: str, cmd: list[str], *, cwd: str = REPO) -> tuple[int, str]:
+        """Runs ``cmd``, its output to the console and log.txt; returns (exit code, output)."""
+        self.say(f"=== {name}: {' '.join(cmd)}")
         start = time.perf_counter()
-        proc = subprocess.Popen(cmd, cwd=REPO, env=self.env, stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, text=True)  # fmt: skip
+        self.child = subprocess.Popen(cmd, cwd=cwd, env=self.env, stdout=subprocess.PIPE,
+                                      stderr=subprocess.STDOUT, text=True)  # fmt: skip
         lines = []
-        for line in proc.stdout:
-            lines.append(line)
-            sys.stdout.write(line)
-            self.log.write(line)
-        code = proc.wait()
-        self.timings[name] = round(time.perf_counter() - start, 2)
-        self.say(f"=== {name}: exit {code} after {self.timings[name]:.1f} s")
-        if check and code:
-            raise RuntimeError(f"step {name!r} failed with exit code {code}")
-        return code, "".join(lines)
+        for line in self.child.stdout:
+            for part in line.replace("\r", "\n").splitlines():  # a bar's \r updates, if any
+                if part.strip():
+                    lines.append(part)
+                    self.say(part)
+        code = self.child.wait()
+        self.child = None
+        self.phase(name, time.perf_counter() - start)
+        self.say(f"=== {name}: exit {code} after {self.summary['phases_s'][name]:.1f} s")
+        return code, "\n".join(lines)
+
+    def copy_outputs(self, run_dir: str) -> list[str]:
+        """Copies the run's files that exist into the output folder; returns their names."""
+        copied = []
+        for name, rel in COPIED.items():
+            src = os.path.join(run_dir, rel)
+            if os.path.exists(src):
+                shutil.copyfile(src, os.path.join(self.out_dir, name))
+                copied.append(name)
+        return copied
+
+    def on_sigterm(self, signum, frame) -> None:
+        """Forwards SIGTERM to run.py (it stops cleanly) and records that in summary.json."""
+        self.summary["sigterm_at"] = time.ctime()
+        self.write_summary()
+        if self.child is not None and self.child.poll() is None:
+            self.child.send_signal(signal.SIGTERM)
 
 
-def last_json_line(text: str) -> dict:
-    """The last line of ``text`` that parses as a JSON object."""
-    for line in reversed(text.strip().splitlines()):
-        if line.startswith("{"):
-            try:
-                return json.loads(line)
-            except json.JSONDecodeError:
-                continue
-    raise ValueError("no JSON line in the output")
+def imports_ok(driver: Driver) -> bool:
+    return subprocess.run([sys.executable, "-c", IMPORTS], env=driver.env, cwd=REPO,
+                          capture_output=True).returncode == 0  # fmt: skip
 
 
-def install_wheels(runner: Runner, wheels: str, site: str) -> dict:
-    """Installs .whl/*.whl into ``site`` unless the packages already import; adds
-    .whl/fallback/ only if the imports need it."""
-    python = sys.executable
-    pythonpath = [REPO]
-    runner.env["PYTHONPATH"] = REPO
-    code, text = runner.run("import_check_installed", [python, "-c", IMPORT_CHECK], check=False)
-    if not code:  # e.g. a development machine: its own (maybe other-Python) wheels not needed
-        runner.say("every package already imports: the wheels are not installed")
-        return last_json_line(text)
+def packages_found(paths: list[str]) -> bool:
+    """Whether every package of ``IMPORTS`` is found on ``paths`` + this interpreter's path
+    (without importing them: a second call must not pay for the imports)."""
+    names = [n.split(".")[0] for n in IMPORTS.removeprefix("import ").split(", ")]
+    saved = sys.path[:]
+    sys.path[:0] = paths
+    try:
+        return all(importlib.util.find_spec(n) is not None for n in names)
+    finally:
+        sys.path[:] = saved
+
+
+def install_wheels(driver: Driver, wheels: str, site: str) -> None:
+    """Makes the packages importable: as installed, or from ``site`` (installed and checked
+    once; ``site/.ltr_imports_ok`` marks a checked install)."""
+    marker = os.path.join(site, ".ltr_imports_ok")
+    if os.path.exists(marker):
+        driver.env["PYTHONPATH"] = open(marker).read().strip()
+        driver.say(f"wheels already installed in {site}")
+        return
+    driver.env["PYTHONPATH"] = REPO
+    if packages_found([]):
+        driver.say("packages found: no wheels installed")
+        return
     found = sorted(glob.glob(os.path.join(wheels, "*.whl"))) if wheels else []
-    if found:
-        pip = [python, "-m", "pip", "install", "-q", "--no-index", "--no-deps", "--no-compile",
-               "--no-cache-dir", "--upgrade", "--target"]  # fmt: skip
-        runner.run("install_wheels", pip + [site] + found)
-        pythonpath.insert(0, site)
-        fallback = sorted(glob.glob(os.path.join(wheels, "fallback", "*.whl")))
-        if fallback:
-            runner.run("install_fallback_wheels", pip + [site + "_fallback"] + fallback)
-    else:
-        runner.say(f"no wheels in {wheels}: using the installed packages")
-    runner.env["PYTHONPATH"] = os.pathsep.join(pythonpath)
-    code, text = runner.run("import_check", [python, "-c", IMPORT_CHECK], check=False)
-    if code and found and os.path.isdir(site + "_fallback"):
-        runner.env["PYTHONPATH"] = os.pathsep.join([site + "_fallback"] + pythonpath)
-        code, text = runner.run("import_check_with_fallback", [python, "-c", IMPORT_CHECK])
-    if code:
-        raise RuntimeError("the imports failed: see log.txt")
-    return last_json_line(text)
+    if not found:
+        raise RuntimeError(f"packages missing and no wheels in {wheels!r}: see the docstring")
+    pip = [sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps",
+           "--no-compile", "--no-cache-dir", "--upgrade", "--target"]  # fmt: skip
+    driver.run("install_wheels", pip + [site] + found)
+    driver.env["PYTHONPATH"] = os.pathsep.join([site, REPO])
+    fallback = sorted(glob.glob(os.path.join(wheels, "fallback", "*.whl")))
+    if fallback and not imports_ok(driver):
+        driver.run("install_fallback_wheels", pip + [site + "_fallback"] + fallback)
+        driver.env["PYTHONPATH"] = os.pathsep.join([site + "_fallback", site, REPO])
+    if not imports_ok(driver):
+        raise RuntimeError(f"the packages do not import (wheels in {wheels!r}): see log.txt")
+    with open(marker, "w") as f:
+        f.write(driver.env["PYTHONPATH"])
 
 
-def prepare_data(runner: Runner, data_dir: str, work: str) -> dict:
-    """Builds the official-layout archive from the .npz and prepares the TFDS dataset."""
+def build_archive(driver: Driver, data_dir: str) -> str:
+    """The official-layout CIFAR-10 archive in WORK/manual (built once); returns the folder."""
+    manual = os.path.join(driver.work, "manual")
+    if os.path.exists(os.path.join(manual, "cifar-10-binary.tar.gz")):
+        driver.say(f"archive already built in {manual}")
+        return manual
     npz = os.path.join(data_dir, "cifar10_jpeg_bytes.npz")
     maker = os.path.join(data_dir, "make_cifar10_archive.py")
     for path in (npz, maker):
         if not os.path.exists(path):
             raise FileNotFoundError(f"{path} is missing: copy it from ../shared/data/ into "
                                     f"{data_dir}/ (see the module docstring)")  # fmt: skip
-    manual = os.path.join(work, "manual")
-    runner.run("build_archive", [sys.executable, maker, manual])
-    tfds_dir = os.path.join(work, "tensorflow_datasets")
-    _, text = runner.run("prepare_dataset", [sys.executable, "-c", PREPARE, manual, tfds_dir])
-    return dict(last_json_line(text), manual_dir=manual, data_dir=tfds_dir)
+    code, _ = driver.run("build_archive", [sys.executable, maker, manual])
+    if code:
+        raise RuntimeError(f"make_cifar10_archive.py failed with exit code {code}")
+    return manual
 
 
-def run_benchmarks(runner: Runner, args, out_dir: str) -> dict:
-    """The JAX stage-1 throughput and, where torch is installed, the PyTorch reference."""
-    bench = QUICK_BENCH if args.quick else FULL_BENCH
-    jax_out = os.path.join(out_dir, "throughput.json")
+def run_benchmarks(driver: Driver, args) -> dict:
+    """The JAX stage-1 step benchmark and, where torch is installed, the PyTorch reference."""
+    bench = QUICK_BENCH if args.quick or args.smoke else FULL_BENCH
+    jax_out = os.path.join(driver.work, "throughput.json")
     cmd = [sys.executable, "bench/throughput.py", "--stages", "stage1", "--dtypes", args.dtype,
            *bench, "--out", jax_out]  # fmt: skip
-    if args.quick:
+    if args.quick or args.smoke:
         cmd += ["--peak_size", "256"]
-    runner.run("bench_jax", cmd, check=False)
+    driver.run("bench_jax", cmd)
     results = {"throughput": read_json(jax_out)}
-    if args.skip_torch or importlib.util.find_spec("torch") is None:
-        runner.say("PyTorch reference skipped (--skip_torch, or torch is not installed)")
+    if importlib.util.find_spec("torch") is None:
+        driver.say("PyTorch reference skipped: torch is not installed")
         return results
-    torch_out = os.path.join(out_dir, "torch_reference.json")
-    backbone = "cifar_resnet32" if args.quick else "cifar_resnet18"  # torch has no ResNet-8
+    torch_out = os.path.join(driver.work, "torch_reference.json")
+    backbone = "cifar_resnet32" if args.quick or args.smoke else "cifar_resnet18"
     cmd = [sys.executable, "bench/torch_reference.py", "--backbones", backbone,
            "--dtypes", args.dtype, *bench[2:], "--out", torch_out]  # fmt: skip
-    code, _ = runner.run("bench_torch", cmd, check=False)
+    code, _ = driver.run("bench_torch", cmd)
     results["torch_reference"] = read_json(torch_out) if code == 0 else None
     return results
+
+
+def gpu_name() -> str | None:
+    """The first card's name from ``nvidia-smi`` (e.g. "NVIDIA H200"), None without one."""
+    nvidia = shutil.which("nvidia-smi")
+    if nvidia is None:
+        return None
+    out = subprocess.run([nvidia, "--query-gpu=name", "--format=csv,noheader"],
+                         capture_output=True, text=True).stdout  # fmt: skip
+    return out.strip().splitlines()[0] if out.strip() else None
 
 
 def read_json(path: str):
@@ -213,18 +262,25 @@ def stage1_bench_row(bench: dict | None) -> dict | None:
     return None
 
 
-def stage1_images_per_s(bench: dict | None) -> float | None:
-    """Measured stage-1 images/s of the benchmark (None without one)."""
-    row = stage1_bench_row(bench)
-    return row["images_per_s"] if row else None
+def training_speed(run_dir: str) -> dict:
+    """Median logged images/s per stage (the first log interval, with the compile, excluded)."""
+    path = os.path.join(run_dir, "metrics.jsonl")
+    if not os.path.exists(path):
+        return {}
+    with open(path) as f:
+        records = [json.loads(line) for line in f if line.strip()]
+    speed = {}
+    for stage in STAGES:
+        values = [r["images_per_s"] for r in records if r.get("stage") == stage
+                  and "images_per_s" in r][1:]  # fmt: skip
+        if values:
+            speed[stage] = statistics.median(values)
+    return speed
 
 
 def stage1_estimates(summary: dict) -> dict:
-    """Stage-1 TFLOP/s and fraction of the bf16 peak in the real run, and the full-recipe time.
-
-    The FLOPs per image come from the benchmark's step (same backbone; a different batch size
-    changes them only through the [2B, 2B] loss matrices, which are negligible).
-    """
+    """Stage-1 TFLOP/s and fraction of the bf16 peak in the real run (with ``--bench``, whose
+    step gives the FLOPs per image), and the time of 1000 stage-1 epochs at the run's speed."""
     speed = summary.get("training_images_per_s", {}).get("stage1")
     if not speed:
         return {}
@@ -239,76 +295,100 @@ def stage1_estimates(summary: dict) -> dict:
     return estimates
 
 
-def choose_stage1_epochs(args, bench: dict) -> tuple[int | None, str | None]:
-    """(stage-1 epochs or None for the config's 1000, a note saying what was cut)."""
-    if args.stage1_epochs:
-        return args.stage1_epochs, f"stage1.epochs cut to {args.stage1_epochs} (of 1000)"
-    if args.budget_minutes is None:
-        return None, None
-    speed = stage1_images_per_s(bench)
-    if speed is None:
-        raise RuntimeError("--budget_minutes needs the stage-1 benchmark; it failed or was off")
-    seconds = max(args.budget_minutes - args.reserve_minutes, 0.5) * 60
-    epochs = max(1, min(1000, math.floor(seconds * speed / TRAIN_IMAGES)))
-    note = (f"stage1.epochs cut to {epochs} (of 1000) to fit --budget_minutes="
-            f"{args.budget_minutes} ({args.reserve_minutes} min reserved for probe, stage 2 and "
-            f"compiles) at the measured {speed:.0f} stage-1 images/s; warm-up (20 epochs) and "
-            "cosine span the shorter run; probe and stage 2 are the full recipe")  # fmt: skip
-    return epochs, note
+def headline(results: dict) -> dict:
+    """Final top-1 / Many / Medium / Few of stage 2 and the probe, each stage's wall time,
+    next to the paper's."""
+    pick = lambda r: {k: (r or {}).get(k) for k in ("top1", "many", "medium", "few")}
+    wall = {s: ((results.get(s) or {}).get("timing") or {}).get("wall_s") for s in STAGES}
+    return {"stage2": pick(results.get("stage2")), "probe": pick(results.get("probe")),
+            "stage_wall_s": wall, "paper": PAPER,
+            "data": DATA}  # fmt: skip
 
 
-def overrides(args, data: dict, stage1_epochs: int | None) -> list[str]:
-    """``--config.*`` flags of the pipeline run."""
-    flags = [f"data.manual_dir={data['manual_dir']}", f"data.data_dir={data['data_dir']}",
-             "data.download=False", "data.allow_unverified_archive=True",
-             f"model.dtype={args.dtype}"]  # fmt: skip
+def run_flags(args, manual: str | None, workdir: str | None = None) -> list[str]:
+    """The ``run.py`` command line (without the interpreter)."""
+    config = "configs/cifar10_lt.py:smoke" if args.smoke else "configs/cifar10_lt.py"
+    flags = ["train.tensorboard=False"]  # its exit handler delays a stop by about 25 s
+    if manual is not None:
+        flags += [f"data.manual_dir={manual}", "data.download=False",
+                  "data.allow_unverified_archive=True",
+                  f"data.data_dir={os.path.join(args.work, 'tensorflow_datasets')}"]  # fmt: skip
+    if not args.smoke:
+        flags.append(f"model.dtype={args.dtype}")
     if args.quick:
         flags += QUICK_OVERRIDES
-    if stage1_epochs is not None and not args.quick:
-        flags.append(f"stage1.epochs={stage1_epochs}")
-    return [f"--config.{f}" for f in flags]
+    if args.stage1_epochs:
+        flags.append(f"stage1.epochs={args.stage1_epochs}")
+    workdir = workdir or os.path.join(args.work, "run")
+    return ["run.py", f"--config={config}", f"--workdir={workdir}",
+            *[f"--config.{f}" for f in flags], *args.run_args]  # fmt: skip
 
 
-def run_pipeline(runner: Runner, flags: list[str], workdir: str) -> dict:
-    """One ``run.py`` call per stage (each timed); returns every stage's results.json."""
-    results = {}
-    for stage in STAGES:
-        cmd = [sys.executable, "run.py", "--config=configs/cifar10_lt.py",
-               f"--workdir={workdir}", f"--stages={stage}", *flags]  # fmt: skip
-        runner.run(f"pipeline_{stage}", cmd)
-        results[stage] = read_json(os.path.join(workdir, stage, "results.json"))
-    return results
+def run_pipeline(driver: Driver, args, manual: str | None) -> int:
+    """The one ``run.py`` process, its outputs copied to OUT as they appear; its exit code.
+
+    A watchdog kills it ``--grace_s`` after the deadline if it has not stopped by then (e.g.
+    stuck in a compile): the last checkpoint then stays, as after any kill."""
+    run_dir = os.path.join(args.work, "run")
+    kill_at = float(driver.env.get("LTR_DEADLINE_UNIX", "inf")) + args.grace_s
+    stop = threading.Event()
+
+    def watch() -> None:
+        last_copy = time.monotonic()
+        while not stop.wait(1.0):
+            if time.monotonic() - last_copy >= args.copy_every_s:
+                driver.copy_outputs(run_dir)
+                last_copy = time.monotonic()
+            child = driver.child
+            if time.time() > kill_at and child is not None and child.poll() is None:
+                driver.say(f"watchdog: run.py still running {args.grace_s:.0f} s after the "
+                           "deadline: killed (it resumes from its last checkpoint)")  # fmt: skip
+                child.kill()
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        code, _ = driver.run("pipeline", [sys.executable, *run_flags(args, manual)])
+    finally:
+        stop.set()
+        watcher.join()
+    driver.summary["copied"] = driver.copy_outputs(run_dir)
+    return code
 
 
-def training_speed(workdir: str) -> dict:
-    """Median logged images/s per stage (the first log interval, with the compile, excluded)."""
-    path = os.path.join(workdir, "metrics.jsonl")
-    if not os.path.exists(path):
-        return {}
-    with open(path) as f:
-        records = [json.loads(line) for line in f if line.strip()]
-    speed = {}
-    for stage in STAGES:
-        values = [r["images_per_s"] for r in records if r.get("stage") == stage
-                  and "images_per_s" in r][1:]  # fmt: skip
-        if values:
-            speed[stage] = statistics.median(values)
-    return speed
-
-
-def headline(results: dict) -> dict:
-    """Final top-1 / Many / Medium / Few of stage 2 and the probe, next to the paper's."""
-    pick = lambda r: {k: (r or {}).get(k) for k in ("top1", "many", "medium", "few")}
-    return {"stage2": pick(results.get("stage2")), "probe": pick(results.get("probe")),
-            "paper": PAPER, "data": "CIFAR-10 (JPEG copy)-LT IF100"}  # fmt: skip
+def run_uniform_stage2(driver: Driver, args, manual: str | None) -> dict | None:
+    """Stage 2 with ``stage2.sampler=uniform`` (the reference code's under-sampling) on the
+    same stage 1 and probe, in WORK/run_uniform (a copy of them); its results.json."""
+    src, dst = os.path.join(args.work, "run"), os.path.join(args.work, "run_uniform")
+    for part in ("stage1", "probe", "config.json"):
+        if not os.path.exists(os.path.join(dst, part)):
+            copy = shutil.copytree if os.path.isdir(os.path.join(src, part)) else shutil.copy
+            os.makedirs(dst, exist_ok=True)
+            copy(os.path.join(src, part), os.path.join(dst, part))
+    flags = run_flags(args, manual, dst) + ["--stages=stage2", "--config.stage2.sampler=uniform"]
+    code, _ = driver.run("stage2_uniform", [sys.executable, *flags])
+    driver.summary["stage2_uniform_exit_code"] = code
+    return read_json(os.path.join(dst, "stage2", "results.json"))
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("out_dir", help="folder for summary.json, log.txt, ... (created)")
+    parser.add_argument("out_dir", help="folder for log.txt, summary.json, ... (created)")
+    parser.add_argument("--fresh", action="store_true", help="delete the run folders first")
+    parser.add_argument("--bench", action="store_true", help="benchmark JAX and PyTorch first")
+    parser.add_argument(
+        "--deadline_s",
+        type=float,
+        default=560.0,
+        help="stop the run cleanly this long after the start (0: never)",
+    )
+    parser.add_argument(
+        "--stage2_uniform",
+        action="store_true",
+        help="then stage 2 with sampler=uniform on the same stage 1 and probe",
+    )
     parser.add_argument("--quick", action="store_true", help="smoke sizes, real data path")
-    parser.add_argument("--budget_minutes", type=float, default=None)
-    parser.add_argument("--reserve_minutes", type=float, default=4.0)
+    parser.add_argument("--smoke", action="store_true", help="configs/cifar10_lt.py:smoke")
     parser.add_argument("--stage1_epochs", type=int, default=None)
     parser.add_argument("--dtype", default=None, help="default: bfloat16 on GPU, else float32")
     parser.add_argument(
@@ -318,67 +398,89 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     parser.add_argument("--wheels", default=os.path.join(REPO, ".whl"),
                         help="wheel folder; --wheels= uses the installed packages")  # fmt: skip
-    parser.add_argument("--work", default="/tmp/ltr_gpu_reproduce", help="archive, TFDS, runs")
-    parser.add_argument("--skip_torch", action="store_true", help="no PyTorch reference")
-    parser.add_argument("--skip_bench", action="store_true",
-                        help="no benchmarks (--budget_minutes then cannot be used)")  # fmt: skip
-    return parser.parse_args(argv)
+    parser.add_argument("--work", default="/tmp/ltr_gpu_reproduce",
+                        help="archive, TFDS data, compilation cache, the run")  # fmt: skip
+    parser.add_argument(
+        "--grace_s",
+        type=float,
+        default=30.0,
+        help="kill run.py this long after the deadline if it still runs",
+    )
+    parser.add_argument("--copy_every_s", type=float, default=30.0)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    split = argv.index("--") if "--" in argv else len(argv)
+    args = parser.parse_args(argv[:split])
+    args.run_args = argv[split + 1 :]  # more run.py flags, e.g. --config.*
+    return args
 
 
-def write_summary(out_dir: str, summary: dict) -> None:
-    with open(os.path.join(out_dir, "summary.json"), "w") as f:
-        json.dump(summary, f, indent=2, default=str)
-
-
-def reproduce(args, runner: Runner, summary: dict) -> None:
-    """Steps 1-4, filling ``summary`` as they finish."""
-    summary["versions"] = install_wheels(runner, args.wheels, "/tmp/site")
-    _, text = runner.run("device_info", [sys.executable, "-c", DEVICE_INFO])
-    summary["device"] = last_json_line(text)
-    if args.dtype is None:
-        args.dtype = "bfloat16" if summary["device"]["platform"] == "gpu" else "float32"
-    summary["dtype"] = args.dtype
-    shutil.rmtree(os.path.join(args.work, "run"), ignore_errors=True)
-    summary["data"] = prepare_data(runner, os.path.abspath(args.data), args.work)
-    bench = {} if args.skip_bench else run_benchmarks(runner, args, args.out_dir)
-    summary["stage1_bench"] = stage1_bench_row(bench)
-    epochs, summary["cut"] = choose_stage1_epochs(args, bench)
-    if args.quick:
-        summary["cut"] = "--quick: " + " ".join(QUICK_OVERRIDES)
-    flags = overrides(args, summary["data"], epochs)
-    summary["pipeline_flags"] = flags
-    workdir = os.path.join(args.work, "run")
-    summary["results"] = run_pipeline(runner, flags, workdir)
-    summary["training_images_per_s"] = training_speed(workdir)
-    summary["stage1_estimates"] = stage1_estimates(summary)
-    summary["headline"] = headline(summary["results"])
-    if os.path.exists(os.path.join(workdir, "metrics.jsonl")):
-        shutil.copy(os.path.join(workdir, "metrics.jsonl"), args.out_dir)
+def reproduce(args, driver: Driver) -> int:
+    """Phases 1-4, recording each in summary.json; returns run.py's exit code."""
+    start = time.perf_counter()
+    install_wheels(driver, args.wheels, "/tmp/site")
+    card = gpu_name()  # run.py logs the devices JAX sees
+    driver.summary["device"] = {"card": card}
+    args.dtype = args.dtype or ("bfloat16" if card else "float32")
+    manual = None if args.smoke else build_archive(driver, os.path.abspath(args.data))
+    driver.phase("setup", time.perf_counter() - start)
+    if args.bench:
+        driver.summary["bench"] = run_benchmarks(driver, args)
+        driver.summary["stage1_bench"] = stage1_bench_row(driver.summary["bench"])
+    driver.summary["run_command"] = run_flags(args, manual)
+    code = run_pipeline(driver, args, manual)
+    run_dir = os.path.join(args.work, "run")
+    results = {s: read_json(os.path.join(run_dir, s, "results.json")) for s in STAGES}
+    driver.summary.update(
+        run_exit_code=code, results=results, training_images_per_s=training_speed(run_dir),
+        status={0: "done", STOPPED: "stopped at the deadline: issue the same command again "
+                "to resume"}.get(code, f"run.py failed (exit {code})"),
+    )  # fmt: skip
+    driver.summary["stage1_estimates"] = stage1_estimates(driver.summary)
+    driver.summary["headline"] = headline(results)
+    driver.summary["headline"]["data"] = "synthetic (smoke)" if args.smoke else DATA
+    driver.write_summary()
+    if code == 0 and args.stage2_uniform:
+        uniform = run_uniform_stage2(driver, args, manual)
+        driver.summary["stage2_uniform"] = uniform
+        driver.summary["headline"]["stage2_uniform"] = {
+            k: (uniform or {}).get(k) for k in ("top1", "many", "medium", "few")
+        }
+        code = driver.summary["stage2_uniform_exit_code"]
+    return code
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    args.out_dir = os.path.abspath(args.out_dir)
+    args.out_dir, args.work = os.path.abspath(args.out_dir), os.path.abspath(args.work)
     os.makedirs(args.out_dir, exist_ok=True)
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    runner = Runner(args.out_dir, env)
+    os.makedirs(args.work, exist_ok=True)
+    env = dict(os.environ, PYTHONUNBUFFERED="1", TQDM_DISABLE="1", JAX_LOG_COMPILES="1",
+               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+               JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")  # fmt: skip
+    env.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(args.work, "jax_cache"))
+    if args.deadline_s > 0:
+        env["LTR_DEADLINE_UNIX"] = str(time.time() + args.deadline_s)
+    driver = Driver(args.out_dir, args.work, env)
+    signal.signal(signal.SIGTERM, driver.on_sigterm)
     nvidia = shutil.which("nvidia-smi")
     smi = subprocess.run([nvidia], capture_output=True, text=True).stdout if nvidia else None
-    summary = {"args": vars(args), "nvidia_smi": smi, "started": time.ctime()}
-    start, status = time.perf_counter(), 0
+    driver.summary.update(args=vars(args), nvidia_smi=smi)
+    if args.fresh:
+        for name in ("run", "run_uniform"):
+            shutil.rmtree(os.path.join(args.work, name), ignore_errors=True)
+        driver.say(f"--fresh: deleted {args.work}/run and run_uniform")
+    start, status = time.perf_counter(), 1
     try:
-        reproduce(args, runner, summary)
+        status = reproduce(args, driver)
     except Exception as e:  # noqa: BLE001 - the summary records how far it got
-        summary["error"] = f"{type(e).__name__}: {e}"
-        runner.say(f"FAILED: {summary['error']}")
-        status = 1
-    summary["timings_s"] = dict(runner.timings, total=round(time.perf_counter() - start, 2))
-    write_summary(args.out_dir, summary)
-    runner.say(json.dumps({k: summary.get(k) for k in
-                           ("device", "cut", "headline", "training_images_per_s",
-                            "stage1_estimates", "timings_s", "error")}, indent=1,
-                           default=str))  # fmt: skip
-    runner.log.close()
+        driver.summary["error"] = f"{type(e).__name__}: {e}"
+        driver.say(f"FAILED: {driver.summary['error']}")
+    driver.phase("total", time.perf_counter() - start)
+    driver.say(json.dumps({k: driver.summary.get(k) for k in
+                           ("device", "status", "headline", "training_images_per_s",
+                            "stage1_estimates", "phases_s", "error")}, indent=1,
+                          default=str))  # fmt: skip
+    driver.log.close()
     return status
 
 

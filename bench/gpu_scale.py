@@ -33,6 +33,12 @@ import time
 import gpu_reproduce as gr  # bench/ is on sys.path when run as ``python3 bench/gpu_scale.py``
 
 PY = sys.executable
+DEVICE_INFO = """
+import json, jax
+d = jax.devices()[0]
+print(json.dumps(dict(platform=d.platform, device_kind=d.device_kind,
+                      device_count=jax.device_count(), jax=jax.__version__)))
+"""
 
 
 def steps(out: str, quick: bool) -> list[tuple[str, list[str]]]:
@@ -93,12 +99,13 @@ def main() -> int:
     out = os.path.abspath(args.out_dir)
     os.makedirs(out, exist_ok=True)
     start = time.perf_counter()
-    runner = gr.Runner(out, dict(os.environ, PYTHONUNBUFFERED="1"))
-    summary: dict = {"started": time.ctime(), "steps": {}}
+    runner = gr.Driver(out, "/tmp/ltr_gpu_scale", dict(os.environ, PYTHONUNBUFFERED="1"))
+    summary = runner.summary  # rewritten after every step
+    summary["steps"] = {}
     try:
-        summary["versions"] = gr.install_wheels(runner, args.wheels, "/tmp/site")
-        _, text = runner.run("device_info", [PY, "-c", gr.DEVICE_INFO])
-        summary["device"] = gr.last_json_line(text)
+        gr.install_wheels(runner, args.wheels, "/tmp/site")
+        _, text = runner.run("device_info", [PY, "-c", DEVICE_INFO])
+        summary["device"] = json.loads(text.strip().splitlines()[-1])
         for name, cmd in steps(out, args.quick):
             if args.only and name not in args.only.split(","):
                 continue
@@ -106,14 +113,12 @@ def main() -> int:
                 runner.say(f"=== {name}: skipped (past --deadline_s {args.deadline_s:.0f} s)")
                 summary["steps"][name] = "skipped"
                 continue
-            code, _ = runner.run(name, cmd, check=False)
+            code, _ = runner.run(name, cmd)
             summary["steps"][name] = code
     except Exception as e:  # noqa: BLE001 - the summary records how far it got
         summary["error"] = f"{type(e).__name__}: {e}"
         runner.say(f"FAILED: {summary['error']}")
-    summary["timings_s"] = dict(runner.timings, total=round(time.perf_counter() - start, 1))
-    with open(os.path.join(out, "summary.json"), "w") as f:
-        json.dump(summary, f, indent=2, default=str)
+    runner.phase("total", time.perf_counter() - start)
     runner.say(json.dumps(summary, default=str))
     runner.log.close()
     return 1 if "error" in summary else 0

@@ -20,9 +20,11 @@ does not depend on pixel values. Every case is compiled ahead of time (``trace``
 FLOPs: ``model_flops`` is an analytic count over the step's jaxpr: 2 x multiply-adds of every
 convolution and ``dot_general`` (forward, both backward passes, augmentation and loss matmuls),
 with transposed convolutions (``lhs_dilation``) counted without their inserted zeros. XLA's own
-``compiled.cost_analysis()['flops']`` is recorded as ``xla_flops`` for comparison. Achieved
-TFLOP/s = model_flops / median step time, reported as a fraction of the device's MEASURED bf16
-(and float32) matmul peak: the best of several chained square matmuls (``--peak_size``).
+``compiled.cost_analysis()['flops']`` is recorded as ``xla_flops`` for comparison, and the numbers
+of ``conditional`` and ``while`` ops in the compiled step as ``hlo_conditional_ops`` and
+``hlo_while_ops`` (host round trips on XLA:GPU). Achieved TFLOP/s = model_flops / median step
+time, reported as a fraction of the device's MEASURED bf16 (and float32) matmul peak: the best
+of several chained square matmuls (``--peak_size``).
 
     python bench/throughput.py                      # GPU default: 3 backbones x 3 batches x 2
                                                     # dtypes x 2 stages: 36 compiles, likely
@@ -250,7 +252,21 @@ def compile_step(step, state, data, key) -> tuple:
     compiled = lowered.compile()
     compiled_at = time.perf_counter()
     flops = {"model_flops": matmul_flops(traced.jaxpr.jaxpr), "xla_flops": xla_flops(compiled)}
+    flops.update(control_flow_ops(compiled))
     return compiled, lowered_at - start, compiled_at - lowered_at, flops
+
+
+def control_flow_ops(compiled) -> dict:
+    """Counts of ``conditional`` and ``while`` ops in the optimised HLO of a compiled step.
+
+    Each one costs XLA:GPU a host round trip (the predicate or trip count goes back to the
+    host) unless XLA proves a constant trip count; the step should have none. On CPU, random
+    bits (threefry) still use a ``while`` loop."""
+    text = compiled.as_text() or ""
+    return {
+        "hlo_conditional_ops": text.count(" conditional("),
+        "hlo_while_ops": text.count(" while("),
+    }
 
 
 class JaxRunner:

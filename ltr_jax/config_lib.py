@@ -113,7 +113,8 @@ def base_config() -> mlc.ConfigDict:
         dict(
             log_every_steps=50,
             eval_every_epochs=10.0,  # 0: only at the end
-            checkpoint_every_steps=500,
+            checkpoint_every_steps=0,  # 0: by time only (checkpoint_every_minutes)
+            checkpoint_every_minutes=10.0,  # also at the end and at a stop; 0: by steps only
             max_checkpoints=2,
             eval_batch_size=512,
             tensorboard=True,

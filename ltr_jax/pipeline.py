@@ -10,11 +10,12 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 from collections.abc import Callable, Sequence
 
 import jax
 
-from ltr_jax import runtime, writers
+from ltr_jax import runtime, stopping, train_lib, writers
 from ltr_jax.data import inputs
 from ltr_jax.stages import common, crt, probe, rebalance, representation, supervised
 
@@ -91,14 +92,28 @@ def run(config, workdir: str, stages: Sequence[str] | None = None) -> dict[str, 
     data = inputs.load(config.data, mesh)
     ctx = common.StageContext(config, workdir, mesh, data, runtime.root_key(config.seed))
     results = {}
-    for name in names:
-        path = common.results_path(workdir, name)
-        if os.path.exists(path):
-            logging.info("Stage %s already finished (%s): skipped.", name, path)
-            with open(path) as f:
-                results[name] = json.load(f)
-            continue
-        results[name] = STAGES[name](ctx)
-        common.write_results(ctx, name, results[name])
-        logging.info("Stage %s finished: %s", name, common.results_path(workdir, name))
+    stopper = stopping.Stopper.from_env(agree_every=config.train.log_every_steps)
+    with stopper.signals():  # a stop between stages; each training loop polls its own
+        for name in names:
+            path = common.results_path(workdir, name)
+            if os.path.exists(path):
+                logging.info("Stage %s already finished (%s): skipped.", name, path)
+                with open(path) as f:
+                    results[name] = json.load(f)
+                continue
+            stopper.check_between_stages(name)
+            began = time.perf_counter()
+            results[name] = STAGES[name](ctx)
+            results[name]["timing"] = stage_timing(workdir, name, time.perf_counter() - began)
+            common.write_results(ctx, name, results[name])
+            logging.info("Stage %s finished: %s", name, common.results_path(workdir, name))
     return results
+
+
+def stage_timing(workdir: str, stage: str, seconds: float) -> dict:
+    """``timing`` of a stage's results.json: wall time (this process's time in the stage plus
+    the loop time of earlier processes that a resume kept), and the loop's steps, seconds and
+    images/s (``train_lib.loop_timing``)."""
+    loop = train_lib.loop_timing(workdir, stage) or {}
+    earlier = loop.get("loop_s", 0.0) - loop.get("last_process_loop_s", 0.0)
+    return dict(wall_s=round(seconds + earlier, 3), **loop)

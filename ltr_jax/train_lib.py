@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -20,7 +21,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from ltr_jax import checkpointing, param_groups, runtime, writers
+from ltr_jax import checkpointing, param_groups, runtime, stopping, writers
 from ltr_jax.models import modes
 
 
@@ -165,6 +166,7 @@ def run_loop(
     evaluate: Callable[[TrainState], dict] | None = None,
     before_step: Callable[[int, TrainState], TrainState] | None = None,
     eval_every_steps: int | None = None,
+    stopper: stopping.Stopper | None = None,
 ) -> TrainState:
     """Runs ``train_step`` until ``num_steps``, resuming from the stage's latest checkpoint.
 
@@ -173,9 +175,15 @@ def run_loop(
     each step (e.g. periodic IP-DPP
     re-draws) and must be a pure function of (step, state) for resumes to be exact.
     Checkpoints go to WORKDIR/<stage>/checkpoints every ``train_config.checkpoint_every_steps``
-    and at the end; metrics to WORKDIR/metrics.jsonl every ``log_every_steps``, and
+    steps and every ``checkpoint_every_minutes`` (0 turns either off), at the end and at a
+    stop; metrics to WORKDIR/metrics.jsonl every ``log_every_steps``, and
     ``evaluate(state)`` (prefixed ``eval_``) every ``eval_every_steps`` (default: every
     ``train_config.eval_every_epochs``) and not at the last step, which the caller evaluates.
+    The loop's time is kept in WORKDIR/<stage>/loop.json (see :func:`loop_timing`).
+
+    Raises:
+      stopping.Stopped: ``stopper`` (default: signals and ``$LTR_DEADLINE_UNIX``) asked for a
+        stop; the checkpoint of the step reached is saved first.
     """
     ckpt = checkpointing.Checkpointer(
         os.path.join(workdir, stage, "checkpoints"), max_to_keep=train_config.max_checkpoints
@@ -186,28 +194,109 @@ def run_loop(
     writer.truncate_after(start)
     if start:
         logging.info("%s: resumed from step %d of %d.", stage, start, num_steps)
+    clock = _LoopClock(workdir, stage, start, images_per_step)
     progress = writers.Progress(num_steps, start, stage, images_per_step)
+    stopper = stopper or stopping.Stopper.from_env(agree_every=train_config.log_every_steps)
+    saver = _CheckpointCadence(train_config)
     eval_every = eval_every_steps or int(train_config.eval_every_epochs * steps_per_epoch)
-    for step in range(start, num_steps):
-        if before_step is not None:
-            state = before_step(step, state)
-        state, metrics = train_step(state, data(step, state), root_key)
-        done = step + 1
-        if done % train_config.log_every_steps == 0 or done == num_steps:
-            host = {k: float(v) for k, v in jax.device_get(metrics).items()}
-            host["epoch"] = done / steps_per_epoch
-            if schedule is not None:
-                host["lr"] = float(schedule(step))
-            host["images_per_s"] = progress.update(done, host)
-            writer.write(done, host)
-        if evaluate is not None and eval_every and done % eval_every == 0 and done < num_steps:
-            writer.write(done, {f"eval_{k}": v for k, v in evaluate(state).items()})
-        if done % train_config.checkpoint_every_steps == 0 or done == num_steps:
-            ckpt.save(done, state)
-    ckpt.close()
-    progress.close()
-    writer.close()
+    with stopper.signals():
+        try:
+            for step in range(start, num_steps):
+                if before_step is not None:
+                    state = before_step(step, state)
+                state, metrics = train_step(state, data(step, state), root_key)
+                done = step + 1
+                if done % train_config.log_every_steps == 0 or done == num_steps:
+                    host = _host_metrics(metrics, done, steps_per_epoch, schedule)
+                    host["images_per_s"] = progress.update(done, host)
+                    writer.write(done, host)
+                if evaluate is not None and eval_every and done % eval_every == 0:
+                    if done < num_steps:  # the caller evaluates the last step
+                        writer.write(done, {f"eval_{k}": v for k, v in evaluate(state).items()})
+                # Step multiples are the same on every process; time is agreed by the stopper.
+                reason, save = stopper.poll(done, saver.time_due())
+                if save or saver.steps_due(done) or reason is not None or done == num_steps:
+                    ckpt.save(done, state)
+                    clock.save(done)
+                    saver.saved()
+                if reason is not None and done < num_steps:
+                    logging.warning("%s: stopped at step %d of %d (%s); checkpoint saved.",
+                                    stage, done, num_steps, reason)  # fmt: skip
+                    raise stopping.Stopped(stage, done, reason)
+        finally:
+            ckpt.close()
+            progress.close()
+            writer.close()
     return state
+
+
+def _host_metrics(metrics: dict, done: int, steps_per_epoch: int, schedule) -> dict:
+    """A step's metrics on the host, with its epoch and learning rate."""
+    host = {k: float(v) for k, v in jax.device_get(metrics).items()}
+    host["epoch"] = done / steps_per_epoch
+    if schedule is not None:
+        host["lr"] = float(schedule(done - 1))
+    return host
+
+
+class _CheckpointCadence:
+    """When a periodic checkpoint is due: every N steps and/or every M minutes (0: off)."""
+
+    def __init__(self, train_config):
+        self.every_steps = train_config.checkpoint_every_steps
+        self.every_s = train_config.checkpoint_every_minutes * 60.0
+        self.last = time.monotonic()
+
+    def steps_due(self, step: int) -> bool:
+        return self.every_steps > 0 and step % self.every_steps == 0
+
+    def time_due(self) -> bool:
+        return self.every_s > 0 and time.monotonic() - self.last >= self.every_s
+
+    def saved(self) -> None:
+        self.last = time.monotonic()
+
+
+class _LoopClock:
+    """Seconds spent in a stage's loop, summed over the processes whose steps were kept.
+
+    Saved with every checkpoint to WORKDIR/<stage>/loop.json; a resume adds the time recorded
+    with the checkpoint it restores (steps after that checkpoint were lost, and so is their
+    time).
+    """
+
+    def __init__(self, workdir: str, stage: str, start: int, images_per_step: int):
+        self.path = os.path.join(workdir, stage, "loop.json")
+        self.start, self.images_per_step = start, images_per_step
+        self.began = time.perf_counter()
+        record = writers.read_json(self.path) or {}
+        self.before = record.get("loop_s", 0.0) if record.get("step") == start and start else 0.0
+        self.processes = record.get("processes", 0) if self.before else 0
+
+    def save(self, step: int) -> None:
+        if jax.process_index() != 0:
+            return
+        this_run = time.perf_counter() - self.began
+        writers.write_json(self.path, dict(
+            step=step, loop_s=self.before + this_run, this_process_s=this_run,
+            processes=self.processes + 1, images_per_step=self.images_per_step,
+        ))  # fmt: skip
+
+
+def loop_timing(workdir: str, stage: str) -> dict | None:
+    """A finished stage's loop time: steps, seconds (every process), images/s; None if none.
+
+    ``images_per_s`` includes the compilations and the periodic evaluations of the loop.
+    """
+    record = writers.read_json(os.path.join(workdir, stage, "loop.json"))
+    if not record:
+        return None
+    images = record["step"] * record["images_per_step"]
+    return dict(
+        steps=record["step"], loop_s=round(record["loop_s"], 3),
+        last_process_loop_s=round(record["this_process_s"], 3), processes=record["processes"],
+        images_per_s=round(images / max(record["loop_s"], 1e-9), 1),
+    )  # fmt: skip
 
 
 def apply_in_batches(fn: Callable, arrays: tuple, batch_size: int, mesh) -> np.ndarray:

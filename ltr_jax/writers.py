@@ -32,6 +32,14 @@ def read_jsonl(path: str) -> list[dict]:
         return [json.loads(line) for line in f if line.strip()]
 
 
+def read_json(path: str):
+    """The JSON object in ``path`` (None when the file does not exist)."""
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
 def write_jsonl(path: str, records: list[dict]) -> None:
     """Rewrites a JSONL file atomically."""
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
@@ -90,13 +98,20 @@ class MetricWriter:
 
 
 class Progress:
-    """A console progress bar (tqdm) with loss and images/s; silent on processes > 0."""
+    """Progress on the console: a tqdm bar on a terminal and, for logs that go through a pipe,
+    an INFO line (stage, step/total, loss, images/s, ETA) at the first update, then every
+    ``info_every_s`` seconds and at the end. Silent on processes > 0."""
 
-    def __init__(self, total: int, initial: int, desc: str, images_per_step: int):
-        self.images_per_step = images_per_step
+    def __init__(
+        self, total: int, initial: int, desc: str, images_per_step: int, info_every_s: float = 60.0
+    ):
+        self.total, self.desc, self.images_per_step = total, desc, images_per_step
+        self.info_every_s = info_every_s
         self._bar = None
         self._last = (initial, time.perf_counter())
-        if jax.process_index() == 0:
+        self._last_info = None  # (step, time) of the last INFO line
+        self.enabled = jax.process_index() == 0
+        if self.enabled:
             from tqdm import tqdm
 
             self._bar = tqdm(total=total, initial=initial, desc=desc, unit="step", leave=True)
@@ -111,9 +126,35 @@ class Progress:
             self._bar.update(step - self._bar.n)
             shown = {k: f"{v:.4g}" for k, v in metrics.items() if isinstance(v, float)}
             self._bar.set_postfix(**shown, img_s=f"{speed:.0f}")
-        logging.debug("step %d %s %.1f img/s", step, metrics, speed)
+        info_due = self._last_info is None or now - self._last_info[1] >= self.info_every_s
+        if self.enabled and (info_due or step == self.total):
+            self._log_info(step, now, metrics.get("loss"), speed)
         return speed
+
+    def _log_info(self, step: int, now: float, loss: float | None, speed: float) -> None:
+        # The ETA comes from the rate since the last INFO line (the first: the update's rate).
+        if self._last_info is None:
+            steps_per_s = speed / max(self.images_per_step, 1)
+        else:
+            steps_per_s = (step - self._last_info[0]) / max(now - self._last_info[1], 1e-9)
+        eta = (self.total - step) / steps_per_s if steps_per_s > 0 else float("inf")
+        self._last_info = (step, now)
+        logging.info(
+            "%s: step %d/%d (%.1f%%), loss %s, %.1f images/s, ETA %s",
+            self.desc, step, self.total, 100.0 * step / max(self.total, 1),
+            "n/a" if loss is None else f"{loss:.4g}", speed, format_duration(eta),
+        )  # fmt: skip
 
     def close(self) -> None:
         if self._bar is not None:
             self._bar.close()
+
+
+def format_duration(seconds: float) -> str:
+    """``1h02m03s`` / ``2m03s`` / ``4s``; ``?`` when not finite."""
+    if not math.isfinite(seconds):
+        return "?"
+    s = int(round(seconds))
+    h, m = divmod(s, 3600)
+    m, s = divmod(m, 60)
+    return f"{h}h{m:02d}m{s:02d}s" if h else (f"{m}m{s:02d}s" if m else f"{s}s")

@@ -38,7 +38,9 @@ def streamed():
 
 
 def _results(workdir, stages=STAGES):
-    return {s: json.loads(open(os.path.join(workdir, s, "results.json")).read()) for s in stages}
+    """Every stage's results.json without its ``timing`` (times differ between runs)."""
+    load = lambda s: json.loads(open(os.path.join(workdir, s, "results.json")).read())
+    return {s: {k: v for k, v in load(s).items() if k != "timing"} for s in stages}
 
 
 def _losses(workdir):

@@ -99,7 +99,8 @@ def _wait_all(procs, logs) -> None:
 
 def _results(workdir) -> dict:
     names = STAGES.split(",")
-    return {s: json.loads((workdir / s / "results.json").read_text()) for s in names}
+    results = {s: json.loads((workdir / s / "results.json").read_text()) for s in names}
+    return {s: {k: v for k, v in r.items() if k != "timing"} for s, r in results.items()}
 
 
 def _losses(workdir) -> dict:

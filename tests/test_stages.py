@@ -109,7 +109,8 @@ def test_k_per_class_default():
 
 
 def _stage2_results(workdir):
-    return json.loads(open(os.path.join(workdir, "stage2", "results.json")).read())
+    results = json.loads(open(os.path.join(workdir, "stage2", "results.json")).read())
+    return {k: v for k, v in results.items() if k != "timing"}  # times differ between runs
 
 
 @pytest.fixture(scope="module")

@@ -189,15 +189,17 @@ def run(ctx: common.StageContext) -> dict:
                          jax.random.fold_in(key, 3), feed)  # fmt: skip
     logging.info("%s: k=%d per class, %d images per draw, %d epochs x %d steps.", STAGE, k,
                  subset_size, cfg.epochs, spe)  # fmt: skip
-    state = train_lib.run_loop(
-        stage=STAGE, workdir=ctx.workdir, state=runtime.put_replicated(mesh, state),
-        train_step=train_lib.make_train_step(graphdef, tx, feed.batch_fn, loss_fn, mesh),
-        data=feed.data, root_key=jax.random.fold_in(key, 2),
-        num_steps=num_steps, steps_per_epoch=spe, images_per_step=cfg.batch_size,
-        train_config=ctx.config.train, schedule=schedule,
-        evaluate=lambda s: common.evaluate(ctx, logits_fn, s), before_step=redraw,
-    )  # fmt: skip
-    feed.close()
+    try:  # a clean stop (stopping.Stopped) must stop the decoding workers too
+        state = train_lib.run_loop(
+            stage=STAGE, workdir=ctx.workdir, state=runtime.put_replicated(mesh, state),
+            train_step=train_lib.make_train_step(graphdef, tx, feed.batch_fn, loss_fn, mesh),
+            data=feed.data, root_key=jax.random.fold_in(key, 2),
+            num_steps=num_steps, steps_per_epoch=spe, images_per_step=cfg.batch_size,
+            train_config=ctx.config.train, schedule=schedule,
+            evaluate=lambda s: common.evaluate(ctx, logits_fn, s), before_step=redraw,
+        )  # fmt: skip
+    finally:
+        feed.close()
     report = common.evaluate(ctx, logits_fn, state)
     results = common.final_results(ctx, report, epochs=cfg.epochs, num_steps=num_steps)
     results.update(

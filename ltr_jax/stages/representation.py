@@ -75,13 +75,15 @@ def run(ctx: common.StageContext) -> dict:
                                            mesh)  # fmt: skip
     logging.info("%s: %d epochs x %d steps of batch %d (2 views).", STAGE, cfg.epochs, spe,
                  cfg.batch_size)  # fmt: skip
-    state = train_lib.run_loop(
-        stage=STAGE, workdir=ctx.workdir, state=runtime.put_replicated(mesh, state),
-        train_step=train_step, data=feed.data,
-        root_key=jax.random.fold_in(key, 2), num_steps=num_steps, steps_per_epoch=spe,
-        images_per_step=cfg.batch_size, train_config=ctx.config.train, schedule=schedule,
-    )  # fmt: skip
-    feed.close()
+    try:  # a clean stop (stopping.Stopped) must stop the decoding workers too
+        state = train_lib.run_loop(
+            stage=STAGE, workdir=ctx.workdir, state=runtime.put_replicated(mesh, state),
+            train_step=train_step, data=feed.data,
+            root_key=jax.random.fold_in(key, 2), num_steps=num_steps, steps_per_epoch=spe,
+            images_per_step=cfg.batch_size, train_config=ctx.config.train, schedule=schedule,
+        )  # fmt: skip
+    finally:
+        feed.close()
     model = train_lib.merge_model(graphdef, jax.device_get(state))
     common.save_module(ctx, STAGE, "encoder", model.encoder)
     return {"epoch": cfg.epochs, "num_steps": num_steps, "loss": cfg.loss,

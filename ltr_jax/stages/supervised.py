@@ -65,14 +65,16 @@ def run(ctx: common.StageContext, stage: str = "ce") -> dict:
 
     train_step = train_lib.make_train_step(graphdef, tx, batch_fn, loss_fn, mesh)
     logging.info("%s: %d epochs x %d steps of batch %d.", stage, cfg.epochs, spe, cfg.batch_size)
-    state = train_lib.run_loop(
-        stage=stage, workdir=ctx.workdir, state=runtime.put_replicated(mesh, state),
-        train_step=train_step, data=feed.data,
-        root_key=jax.random.fold_in(key, 2), num_steps=num_steps, steps_per_epoch=spe,
-        images_per_step=cfg.batch_size, train_config=ctx.config.train, schedule=schedule,
-        evaluate=lambda s: common.evaluate(ctx, logits_fn, s),
-    )  # fmt: skip
-    feed.close()
+    try:  # a clean stop (stopping.Stopped) must stop the decoding workers too
+        state = train_lib.run_loop(
+            stage=stage, workdir=ctx.workdir, state=runtime.put_replicated(mesh, state),
+            train_step=train_step, data=feed.data,
+            root_key=jax.random.fold_in(key, 2), num_steps=num_steps, steps_per_epoch=spe,
+            images_per_step=cfg.batch_size, train_config=ctx.config.train, schedule=schedule,
+            evaluate=lambda s: common.evaluate(ctx, logits_fn, s),
+        )  # fmt: skip
+    finally:
+        feed.close()
     trained = train_lib.merge_model(graphdef, jax.device_get(state))
     common.save_module(ctx, stage, "encoder", trained.encoder)
     common.save_module(ctx, stage, "head", trained.head)
