@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import zlib
 
 import jax
 import jax.numpy as jnp
@@ -157,8 +158,9 @@ def make_redraw(ctx, cfg, conf_fn, table, valid, k: int, steps_per_epoch: int, k
         runtime.check_same_on_all_processes(positions, f"{STAGE} draw {n}")
         log = draw_log(p, table, valid, sel, cfg)
         if jax.process_index() == 0:
-            _append_draw(draws_path, {"draw": n, "step": step,
-                                      "epoch": step // steps_per_epoch, **log})  # fmt: skip
+            _append_draw(draws_path, {"draw": n, "step": step, "epoch": step // steps_per_epoch,
+                                      "subset_crc32": zlib.crc32(positions.tobytes()),
+                                      **log})  # fmt: skip
             summary.truncate_after(step - 1)
             summary.write(step, {
                 "mean_p_drawn": float(np.mean(log["mean_p_drawn"])),
