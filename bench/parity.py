@@ -11,7 +11,8 @@ parity table (max relative difference vs tolerance); the fixtures that
 
 Rows: a. LT split, b. encoder + projection forward (ResNet-18/34, train and eval mode),
 c. BNS loss and gradients, d. optimiser (decay groups, learning rate over whole runs, 20
-stage-1 steps), e. one probe step and one stage-2 step, g. Many/Medium/Few metrics.
+stage-1 steps), e. one probe step and one stage-2 step, g. Many/Medium/Few metrics, h. the
+released IP-DPP sampler vs ``sampler="uniform"`` (needs DPPy).
 """
 
 from __future__ import annotations
@@ -33,8 +34,24 @@ from ltr_jax import metrics  # noqa: E402
 from ltr_jax.data import long_tail  # noqa: E402
 from ltr_jax.losses import bns  # noqa: E402
 
-TOL = {"forward": 1e-5, "bns": 1e-5, "lr": 1e-6, "train_loss": 1e-4, "train_params": 1e-3,
-       "step": 1e-4}  # fmt: skip
+TOL = {"forward": 1e-5, "bns": 1e-5, "lr": 1e-6, "train_loss": 1e-5, "step": 1e-5,
+       "grad": 1e-4, "flipped": 1e-3, "update_l2": 5e-2}  # fmt: skip
+# Adam's first steps move every entry by about lr * sign(g): an entry whose gradient is float
+# noise (|g| ~ 1e-6 max|g|, e.g. a direction BatchNorm cancels) moves +-lr on one side and -+lr
+# on the other. Parameters are compared by the share of entries more than FLIP apart and the
+# L2 difference relative to the update, not entry by entry.
+FLIP = 1e-5
+
+
+def param_rows(rows: list, label: str, ours: dict, theirs: dict, init: dict) -> None:
+    """Rows for parameters after training: share of flipped entries, worst update L2."""
+    total = sum(v.size for v in theirs.values())
+    flipped = sum(int((np.abs(ours[p] - theirs[p]) > FLIP).sum()) for p in theirs)
+    l2 = max(np.linalg.norm(ours[p] - theirs[p]) / max(np.linalg.norm(theirs[p] - init[p]), 1e-30)
+             for p in theirs)  # fmt: skip
+    row(rows, f"{label}: share of entries > {FLIP:.0e} apart", flipped / total, TOL["flipped"],
+        f"{flipped} of {total}")  # fmt: skip
+    row(rows, f"{label}: worst tensor's L2 difference / its update", l2, TOL["update_l2"])
 
 
 def load_reference(reference_dir: str) -> types.SimpleNamespace:
@@ -248,8 +265,8 @@ def check_training(ref, rows: list) -> None:
         pl.rel_err(our_losses, losses), TOL["train_loss"])  # fmt: skip
     blocks, sd = pl.BLOCKS["cifar_resnet18"], model.state_dict()
     theirs = {p: from_torch(sd[pl.torch_name(p, blocks)]) for p in our_params}
-    err = max(pl.rel_err(our_params[p], theirs[p]) for p in our_params)
-    row(rows, "d. parameters after 20 stage-1 steps (worst tensor)", err, TOL["train_params"])
+    param_rows(rows, "d. parameters after 20 stage-1 steps", our_params, theirs,
+               pl.flat_params(ours0))  # fmt: skip
     pl.save_json("stage1_train.json", {"losses": losses, "params": pl.param_digest(theirs)})
 
 
@@ -285,19 +302,27 @@ def check_classifier_steps(ref, rows: list) -> None:
         )
         opt.zero_grad()
         loss.backward()
+        names = {n: p for n, p in model.named_parameters() if p.requires_grad}
+        grads = {n: from_torch(p.grad) for n, p in names.items()}
         opt.step()
         our_loss, our_params, our_stats = pl.classifier_step(x, y, head_only)
+        our_grads = pl.classifier_grads(x, y, head_only)
+        their_grads = {p: grads[pl.torch_name(p, blocks)] for p in our_grads}
+        err = max(pl.rel_err(our_grads[p], their_grads[p]) for p in our_grads)
+        row(rows, f"e. {kind} step: gradients (worst tensor)", err, TOL["grad"],
+            f"{len(our_grads)} tensors")  # fmt: skip
         sd = model.state_dict()
         theirs = {p: from_torch(sd[pl.torch_name(p, blocks)]) for p in our_params}
         means = {
             p: from_torch(sd[pl.torch_name(p, blocks)]) for p in our_stats if p.endswith("mean")
         }
         row(rows, f"e. {kind} step: loss", pl.rel_err(our_loss, loss.item()), TOL["step"])
-        err = max(pl.rel_err(our_params[p], theirs[p]) for p in our_params)
-        row(rows, f"e. {kind} step: parameters after (worst tensor)", err, TOL["step"])
+        param_rows(rows, f"e. {kind} step: parameters after", our_params, theirs,
+                   pl.flat_params(ours0))  # fmt: skip
         err = max(pl.rel_err(our_stats[p], means[p]) for p in means)
         row(rows, f"e. {kind} step: BatchNorm running means after", err, TOL["step"])
         out[kind] = {"loss": loss.item(), "params": pl.param_digest(theirs),
+                     "grads": pl.param_digest(their_grads),
                      "running_mean": pl.param_digest(means)}  # fmt: skip
     pl.save_json("classifier_steps.json", out)
 
@@ -328,6 +353,53 @@ def check_metrics(ref, rows: list) -> None:
                                   "many_medium_few": theirs})  # fmt: skip
 
 
+# ---------------------------------------------------------------------------------------------
+# h. The released IP-DPP sampler.
+
+# Items, subset size and seeds of row h; confidences of very different shapes.
+SAMPLER = dict(n=100, k=25, seeds=300)
+
+
+def released_draw(ref_dir: str, p: np.ndarray, k: int, seed: int) -> np.ndarray:
+    """The released sampler's subset of one class: its kernel S and its MCMC k-DPP call."""
+    from dppy.finite_dpps import FiniteDPP
+    from sampling.ip_dpp_smapler import IPDPPSampler
+
+    sampler = IPDPPSampler(np.zeros((len(p), 1)), np.zeros(len(p), np.int64), class_num=1)
+    kernel = sampler.construct_symmetric_matrix(torch.from_numpy(p), device="cpu")
+    dpp = FiniteDPP("likelihood", L=kernel.numpy().astype(np.float64))
+    dpp.sample_mcmc_k_dpp(size=k, random_state=np.random.RandomState(seed))
+    return np.sort(np.asarray(dpp.list_of_samples[0][0]))
+
+
+def check_sampler(ref_dir: str, rows: list) -> None:
+    from scipy import stats
+
+    n, k, seeds = SAMPLER["n"], SAMPLER["k"], SAMPLER["seeds"]
+    rng = np.random.default_rng(pl.SEED + 6)
+    confidences = {"all 0.99": np.full(n, 0.99), "uniform": rng.uniform(0, 1, n),
+                   "bimodal": np.where(rng.uniform(size=n) < 0.5, 0.01, 0.99)}  # fmt: skip
+    subsets = {name: released_draw(ref_dir, p, k, 42) for name, p in confidences.items()}
+    same = all(np.array_equal(s, subsets["all 0.99"]) for s in subsets.values())
+    row(rows, "h. released subset (seed 42) for 3 confidence profiles: identical",
+        0.0 if same else 1.0, 0.0, "the subset ignores p")  # fmt: skip
+    p = confidences["bimodal"]
+    counts = np.zeros(n)
+    for seed in range(seeds):
+        counts[released_draw(ref_dir, p, k, seed)] += 1
+    ours = pl.uniform_inclusion_counts(n, k, seeds)
+    chi2 = stats.chi2_contingency(np.stack([counts, ours]))
+    # Inclusion of low- vs high-confidence items: the IP-DPP would favour low p.
+    low = counts[p < 0.5].sum() / max((p < 0.5).sum(), 1) / seeds
+    high = counts[p >= 0.5].sum() / max((p >= 0.5).sum(), 1) / seeds
+    row(rows, f"h. inclusion counts, released vs ours (uniform), {seeds} draws: chi2 p-value",
+        float(chi2.pvalue < 0.01), 0.0,
+        f"p-value {chi2.pvalue:.3f} (>= 0.01 passes); inclusion low-p {low:.3f} vs high-p "
+        f"{high:.3f} (k/n {k / n:.3f})")  # fmt: skip
+    pl.save_json("sampler.json", {"subset_seed42": subsets["all 0.99"].tolist(),
+                                  "inclusion_counts": counts.tolist(), **SAMPLER})  # fmt: skip
+
+
 def print_table(rows: list) -> None:
     print("| check | max rel. diff | tolerance | within | note |")
     print("|---|---|---|---|---|")
@@ -352,7 +424,8 @@ def main(argv=None) -> int:
     for check in (lambda: check_split(args.reference_dir, args.data_dir, rows),
                   lambda: check_forward(ref, rows), lambda: check_bns(ref, rows),
                   lambda: check_optimizer(ref, rows), lambda: check_classifier_steps(ref, rows),
-                  lambda: check_metrics(ref, rows)):  # fmt: skip
+                  lambda: check_metrics(ref, rows),
+                  lambda: check_sampler(args.reference_dir, rows)):  # fmt: skip
         check()
     print_table(rows)
     pl.save_json("table.json", rows)

@@ -18,7 +18,7 @@ import ml_collections as mlc
 import numpy as np
 from flax import nnx
 
-from ltr_jax import train_lib
+from ltr_jax import dpp, train_lib
 from ltr_jax.losses import classification
 from ltr_jax.models import heads, registry
 from ltr_jax.stages import representation
@@ -183,6 +183,29 @@ def classifier_step(images_: np.ndarray, y: np.ndarray, head_only: bool, seed: i
     state, metrics = step(state, {"images": images_, "labels": y}, jax.random.key(0))
     merged = train_lib.merge_model(graphdef, jax.device_get(state))
     return float(metrics["loss"]), flat_params(merged), flat_params(merged, nnx.BatchStat)
+
+
+def uniform_inclusion_counts(n: int, k: int, draws: int) -> np.ndarray:
+    """How often each of ``n`` items is in our ``sampler="uniform"`` k-subset, over draws."""
+    valid = jnp.ones(n, bool)
+    keys = jax.random.split(jax.random.key(SEED), draws)
+    sel = jax.vmap(lambda key: dpp.sample_ip_dpp(key, jnp.ones(n), k, "reference", "uniform",
+                                                 mask=valid))(keys)  # fmt: skip
+    return np.asarray(sel).sum(0).astype(np.float64)
+
+
+def classifier_grads(images_: np.ndarray, y: np.ndarray, head_only: bool, seed: int = SEED):
+    """Gradients of the cross-entropy of :func:`classifier_step` by path (train mode)."""
+    model = classifier(seed)
+    trainable = nnx.All(nnx.Param, nnx.PathContains("head")) if head_only else nnx.Param
+    graphdef, params, stats, rest = nnx.split(model, trainable, nnx.BatchStat, ...)
+
+    def loss(params, stats):  # stats differentiated too: BatchNorm mutates them in this trace
+        m = nnx.merge(graphdef, params, stats, rest)
+        return classification.cross_entropy(m(images_), y)
+
+    grads, _ = jax.grad(loss, argnums=(0, 1))(params, stats)
+    return {"/".join(map(str, p)): np.asarray(v.value) for p, v in nnx.to_flat_state(grads)}
 
 
 def fixture_path(name: str) -> str:
