@@ -34,7 +34,7 @@ from ltr_jax import metrics  # noqa: E402
 from ltr_jax.data import long_tail  # noqa: E402
 from ltr_jax.losses import bns  # noqa: E402
 
-TOL = {"forward": 1e-5, "bns": 1e-5, "lr": 1e-6, "train_loss": 1e-5, "step": 1e-5,
+TOL = {"forward": 1e-5, "bns": 1e-5, "lr": 1e-6, "train_loss": 1e-4, "step": 1e-5,
        "grad": 1e-4, "flipped": 1e-3, "update_l2": 5e-2}  # fmt: skip
 # Adam's first steps move every entry by about lr * sign(g): an entry whose gradient is float
 # noise (|g| ~ 1e-6 max|g|, e.g. a direction BatchNorm cancels) moves +-lr on one side and -+lr
@@ -51,7 +51,7 @@ def param_rows(rows: list, label: str, ours: dict, theirs: dict, init: dict) -> 
              for p in theirs)  # fmt: skip
     row(rows, f"{label}: share of entries > {FLIP:.0e} apart", flipped / total, TOL["flipped"],
         f"{flipped} of {total}")  # fmt: skip
-    row(rows, f"{label}: worst tensor's L2 difference / its update", l2, TOL["update_l2"])
+    row(rows, f"{label}: worst tensor's L2 difference / its update", float(l2), TOL["update_l2"])
 
 
 def load_reference(reference_dir: str) -> types.SimpleNamespace:
@@ -229,15 +229,9 @@ def check_optimizer(ref, rows: list) -> None:
     check_training(ref, rows)
 
 
-def stage1_views() -> tuple[np.ndarray, np.ndarray]:
-    t = pl.TRAIN
-    views = pl.images(pl.SEED + 3, t["steps"] * 2 * t["batch"])
-    return views.reshape(t["steps"], 2, t["batch"], 32, 32, 3), pl.labels(pl.SEED, t["batch"])
-
-
 def check_training(ref, rows: list) -> None:
     t = pl.TRAIN
-    views, y = stage1_views()
+    views, y = pl.stage1_data()
     ours0 = pl.contrastive_net()
     model = torch_simclr(ref, "cifar_resnet18")
     load_into_torch(model, ours0, pl.BLOCKS["cifar_resnet18"])

@@ -111,12 +111,9 @@ def _assert_params_close(ours: dict, ref: dict) -> None:
 
 
 def test_twenty_stage1_steps_match_released_training():
-    t = pl.TRAIN
-    views = pl.images(pl.SEED + 3, t["steps"] * 2 * t["batch"])
-    views = views.reshape(t["steps"], 2, t["batch"], 32, 32, 3)
-    losses, params = pl.stage1_run(views, pl.labels(pl.SEED, t["batch"]))
+    losses, params = pl.stage1_run(*pl.stage1_data())
     ref = pl.load_json("stage1_train.json")
-    assert pl.rel_err(losses, ref["losses"]) <= 1e-5
+    assert pl.rel_err(losses, ref["losses"]) <= 1e-4
     _assert_params_close(pl.param_digest(params), ref["params"])
 
 
