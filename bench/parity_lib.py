@@ -84,7 +84,8 @@ def seed_weights(model: nnx.Module, seed: int = SEED) -> nnx.Module:
     """Overwrites every variable of ``model`` (in place) with its seeded value."""
     flat = nnx.to_flat_state(nnx.state(model))
     for path, var in flat:
-        var.value = jnp.asarray(_seeded_value(path, var.value.shape, seed), var.value.dtype)
+        old = var.get_value()
+        var.set_value(jnp.asarray(_seeded_value(path, old.shape, seed), old.dtype))
     nnx.update(model, nnx.from_flat_state(flat))
     return model
 
@@ -110,14 +111,14 @@ def labels(seed: int, n: int) -> np.ndarray:
 def flat_params(model: nnx.Module, what=nnx.Param) -> dict[str, np.ndarray]:
     """``{"a/b/kernel": array}`` of the ``what`` variables of ``model``."""
     flat = nnx.to_flat_state(nnx.state(model, what))
-    return {"/".join(map(str, p)): np.asarray(v.value) for p, v in flat}
+    return {"/".join(map(str, p)): np.asarray(v.get_value()) for p, v in flat}
 
 
 def decayed_paths(model: nnx.Module) -> list[str]:
     """Sorted paths of the parameters that ``train_lib``'s AdamW decays."""
     mask = train_lib._decay_mask(nnx.state(model, nnx.Param))
     flat = nnx.to_flat_state(mask)
-    return sorted("/".join(map(str, p)) for p, v in flat if bool(v.value))
+    return sorted("/".join(map(str, p)) for p, v in flat if bool(v.get_value()))
 
 
 def schedule(steps_per_epoch: int, epochs: int, warmup_epochs: float, lr: float, base: int,
@@ -205,7 +206,7 @@ def uniform_inclusion_counts(n: int, k: int, draws: int) -> np.ndarray:
 
 
 def classifier_grads(images_: np.ndarray, y: np.ndarray, head_only: bool, seed: int = SEED):
-    """Gradients of the cross-entropy of :func:`classifier_step` by path (train mode)."""
+    """(loss, gradients by path) of the cross-entropy of :func:`classifier_step` (train mode)."""
     model = classifier(seed)
     trainable = nnx.All(nnx.Param, nnx.PathContains("head")) if head_only else nnx.Param
     graphdef, params, stats, rest = nnx.split(model, trainable, nnx.BatchStat, ...)
@@ -214,8 +215,9 @@ def classifier_grads(images_: np.ndarray, y: np.ndarray, head_only: bool, seed: 
         m = nnx.merge(graphdef, params, stats, rest)
         return classification.cross_entropy(m(images_), y)
 
-    grads, _ = jax.grad(loss, argnums=(0, 1))(params, stats)
-    return {"/".join(map(str, p)): np.asarray(v.value) for p, v in nnx.to_flat_state(grads)}
+    value, (grads, _) = jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))(params, stats)
+    flat = nnx.to_flat_state(grads)
+    return float(value), {"/".join(map(str, p)): np.asarray(v[...]) for p, v in flat}
 
 
 def fixture_path(name: str) -> str:

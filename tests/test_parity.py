@@ -24,7 +24,7 @@ import parity_lib as pl  # noqa: E402
 from ltr_jax import config_lib, metrics, pipeline  # noqa: E402
 from ltr_jax.data import long_tail  # noqa: E402
 from ltr_jax.losses import bns  # noqa: E402
-from ltr_jax.models import init, resnet  # noqa: E402
+from ltr_jax.models import init  # noqa: E402
 from ltr_jax.stages import rebalance  # noqa: E402
 
 FIXTURES = ["split.json", "bns.json", "bns_grads.npy", "decay_groups.json", "metrics.json",
@@ -110,6 +110,7 @@ def _assert_params_close(ours: dict, ref: dict) -> None:
     assert apart <= 0.01 * total
 
 
+@pytest.mark.slow  # compiles a ResNet-18 two-view train step: about a minute on 2 cores
 def test_twenty_stage1_steps_match_released_training():
     losses, params = pl.stage1_run(*pl.stage1_data())
     ref = pl.load_json("stage1_train.json")
@@ -118,16 +119,13 @@ def test_twenty_stage1_steps_match_released_training():
 
 
 @pytest.mark.parametrize("kind", ["probe", "stage2"])
-def test_probe_and_stage2_steps_match_released(kind):
+def test_probe_and_stage2_loss_and_gradients_match_released(kind):
+    # The optimiser step itself (AdamW, decay groups) is covered by the stage-1 run above.
     x, y = pl.images(pl.SEED + 4, 8), pl.labels(pl.SEED + 4, 8)
-    loss, params, stats = pl.classifier_step(x, y, head_only=kind == "probe")
+    loss, grads = pl.classifier_grads(x, y, head_only=kind == "probe")
     ref = pl.load_json("classifier_steps.json")[kind]
     assert pl.rel_err(loss, ref["loss"]) <= 1e-5
-    grads = pl.classifier_grads(x, y, head_only=kind == "probe")
     _assert_digest(pl.param_digest(grads), ref["grads"], 1e-4)
-    _assert_params_close(pl.param_digest(params), ref["params"])
-    means = {p: v for p, v in stats.items() if p.endswith("mean")}
-    _assert_digest(pl.param_digest(means), ref["running_mean"], 1e-5)
 
 
 def test_many_medium_few_match_released_metrics():
@@ -158,12 +156,20 @@ def test_uniform_sampler_matches_released_sampler_in_distribution():
 # The switches themselves.
 
 
+class _TwoLayers(nnx.Module):
+    def __init__(self, rngs):
+        self.conv = nnx.Conv(64, 64, (3, 3), rngs=rngs)
+        self.fc = nnx.Linear(64, 10, rngs=rngs)
+
+
 def test_torch_init_draws_pytorch_default_bounds():
-    model = init.apply_init(resnet.cifar_resnet8(rngs=nnx.Rngs(0)), "torch", jax.random.key(1))
-    kernel = np.asarray(model.layers[2].conv2.kernel[...])  # 3x3, 64 -> 64: bound 1/24
+    model = init.apply_init(_TwoLayers(nnx.Rngs(0)), "torch", jax.random.key(1))
+    kernel = np.asarray(model.conv.kernel[...])  # 3x3, 64 -> 64: bound 1/24
     bound = 1 / np.sqrt(9 * 64)
     assert np.abs(kernel).max() <= bound and np.abs(kernel).max() > 0.95 * bound
     assert abs(kernel.std() - bound / np.sqrt(3)) < 0.03 * bound
+    bias = np.asarray(model.fc.bias[...])  # PyTorch draws linear biases too: bound 1/8
+    assert np.all(np.abs(bias) <= 1 / 8) and np.any(bias != 0)
     with pytest.raises(ValueError, match="valid: flax, torch"):
         init.apply_init(model, "kaiming", jax.random.key(1))
 
