@@ -7,7 +7,8 @@ and are loaded into both models, so no weight file is needed. Each check is a ro
 parity table (max relative difference vs tolerance); the fixtures that
 ``tests/test_parity.py`` replays without torch go to ``tests/fixtures/parity/``.
 
-    /path/to/venv-with-bench-extra/bin/python bench/parity.py     # table + fixtures, ~2 min CPU
+    python bench/parity.py --reference_dir PATH/TO/BNS_IPDPP --data_dir PATH/TO/data
+    # with the bench extra installed; prints the table, writes the fixtures (~8 min, 2 cores)
 
 Rows: a. LT split, b. encoder + projection forward (ResNet-18/34, train and eval mode),
 c. BNS loss and gradients, d. optimiser (decay groups, learning rate over whole runs, 20
