@@ -36,7 +36,7 @@ from ltr_jax.data import long_tail  # noqa: E402
 from ltr_jax.losses import bns  # noqa: E402
 
 TOL = {"forward": 1e-5, "bns": 1e-5, "lr": 1e-6, "train_loss": 1e-4, "step": 1e-5,
-       "grad": 1e-4, "flipped": 1e-3, "update_l2": 5e-2}  # fmt: skip
+       "grad": 1e-3, "flipped": 1e-3, "update_l2": 5e-2}  # fmt: skip
 # Adam's first steps move every entry by about lr * sign(g): an entry whose gradient is float
 # noise (|g| ~ 1e-6 max|g|, e.g. a direction BatchNorm cancels) moves +-lr on one side and -+lr
 # on the other. Parameters are compared by the share of entries more than FLIP apart and the
