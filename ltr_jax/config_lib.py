@@ -100,8 +100,9 @@ def base_config() -> mlc.ConfigDict:
         )
     )
     c.model = mlc.ConfigDict(
-        dict(encoder="cifar_resnet32", dtype="float32", proj_hidden=2048, proj_dim=128)
-    )
+        dict(encoder="cifar_resnet32", dtype="float32", proj_hidden=2048, proj_dim=128,
+             init="flax")  # init: flax | torch (PyTorch's default initialisers, released code)
+    )  # fmt: skip
     c.model.update(  # transformer encoders, local pretrained weights (README: Transformers)
         drop_path_rate=config_dict.placeholder(float),  # None: the encoder's default
         init_from=config_dict.placeholder(str),  # a local .safetensors (timm) / .npz (big_vision)
@@ -127,6 +128,7 @@ def base_config() -> mlc.ConfigDict:
             batch_size=1024,
             augment_strength=2.0,  # SimCLR strength s (the reference code's stage-1 value)
             loss="bns",  # bns | supcon (Khosla et al. 2020, an ablation)
+            views_through_bn="joint",  # joint (one pass) | separate (a pass per view: released)
             bns=dict(form="reference", tau=0.5, m=4),  # form: reference | paper
             supcon=dict(tau=0.1),
             optim=optim("adamw", lr=1e-3, lr_base_batch=256, warmup_epochs=20.0),
@@ -138,6 +140,9 @@ def base_config() -> mlc.ConfigDict:
             per_class=100,  # class-balanced subset size (smaller classes whole)
             epochs=100,
             batch_size=64,
+            augment="none",  # none (features once) | simclr (a view per step: released code)
+            augment_strength=2.0,  # SimCLR strength s of augment="simclr"
+            encoder_bn="eval",  # augment="simclr": eval | train (BatchNorm mode: released)
             optim=optim("adamw", lr=2.5e-4, lr_base_batch=64, warmup_epochs=20.0),
         )
     )
@@ -158,6 +163,8 @@ def base_config() -> mlc.ConfigDict:
             kernel_scale="paper",  # paper (alpha 1/N) | reference (alpha 1/N^2)
             k_per_class=0,  # 0: 10 x the smallest class count
             redraw_every_epochs=10,
+            redraw_rule="every",  # every (epochs 0, E, 2E..) | reference (0, E-1, 2E-1..)
+            fixed_subset=False,  # True: every draw uses the first draw's key (released code)
             epochs=100,
             batch_size=64,
             augment="simclr",
@@ -196,6 +203,23 @@ def smoke(config: mlc.ConfigDict) -> mlc.ConfigDict:
     config.probe.optim.update(lr=1e-2, warmup_epochs=1.0)
     config.stage2.update(epochs=4, batch_size=16, redraw_every_epochs=2, k_per_class=20)
     config.stage2.optim.warmup_epochs = 0.5
+    return config
+
+
+def reference_switches(config: mlc.ConfigDict, *, probe_strength: float, k: int,
+                       redraw_every: int) -> mlc.ConfigDict:  # fmt: skip
+    """Sets every behaviour of the paper's released code on a CIFAR recipe (in place).
+
+    The values of README "Differences from the released code"; ``configs/reference/``.
+    """
+    config.model.init = "torch"
+    config.train.eval_every_epochs = 1.0
+    config.stage1.views_through_bn = "separate"
+    config.probe.update(augment="simclr", augment_strength=probe_strength, encoder_bn="train")
+    config.stage2.update(head_init="random", p_source="augmented", sampler="uniform",
+                         kernel_scale="reference", fixed_subset=True, redraw_rule="reference",
+                         k_per_class=k, redraw_every_epochs=redraw_every,
+                         augment_strength=1.0)  # fmt: skip
     return config
 
 

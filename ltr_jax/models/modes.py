@@ -22,6 +22,15 @@ def eval_view(model: nnx.Module) -> nnx.Module:
     return nnx.view(model, use_running_average=True, deterministic=True, raise_if_not_found=False)
 
 
+def frozen_view(model: nnx.Module, *, batch_statistics: bool) -> nnx.Module:
+    """Eval mode (dropout and stochastic depth off) for a frozen network; with
+    ``batch_statistics`` BatchNorm normalises with each batch's statistics, as a PyTorch
+    module left in train mode does (the released probe's encoder)."""
+    if not batch_statistics:
+        return eval_view(model)
+    return nnx.view(model, use_running_average=False, deterministic=True, raise_if_not_found=False)
+
+
 def with_step_key(state: nnx.State, key: jax.Array) -> nnx.State:
     """``state`` (variables split off a model) with every encoder's dropout / stochastic-depth
     key set for this step; merge the model from it inside the step. A pure function: nothing

@@ -7,7 +7,7 @@ from collections.abc import Callable
 import jax.numpy as jnp
 from flax import nnx
 
-from ltr_jax.models import heads, resnet, resnet_imagenet, swin, vit
+from ltr_jax.models import heads, init, resnet, resnet_imagenet, swin, vit
 
 ENCODERS: dict[str, Callable[..., nnx.Module]] = {
     "cifar_resnet8": resnet.cifar_resnet8,
@@ -63,7 +63,8 @@ def make_classifier(
         raise ValueError(f"Unknown head {head!r}; valid: {', '.join(HEADS)}.")
     encoder = make_encoder(model_config.encoder, dtype=model_config.dtype, rngs=rngs,
                            drop_path_rate=model_config.get("drop_path_rate"))  # fmt: skip
-    return heads.Classifier(encoder, HEADS[head](encoder.feature_dim, num_classes, rngs=rngs))
+    model = heads.Classifier(encoder, HEADS[head](encoder.feature_dim, num_classes, rngs=rngs))
+    return init.apply_init(model, model_config.get("init", "flax"), rngs.params())
 
 
 def make_contrastive(model_config, *, rngs: nnx.Rngs) -> heads.ContrastiveNet:
@@ -74,4 +75,5 @@ def make_contrastive(model_config, *, rngs: nnx.Rngs) -> heads.ContrastiveNet:
     projection = heads.ProjectionHead(
         encoder.feature_dim, model_config.proj_hidden, model_config.proj_dim, dtype=dtype, rngs=rngs
     )
-    return heads.ContrastiveNet(encoder, projection)
+    model = heads.ContrastiveNet(encoder, projection)
+    return init.apply_init(model, model_config.get("init", "flax"), rngs.params())

@@ -5,6 +5,11 @@ set are computed once with BatchNorm in eval mode (its statistics never change: 
 is not part of the trained state), then the head is trained on them with AdamW and cosine
 decay. Reports the last epoch's test metrics, and the maximum over epochs under a clearly
 separate name (the reference code's model selection on the test set).
+
+``probe.augment="simclr"`` trains the head as the paper's released code does instead: every
+step draws a fresh SimCLR view (strength ``probe.augment_strength``) of the subset's images
+and sends it through the frozen encoder, whose BatchNorm runs in ``probe.encoder_bn`` mode
+(``train``, as released: batch statistics, running statistics updated; ``eval``).
 """
 
 from __future__ import annotations
@@ -15,9 +20,9 @@ import numpy as np
 from flax import nnx
 
 from ltr_jax import metrics, runtime, train_lib
-from ltr_jax.data import augment, batches, sampler
+from ltr_jax.data import augment, batches, inputs, sampler
 from ltr_jax.losses import classification
-from ltr_jax.models import heads, modes, registry
+from ltr_jax.models import heads, init, modes, registry
 from ltr_jax.stages import common
 
 STAGE = "probe"
@@ -91,6 +96,12 @@ def encoder_for_probe(ctx: common.StageContext, key: jax.Array) -> nnx.Module:
     return calibrate_batchnorm(encoder, ctx.data)
 
 
+def new_head(ctx: common.StageContext, in_dim: int, key: jax.Array) -> heads.LinearHead:
+    """A fresh linear head, initialised by ``model.init``."""
+    head = heads.LinearHead(in_dim, ctx.data.num_classes, rngs=nnx.Rngs(key))
+    return init.apply_init(head, ctx.config.model.get("init", "flax"), jax.random.fold_in(key, 7))
+
+
 def train_head(ctx: common.StageContext, stage: str, cfg, features: tuple, sampler_kind: str,
                key: jax.Array) -> dict:  # fmt: skip
     """Trains a fresh linear head on precomputed features (the probe and cRT).
@@ -107,7 +118,7 @@ def train_head(ctx: common.StageContext, stage: str, cfg, features: tuple, sampl
       The common results of the last epoch, plus ``max_over_epochs_top1`` (secondary).
     """
     (train_x, train_y, test_x), data, mesh = features, ctx.data, ctx.mesh
-    head = heads.LinearHead(train_x.shape[1], data.num_classes, rngs=nnx.Rngs(key))
+    head = new_head(ctx, train_x.shape[1], key)
     spe = train_lib.steps_per_epoch(len(train_y), cfg.batch_size)
     num_steps = cfg.epochs * spe
     tx, schedule = train_lib.make_optimizer(
@@ -150,18 +161,75 @@ def train_head(ctx: common.StageContext, stage: str, cfg, features: tuple, sampl
     return results
 
 
+def train_on_features(ctx: common.StageContext, encoder: nnx.Module, subset: np.ndarray,
+                      key: jax.Array) -> dict:  # fmt: skip
+    """``probe.augment="none"``: features of the clean images once, then the head on them."""
+    cfg, data = ctx.config[STAGE], ctx.data
+    features = make_features_fn(encoder, ctx.mesh)
+    eval_batch = ctx.config.train.eval_batch_size
+    train_x = data.map_split(lambda x, y, i: features(x), "train", subset, eval_batch)
+    test_x = data.map_split(lambda x, y, i: features(x), "test", batch_size=eval_batch)
+    return train_head(ctx, STAGE, cfg, (train_x, data.train_labels[subset], test_x), "uniform",
+                      key)  # fmt: skip
+
+
+def train_through_encoder(ctx: common.StageContext, encoder: nnx.Module, subset: np.ndarray,
+                          key: jax.Array) -> dict:  # fmt: skip
+    """``probe.augment="simclr"``: a fresh view per step through the frozen encoder."""
+    cfg, data, mesh = ctx.config[STAGE], ctx.data, ctx.mesh
+    model = heads.Classifier(encoder, new_head(ctx, encoder.feature_dim, key))
+    model = modes.frozen_view(model, batch_statistics=cfg.encoder_bn == "train")
+    trainable = nnx.All(nnx.Param, nnx.PathContains("head"))
+    spe = train_lib.steps_per_epoch(len(subset), cfg.batch_size)
+    num_steps = cfg.epochs * spe
+    tx, schedule = train_lib.make_optimizer(
+        cfg.optim, batch_size=cfg.batch_size, num_steps=num_steps, steps_per_epoch=spe
+    )
+    graphdef, state = train_lib.init_train_state(model, tx, trainable,
+                                                 extra=subset.astype(np.int32))  # fmt: skip
+    sampling = inputs.Sampling("uniform", jax.random.fold_in(key, 1), cfg.batch_size,
+                               population="extra", population_size=len(subset))  # fmt: skip
+    feed = data.train_feed(sampling, augment="simclr", strength=cfg.augment_strength)
+    feed.set_population(subset, 0)
+
+    def loss_fn(model, batch, key):
+        return classification.cross_entropy(model(feed.view(key, batch)), batch["labels"]), {}
+
+    logits_fn = common.make_logits_fn(common.eval_graphdef(model, trainable))
+    evaluate = lambda s: common.evaluate(ctx, logits_fn, s)
+    state = train_lib.run_loop(
+        stage=STAGE, workdir=ctx.workdir, state=runtime.put_replicated(mesh, state),
+        train_step=train_lib.make_train_step(graphdef, tx, feed.batch_fn, loss_fn, mesh),
+        data=feed.data, root_key=jax.random.fold_in(key, 2), num_steps=num_steps,
+        steps_per_epoch=spe, images_per_step=cfg.batch_size, train_config=ctx.config.train,
+        schedule=schedule, evaluate=evaluate, eval_every_steps=spe,
+    )  # fmt: skip
+    feed.close()
+    model = train_lib.merge_model(graphdef, jax.device_get(state))
+    common.save_module(ctx, STAGE, "head", model.head)
+    report = evaluate(state)
+    results = common.final_results(ctx, report, epochs=cfg.epochs, num_steps=num_steps)
+    results["max_over_epochs_top1"] = common.max_over_epochs_top1(ctx, STAGE, report["top1"])
+    return results
+
+
+# probe.augment: how the head meets the training images.
+MODES = {"none": train_on_features, "simclr": train_through_encoder}
+ENCODER_BN = ("eval", "train")
+
+
 def run(ctx: common.StageContext) -> dict:
     """Trains and evaluates the linear probe; exports the head to WORKDIR/probe/head."""
     cfg, data, mesh = ctx.config[STAGE], ctx.data, ctx.mesh
     runtime.check_batch_size(cfg.batch_size, mesh, f"{STAGE}.batch_size")
+    if cfg.augment not in MODES:
+        raise ValueError(f"Unknown probe.augment {cfg.augment!r}; valid: {', '.join(MODES)}.")
+    if cfg.encoder_bn not in ENCODER_BN:
+        raise ValueError(f"Unknown probe.encoder_bn {cfg.encoder_bn!r}; valid: eval, train.")
     key = common.stage_key(ctx, STAGE)
-    features = make_features_fn(encoder_for_probe(ctx, jax.random.fold_in(key, 0)), mesh)
-    eval_batch = ctx.config.train.eval_batch_size
+    encoder = encoder_for_probe(ctx, jax.random.fold_in(key, 0))
     subset = balanced_subset(data.train_labels, cfg.per_class, ctx.config.seed)
-    train_x = data.map_split(lambda x, y, i: features(x), "train", subset, eval_batch)
-    test_x = data.map_split(lambda x, y, i: features(x), "test", batch_size=eval_batch)
-    results = train_head(
-        ctx, STAGE, cfg, (train_x, data.train_labels[subset], test_x), "uniform", key
-    )
-    results.update(encoder_from=cfg.encoder_from, probe_train_size=int(len(subset)))
+    results = MODES[cfg.augment](ctx, encoder, subset, key)
+    results.update(encoder_from=cfg.encoder_from, probe_train_size=int(len(subset)),
+                   augment=cfg.augment)  # fmt: skip
     return results

@@ -1,16 +1,20 @@
 """Stage 2: IP-DPP rebalancing and fine-tuning (SPEC §3).
 
-Every ``redraw_every_epochs`` epochs (and before epoch 0) each class with more than k images
-is cut to k images by a draw from the IP-DPP (an exact k-DPP whose kernel favours images the
-current model gets wrong); smaller classes are kept whole. The draw is part of the train
-state, so a resumed run trains on exactly the subset the uninterrupted run used. Encoder from
-stage 1, head from the probe; cross-entropy fine-tuning with AdamW.
+Before epoch 0 and then every ``redraw_every_epochs`` epochs (``redraw_rule="every"``: epochs
+0, E, 2E, ...; ``"reference"``: 0, E-1, 2E-1, ... but not the last epoch, as the released code
+does) each class with more than k images is cut to k images by a draw from the IP-DPP (an
+exact k-DPP whose kernel favours images the current model gets wrong); smaller classes are
+kept whole. With ``fixed_subset`` every draw uses the first draw's key (the released code
+re-seeds its sampler identically). The draw is part of the train state, so a resumed run
+trains on exactly the subset the uninterrupted run used. Encoder from stage 1, head from the
+probe; cross-entropy fine-tuning with AdamW.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import zlib
 
 import jax
 import jax.numpy as jnp
@@ -29,6 +33,22 @@ STAGE = "stage2"
 def k_per_class(cfg, class_counts: np.ndarray) -> int:
     """``stage2.k_per_class``, or 10 x the smallest class count when it is 0."""
     return int(cfg.k_per_class) if cfg.k_per_class > 0 else int(10 * np.min(class_counts))
+
+
+# stage2.redraw_rule: is there a draw before epoch e (of E between draws, of `epochs`)?
+REDRAW_RULES = {
+    "every": lambda e, every, epochs: e % every == 0,
+    "reference": lambda e, every, epochs: e == 0 or ((e + 1) % every == 0 and e + 1 != epochs),
+}
+
+
+def draw_epochs(cfg) -> list[int]:
+    """The epochs that start with an IP-DPP draw (``stage2.redraw_rule``), in order."""
+    if cfg.redraw_rule not in REDRAW_RULES:
+        raise ValueError(f"Unknown stage2.redraw_rule {cfg.redraw_rule!r}; valid: "
+                         f"{', '.join(REDRAW_RULES)}.")  # fmt: skip
+    rule = REDRAW_RULES[cfg.redraw_rule]
+    return [e for e in range(cfg.epochs) if rule(e, cfg.redraw_every_epochs, cfg.epochs)]
 
 
 def class_table(labels: np.ndarray, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
@@ -117,17 +137,19 @@ def _append_draw(path: str, record: dict) -> None:
     writers.write_jsonl(path, kept + [record])
 
 
-def make_redraw(ctx, cfg, conf_fn, table, valid, k: int, draw_every: int, key, feed):
-    """``before_step(step, state)``: a new IP-DPP draw at every ``draw_every`` steps."""
+def make_redraw(ctx, cfg, conf_fn, table, valid, k: int, steps_per_epoch: int, key, feed):
+    """``before_step(step, state)``: a new IP-DPP draw at the start of every epoch of
+    :func:`draw_epochs`."""
     data, mesh = ctx.data, ctx.mesh
+    draw_index = {e * steps_per_epoch: n for n, e in enumerate(draw_epochs(cfg))}  # step -> n
     draws_path = os.path.join(ctx.workdir, STAGE, "draws.jsonl")
     summary = writers.MetricWriter(ctx.workdir, f"{STAGE}_draw", tensorboard=False)
 
     def before_step(step: int, state: train_lib.TrainState) -> train_lib.TrainState:
-        if step % draw_every:
+        if step not in draw_index:
             return state
-        n = step // draw_every
-        draw_key = jax.random.fold_in(key, n)
+        n = draw_index[step]
+        draw_key = jax.random.fold_in(key, 0 if cfg.fixed_subset else n)
         p = data.map_split(lambda *a: conf_fn(state, *a, draw_key), "train",
                            batch_size=ctx.config.train.eval_batch_size)  # fmt: skip
         positions, sel = draw_subset(draw_key, p, table, valid, k, cfg)
@@ -136,8 +158,9 @@ def make_redraw(ctx, cfg, conf_fn, table, valid, k: int, draw_every: int, key, f
         runtime.check_same_on_all_processes(positions, f"{STAGE} draw {n}")
         log = draw_log(p, table, valid, sel, cfg)
         if jax.process_index() == 0:
-            _append_draw(draws_path, {"draw": n, "step": step, "epoch": step / draw_every
-                                      * cfg.redraw_every_epochs, **log})  # fmt: skip
+            _append_draw(draws_path, {"draw": n, "step": step, "epoch": step // steps_per_epoch,
+                                      "subset_crc32": zlib.crc32(positions.tobytes()),
+                                      **log})  # fmt: skip
             summary.truncate_after(step - 1)
             summary.write(step, {
                 "mean_p_drawn": float(np.mean(log["mean_p_drawn"])),
@@ -185,8 +208,8 @@ def run(ctx: common.StageContext) -> dict:
         acc = jnp.mean(jnp.argmax(logits, -1) == batch["labels"])
         return classification.cross_entropy(logits, batch["labels"]), {"train_acc": acc}
 
-    redraw = make_redraw(ctx, cfg, conf_fn, table, valid, k, cfg.redraw_every_epochs * spe,
-                         jax.random.fold_in(key, 3), feed)  # fmt: skip
+    redraw = make_redraw(ctx, cfg, conf_fn, table, valid, k, spe, jax.random.fold_in(key, 3),
+                         feed)  # fmt: skip
     logging.info("%s: k=%d per class, %d images per draw, %d epochs x %d steps.", STAGE, k,
                  subset_size, cfg.epochs, spe)  # fmt: skip
     try:  # a clean stop (stopping.Stopped) must stop the decoding workers too
@@ -206,5 +229,6 @@ def run(ctx: common.StageContext) -> dict:
         max_over_epochs_top1=common.max_over_epochs_top1(ctx, STAGE, report["top1"]), k_per_class=k,
         subset_size=subset_size, sampler=cfg.sampler, kernel_scale=cfg.kernel_scale,
         head_init=cfg.head_init, train=cfg.train, p_source=cfg.p_source,
+        redraw_rule=cfg.redraw_rule, fixed_subset=cfg.fixed_subset,
     )  # fmt: skip
     return results

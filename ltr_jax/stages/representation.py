@@ -1,8 +1,10 @@
 """Stage 1: BNS representation learning (SPEC §2), or SupCon as an ablation (``stage1.loss``).
 
-Two SimCLR views of every image go through encoder + projection head in one forward pass
-(BatchNorm sees both views), and the BNS loss compares them over the global batch. The
-trained encoder is exported to WORKDIR/stage1/encoder for the probe and stage 2.
+Two SimCLR views of every image go through encoder + projection head, in one forward pass
+(``stage1.views_through_bn="joint"``: BatchNorm normalises with statistics of both views) or
+in one pass per view (``"separate"``, as the paper's released code does: statistics per view,
+running statistics updated twice per step), and the BNS loss compares them over the global
+batch. The trained encoder is exported to WORKDIR/stage1/encoder for the probe and stage 2.
 """
 
 from __future__ import annotations
@@ -25,8 +27,20 @@ STAGE = "stage1"
 LOSSES = ("bns", "supcon")
 
 
+def _joint(model, v1: jax.Array, v2: jax.Array) -> tuple[jax.Array, jax.Array]:
+    return tuple(jnp.split(model(jnp.concatenate([v1, v2])), 2))
+
+
+def _separate(model, v1: jax.Array, v2: jax.Array) -> tuple[jax.Array, jax.Array]:
+    return model(v1), model(v2)
+
+
+# stage1.views_through_bn: how the two views meet BatchNorm.
+VIEWS_THROUGH_BN = {"joint": _joint, "separate": _separate}
+
+
 def make_loss_fn(cfg, feed=None):
-    """``loss_fn(model, batch, key)``: two views, one forward pass, BNS (or SupCon) loss.
+    """``loss_fn(model, batch, key)``: two views, BNS (or SupCon) loss.
 
     ``feed`` (a ``train_feed``) makes the views; without one, both are on-device SimCLR views
     of in-memory images.
@@ -39,8 +53,8 @@ def make_loss_fn(cfg, feed=None):
 
     def loss_fn(model, batch, key):
         key_v1, key_v2, key_loss = jax.random.split(key, 3)
-        views = jnp.concatenate([view(key_v1, batch, 0), view(key_v2, batch, 1)])
-        z1, z2 = jnp.split(model(views), 2)  # [B, D] each
+        forward = VIEWS_THROUGH_BN[cfg.views_through_bn]
+        z1, z2 = forward(model, view(key_v1, batch, 0), view(key_v2, batch, 1))  # [B, D] each
         if cfg.loss == "supcon":
             loss = supcon.supcon_loss(z1, z2, batch["labels"], tau=cfg.supcon.tau)
         else:
@@ -57,6 +71,9 @@ def run(ctx: common.StageContext) -> dict:
     runtime.check_batch_size(cfg.batch_size, mesh, f"{STAGE}.batch_size")
     if cfg.loss not in LOSSES:
         raise ValueError(f"Unknown stage1.loss {cfg.loss!r}; valid: {', '.join(LOSSES)}.")
+    if cfg.views_through_bn not in VIEWS_THROUGH_BN:
+        raise ValueError(f"Unknown stage1.views_through_bn {cfg.views_through_bn!r}; valid: "
+                         f"{', '.join(VIEWS_THROUGH_BN)}.")  # fmt: skip
     if cfg.bns.form not in bns.FORMS:
         raise ValueError(f"Unknown stage1.bns.form {cfg.bns.form!r}; valid: {bns.FORMS}.")
     key = common.stage_key(ctx, STAGE)
@@ -88,4 +105,4 @@ def run(ctx: common.StageContext) -> dict:
     common.save_module(ctx, STAGE, "encoder", model.encoder)
     return {"epoch": cfg.epochs, "num_steps": num_steps, "loss": cfg.loss,
             "bns_form": cfg.bns.form, "encoder": ctx.config.model.encoder,
-            **common.dataset_facts(ctx)}  # fmt: skip
+            "views_through_bn": cfg.views_through_bn, **common.dataset_facts(ctx)}  # fmt: skip

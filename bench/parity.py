@@ -1,0 +1,432 @@
+"""Parity with the paper's released PyTorch code, step for step on CPU; writes golden fixtures.
+
+The released code (Lin & Yuan, NeurIPS 2025; Apache-2.0) is an oracle here: its modules are
+imported at run time from ``--reference_dir`` and never copied into the project. Both sides
+get identical inputs; weights come from ``parity_lib.seed_weights`` (a seeded NumPy generator)
+and are loaded into both models, so no weight file is needed. Each check is a row of the
+parity table (max relative difference vs tolerance); the fixtures that
+``tests/test_parity.py`` replays without torch go to ``tests/fixtures/parity/``.
+
+    python bench/parity.py --reference_dir PATH/TO/BNS_IPDPP --data_dir PATH/TO/data
+    # with the bench extra installed; prints the table, writes the fixtures (~8 min, 2 cores)
+
+Rows: a. LT split, b. encoder + projection forward (ResNet-18/34, train and eval mode),
+c. BNS loss and gradients, d. optimiser (decay groups, learning rate over whole runs, 20
+stage-1 steps), e. one probe step and one stage-2 step, g. Many/Medium/Few metrics, h. the
+released IP-DPP sampler vs ``sampler="uniform"`` (needs DPPy).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+import types
+
+import numpy as np
+import torch
+
+_BENCH = os.path.dirname(os.path.abspath(__file__))
+sys.path[:0] = [os.path.dirname(_BENCH), _BENCH]  # this checkout's ltr_jax, then parity_lib
+import parity_lib as pl  # noqa: E402
+
+from ltr_jax import metrics  # noqa: E402
+from ltr_jax.data import long_tail  # noqa: E402
+from ltr_jax.losses import bns  # noqa: E402
+
+TOL = {"forward": 1e-5, "bns": 1e-5, "lr": 1e-6, "train_loss": 1e-4, "step": 1e-5,
+       "grad": 1e-3, "flipped": 1e-3, "update_l2": 5e-2}  # fmt: skip
+# Adam's first steps move every entry by about lr * sign(g): an entry whose gradient is float
+# noise (|g| ~ 1e-6 max|g|, e.g. a direction BatchNorm cancels) moves +-lr on one side and -+lr
+# on the other. Parameters are compared by the share of entries more than FLIP apart and the
+# L2 difference relative to the update, not entry by entry.
+FLIP = 1e-5
+
+
+def param_rows(rows: list, label: str, ours: dict, theirs: dict, init: dict) -> None:
+    """Rows for parameters after training: share of flipped entries, worst update L2."""
+    total = sum(v.size for v in theirs.values())
+    flipped = sum(int((np.abs(ours[p] - theirs[p]) > FLIP).sum()) for p in theirs)
+    l2 = max(np.linalg.norm(ours[p] - theirs[p]) / max(np.linalg.norm(theirs[p] - init[p]), 1e-30)
+             for p in theirs)  # fmt: skip
+    row(rows, f"{label}: share of entries > {FLIP:.0e} apart", flipped / total, TOL["flipped"],
+        f"{flipped} of {total}")  # fmt: skip
+    row(rows, f"{label}: worst tensor's L2 difference / its update", float(l2), TOL["update_l2"])
+
+
+def load_reference(reference_dir: str) -> types.SimpleNamespace:
+    """Imports the released modules the checks need (not ``utils/misc.py``: torch._six)."""
+    sys.path.insert(0, os.path.abspath(reference_dir))
+    from losses import bns_loss
+    from models import models_linprob, models_resnet, models_simclr
+    from utils import lr_sched, lt_metrics
+
+    return types.SimpleNamespace(bns_loss=bns_loss, linprob=models_linprob,
+                                 resnet=models_resnet, simclr=models_simclr,
+                                 lr_sched=lr_sched, lt_metrics=lt_metrics)  # fmt: skip
+
+
+def to_torch_layout(value) -> torch.Tensor:
+    value = np.asarray(value)
+    if value.ndim == 4:  # [kh, kw, in, out] -> [out, in, kh, kw]
+        value = value.transpose(3, 2, 0, 1)
+    elif value.ndim == 2:  # [in, out] -> [out, in]
+        value = value.T
+    return torch.from_numpy(np.ascontiguousarray(value, np.float32))
+
+
+def load_into_torch(model: torch.nn.Module, ours, blocks: list[int]) -> None:
+    """Copies every variable of our NNX model into the released model; all keys must match."""
+    import flax.nnx as nnx
+
+    flat = nnx.to_flat_state(nnx.state(ours))
+    state = {pl.torch_name("/".join(map(str, p)), blocks): to_torch_layout(v.get_value())
+             for p, v in flat}  # fmt: skip
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not k.endswith("num_batches_tracked")]
+    if missing or unexpected:
+        raise RuntimeError(f"weight mapping incomplete: missing {missing}, unexpected {unexpected}")
+
+
+def torch_simclr(ref, encoder: str) -> torch.nn.Module:
+    base = (ref.resnet.ResNet18 if encoder == "cifar_resnet18" else ref.resnet.ResNet34)(10)
+    return ref.simclr.SimCLR(base, projection_dim=128)
+
+
+def nchw(x: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
+
+
+def row(rows: list, name: str, err: float, tol: float, note: str = "") -> None:
+    rows.append(dict(check=name, max_rel_diff=err, tolerance=tol, ok=bool(err <= tol), note=note))
+
+
+# ---------------------------------------------------------------------------------------------
+# a. The long-tailed split.
+
+
+def check_split(ref_dir: str, data_dir: str, rows: list) -> None:
+    path = os.path.join(data_dir, "cifar10_jpeg_bytes.npz")
+    if not os.path.exists(path):
+        rows.append(dict(check="a. LT split (CIFAR-10 JPEG copy)", max_rel_diff=float("nan"),
+                         tolerance=0.0, ok=False, note=f"{path} missing"))  # fmt: skip
+        return
+    labels = np.load(path)["train_labels"].astype(np.int64)
+    from datasets.imbalance_cifar import ImbalanceCIFAR10
+
+    released = object.__new__(ImbalanceCIFAR10)  # no torchvision download: data set by hand
+    released.data, released.targets = np.arange(len(labels))[:, None], labels.tolist()
+    np.random.seed(0)  # the constructor's rand_number=0
+    released.gen_imbalanced_data(released.get_img_num_per_cls(10, "exp", 0.01))
+    theirs = np.sort(released.data[:, 0])
+    ours = long_tail.ldam_subset(labels, np.arange(len(labels)), 10, 100)
+    same = len(theirs) == len(ours) and bool(np.all(theirs == ours))
+    pl.save_json("split.json", {"cifar10_jpeg_if100_indices": theirs.tolist()})
+    row(rows, "a. LT split CIFAR-10 (JPEG copy) IF 100: indices", 0.0 if same else 1.0, 0.0,
+        f"{len(theirs)} images, identical: {same}")  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------------
+# b. Forward passes.
+
+
+def check_forward(ref, rows: list) -> None:
+    x = pl.images(pl.SEED, 4)
+    out = {}
+    for encoder in ("cifar_resnet18", "cifar_resnet34"):
+        ours = pl.contrastive_net(encoder)
+        theirs = torch_simclr(ref, encoder)
+        load_into_torch(theirs, ours, pl.BLOCKS[encoder])
+        for mode in ("eval", "train"):
+            theirs.train(mode == "train")
+            with torch.no_grad():
+                h, z = theirs(nchw(x))
+            z = torch.nn.functional.normalize(z, dim=1)
+            h, z = h.numpy(), z.numpy()
+            model = pl.contrastive_net(encoder)
+            if mode == "eval":
+                model.eval()
+            h_ours = model.encoder(x)
+            h_ours, z_ours = np.asarray(h_ours), np.asarray(model.projection(h_ours))
+            err = max(pl.rel_err(h_ours, h), pl.rel_err(z_ours, z))
+            row(rows, f"b. {encoder} + projection forward, {mode} mode", err, TOL["forward"])
+            out[f"{encoder}_{mode}_features"], out[f"{encoder}_{mode}_projection"] = h, z
+    for k, v in out.items():
+        pl.save_npy(f"forward_{k}.npy", v.astype(np.float32))
+
+
+# ---------------------------------------------------------------------------------------------
+# c. BNS loss.
+
+
+def bns_inputs() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(pl.SEED + 2)
+    zi, zj = rng.normal(size=(2, 16, 32)).astype(np.float32)
+    return zi, zj, rng.integers(0, 4, 16).astype(np.int32)
+
+
+def check_bns(ref, rows: list) -> None:
+    import jax
+
+    zi, zj, y = bns_inputs()
+    ti, tj = (torch.tensor(a, requires_grad=True) for a in (zi, zj))
+    ty = torch.from_numpy(y.astype(np.int64))
+    loss = ref.bns_loss.BNSLoss(16, temperature=0.5)(ti, tj, ty, ty)
+    loss.backward()
+    fn = lambda a, b: bns.bns_loss(a, b, y, jax.random.key(0), tau=0.5, m=4, form="reference")
+    value, (gi, gj) = jax.value_and_grad(fn, argnums=(0, 1))(zi, zj)
+    row(rows, "c. BNS loss value (reference form)", pl.rel_err(value, loss.item()), TOL["bns"])
+    err = max(pl.rel_err(gi, ti.grad.numpy()), pl.rel_err(gj, tj.grad.numpy()))
+    row(rows, "c. BNS loss gradients w.r.t. both views", err, TOL["bns"])
+    pl.save_json("bns.json", {"loss": loss.item()})
+    pl.save_npy("bns_grads.npy", np.stack([ti.grad.numpy(), tj.grad.numpy()]))
+
+
+# ---------------------------------------------------------------------------------------------
+# d. Optimiser: decay groups, learning-rate schedules, 20 stage-1 steps.
+
+
+def released_decay_groups(model: torch.nn.Module) -> set[str]:
+    """The released ``add_weight_decay`` rule (timm >= 0.9 names it
+    ``param_groups_weight_decay``): no decay for 1-D tensors and ``*.bias``."""
+    from timm.optim import param_groups_weight_decay
+
+    groups = param_groups_weight_decay(model, 0.05)
+    decayed = {id(p) for g in groups if g["weight_decay"] > 0 for p in g["params"]}
+    return {n for n, p in model.named_parameters() if id(p) in decayed}
+
+
+def released_lrs(ref, lr: float, epochs: int, warmup: int, spe: int) -> np.ndarray:
+    args = types.SimpleNamespace(lr=lr, epochs=epochs, warmup_epochs=warmup, min_lr=0.0)
+    opt = types.SimpleNamespace(param_groups=[{}])
+    return np.array([ref.lr_sched.adjust_learning_rate(opt, it / spe + e, args)
+                     for e in range(epochs) for it in range(spe)])  # fmt: skip
+
+
+# (name, peak lr, epochs, warm-up epochs, released steps per epoch, batch, base batch)
+SCHEDULES = {
+    "stage1_cifar10": (1e-3 * 1024 / 256, 1000, 20, 12406 // 1024, 1024, 256),
+    "probe_cifar10": (2.5e-4, 100, 20, math.ceil(1000 / 64), 64, 64),
+    "stage2_cifar10": (2.5e-4, 100, 5, math.ceil(3391 / 64), 64, 64),
+}
+
+
+def check_optimizer(ref, rows: list) -> None:
+    ours = pl.contrastive_net()
+    theirs = torch_simclr(ref, "cifar_resnet18")
+    load_into_torch(theirs, ours, pl.BLOCKS["cifar_resnet18"])
+    blocks = pl.BLOCKS["cifar_resnet18"]
+    our_decay = {pl.torch_name(p, blocks) for p in pl.decayed_paths(ours)}
+    their_decay = released_decay_groups(theirs)
+    row(rows, "d. weight-decay groups (ResNet-18 + projection)",
+        float(len(our_decay ^ their_decay)), 0.0, f"{len(their_decay)} decayed")  # fmt: skip
+    pl.save_json("decay_groups.json", sorted(their_decay))
+    for name, (lr, epochs, warmup, spe, batch, base) in SCHEDULES.items():
+        theirs_lr = released_lrs(ref, lr, epochs, warmup, spe)
+        ours_lr = pl.schedule(spe, epochs, warmup, lr * base / batch, base, batch)
+        row(rows, f"d. learning rate every step, {name} ({len(theirs_lr)} steps)",
+            pl.rel_err(ours_lr, theirs_lr), TOL["lr"])  # fmt: skip
+        pl.save_npy(f"lr_{name}.npy", theirs_lr)
+    check_training(ref, rows)
+
+
+def check_training(ref, rows: list) -> None:
+    t = pl.TRAIN
+    views, y = pl.stage1_data()
+    ours0 = pl.contrastive_net()
+    model = torch_simclr(ref, "cifar_resnet18")
+    load_into_torch(model, ours0, pl.BLOCKS["cifar_resnet18"])
+    from timm.optim import param_groups_weight_decay
+
+    opt = torch.optim.AdamW(param_groups_weight_decay(model, t["wd"]), lr=t["lr"],
+                            betas=(0.9, 0.95))  # fmt: skip
+    crit = ref.bns_loss.BNSLoss(t["batch"], temperature=0.5)
+    args = types.SimpleNamespace(lr=t["lr"], epochs=t["epochs"], warmup_epochs=t["warmup_epochs"],
+                                 min_lr=0.0)  # fmt: skip
+    ty, losses = torch.from_numpy(y.astype(np.int64)), []
+    model.train()
+    for i in range(t["steps"]):
+        epoch, it = divmod(i, t["steps_per_epoch"])
+        ref.lr_sched.adjust_learning_rate(opt, it / t["steps_per_epoch"] + epoch, args)
+        _, ei = model(nchw(views[i, 0]))
+        _, ej = model(nchw(views[i, 1]))
+        loss = crit(ei, ej, ty, ty)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    our_losses, our_params = pl.stage1_run(views, y)
+    row(rows, f"d. stage-1 loss at each of {t['steps']} steps (ResNet-18, B={t['batch']})",
+        pl.rel_err(our_losses, losses), TOL["train_loss"])  # fmt: skip
+    blocks, sd = pl.BLOCKS["cifar_resnet18"], model.state_dict()
+    theirs = {p: from_torch(sd[pl.torch_name(p, blocks)]) for p in our_params}
+    param_rows(rows, "d. parameters after 20 stage-1 steps", our_params, theirs,
+               pl.flat_params(ours0))  # fmt: skip
+    pl.save_json("stage1_train.json", {"losses": losses, "params": pl.param_digest(theirs)})
+
+
+def from_torch(t: torch.Tensor) -> np.ndarray:
+    """A released tensor in our layout (the inverse of :func:`to_torch_layout`)."""
+    v = t.detach().numpy()
+    return v.transpose(2, 3, 1, 0) if v.ndim == 4 else (v.T if v.ndim == 2 else v)
+
+
+# ---------------------------------------------------------------------------------------------
+# e. One probe step, one stage-2 step.
+
+
+def check_classifier_steps(ref, rows: list) -> None:
+    x, y = pl.images(pl.SEED + 4, 8), pl.labels(pl.SEED + 4, 8)
+    blocks, out = pl.BLOCKS["cifar_resnet18"], {}
+    for kind, head_only in (("probe", True), ("stage2", False)):
+        ours0 = pl.classifier()
+        simclr = torch_simclr(ref, "cifar_resnet18")
+        model = ref.linprob.LinModel(simclr.enc, feature_dim=512, n_classes=10)
+        load_into_torch(model, ours0, blocks)
+        if head_only:  # the released probe: everything frozen but the linear layer
+            for p in model.parameters():
+                p.requires_grad = False
+            for p in model.lin.parameters():
+                p.requires_grad = True
+        from timm.optim import param_groups_weight_decay
+
+        opt = torch.optim.AdamW(param_groups_weight_decay(model, 0.05), lr=1e-3, betas=(0.9, 0.95))
+        model.train()
+        loss = torch.nn.functional.cross_entropy(
+            model(nchw(x)), torch.from_numpy(y.astype(np.int64))
+        )
+        opt.zero_grad()
+        loss.backward()
+        names = {n: p for n, p in model.named_parameters() if p.requires_grad}
+        grads = {n: from_torch(p.grad) for n, p in names.items()}
+        opt.step()
+        our_loss, our_params, our_stats = pl.classifier_step(x, y, head_only)
+        _, our_grads = pl.classifier_grads(x, y, head_only)
+        their_grads = {p: grads[pl.torch_name(p, blocks)] for p in our_grads}
+        err = max(pl.rel_err(our_grads[p], their_grads[p]) for p in our_grads)
+        row(rows, f"e. {kind} step: gradients (worst tensor)", err, TOL["grad"],
+            f"{len(our_grads)} tensors")  # fmt: skip
+        sd = model.state_dict()
+        theirs = {p: from_torch(sd[pl.torch_name(p, blocks)]) for p in our_params}
+        means = {
+            p: from_torch(sd[pl.torch_name(p, blocks)]) for p in our_stats if p.endswith("mean")
+        }
+        row(rows, f"e. {kind} step: loss", pl.rel_err(our_loss, loss.item()), TOL["step"])
+        param_rows(rows, f"e. {kind} step: parameters after", our_params, theirs,
+                   pl.flat_params(ours0))  # fmt: skip
+        err = max(pl.rel_err(our_stats[p], means[p]) for p in means)
+        row(rows, f"e. {kind} step: BatchNorm running means after", err, TOL["step"])
+        out[kind] = {"loss": loss.item(), "params": pl.param_digest(theirs),
+                     "grads": pl.param_digest(their_grads),
+                     "running_mean": pl.param_digest(means)}  # fmt: skip
+    pl.save_json("classifier_steps.json", out)
+
+
+# ---------------------------------------------------------------------------------------------
+# g. Many / Medium / Few.
+
+
+def check_metrics(ref, rows: list) -> None:
+    counts = long_tail.long_tail_counts(5000, 10, 100)
+    rng = np.random.default_rng(pl.SEED + 5)
+    test_labels = np.repeat(np.arange(10), 1000)
+    preds = np.where(rng.uniform(size=10000) < np.linspace(0.9, 0.3, 10)[test_labels],
+                     test_labels, rng.integers(0, 10, 10000))  # fmt: skip
+    lt = ref.lt_metrics
+    groups_theirs = lt.categorize_classes({c: int(n) for c, n in enumerate(counts)}, 500, 200)
+    tp, tl = torch.from_numpy(preds), torch.from_numpy(test_labels)
+    theirs = [100 * lt.compute_accuracy(tp, tl, g, device="cpu") for g in groups_theirs]
+    groups = long_tail.shot_groups(counts, 500, 200)
+    report = metrics.classification_report(preds, test_labels, 10, groups)
+    ours = [report["many"], report["medium"], report["few"]]
+    same_groups = [sorted(g) for g in groups_theirs] == [
+        sorted(map(int, g)) for g in (groups.many, groups.medium, groups.few)
+    ]
+    row(rows, "g. Many/Medium/Few accuracy (CIFAR-10-LT groups, balanced test set)",
+        pl.rel_err(ours, theirs), 1e-12, f"same class groups: {same_groups}")  # fmt: skip
+    pl.save_json("metrics.json", {"groups": [sorted(g) for g in groups_theirs],
+                                  "many_medium_few": theirs})  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------------
+# h. The released IP-DPP sampler.
+
+# Items, subset size and seeds of row h; confidences of very different shapes.
+SAMPLER = dict(n=100, k=25, seeds=300)
+
+
+def released_draw(ref_dir: str, p: np.ndarray, k: int, seed: int) -> np.ndarray:
+    """The released sampler's subset of one class: its kernel S and its MCMC k-DPP call."""
+    from dppy.finite_dpps import FiniteDPP
+    from sampling.ip_dpp_smapler import IPDPPSampler
+
+    sampler = IPDPPSampler(np.zeros((len(p), 1)), np.zeros(len(p), np.int64), class_num=1)
+    kernel = sampler.construct_symmetric_matrix(torch.from_numpy(p), device="cpu")
+    dpp = FiniteDPP("likelihood", L=kernel.numpy().astype(np.float64))
+    dpp.sample_mcmc_k_dpp(size=k, random_state=np.random.RandomState(seed))
+    return np.sort(np.asarray(dpp.list_of_samples[0][0]))
+
+
+def check_sampler(ref_dir: str, rows: list) -> None:
+    from scipy import stats
+
+    n, k, seeds = SAMPLER["n"], SAMPLER["k"], SAMPLER["seeds"]
+    rng = np.random.default_rng(pl.SEED + 6)
+    confidences = {"all 0.99": np.full(n, 0.99), "uniform": rng.uniform(0, 1, n),
+                   "bimodal": np.where(rng.uniform(size=n) < 0.5, 0.01, 0.99)}  # fmt: skip
+    subsets = {name: released_draw(ref_dir, p, k, 42) for name, p in confidences.items()}
+    same = all(np.array_equal(s, subsets["all 0.99"]) for s in subsets.values())
+    row(rows, "h. released subset (seed 42) for 3 confidence profiles: identical",
+        0.0 if same else 1.0, 0.0, "the subset ignores p")  # fmt: skip
+    p = confidences["bimodal"]
+    counts = np.zeros(n)
+    for seed in range(seeds):
+        counts[released_draw(ref_dir, p, k, seed)] += 1
+    ours = pl.uniform_inclusion_counts(n, k, seeds)
+    chi2 = stats.chi2_contingency(np.stack([counts, ours]))
+    # Inclusion of low- vs high-confidence items: the IP-DPP would favour low p.
+    low = counts[p < 0.5].sum() / max((p < 0.5).sum(), 1) / seeds
+    high = counts[p >= 0.5].sum() / max((p >= 0.5).sum(), 1) / seeds
+    row(rows, f"h. inclusion counts, released vs ours (uniform), {seeds} draws: chi2 p-value",
+        float(chi2.pvalue < 0.01), 0.0,
+        f"p-value {chi2.pvalue:.3f} (>= 0.01 passes); inclusion low-p {low:.3f} vs high-p "
+        f"{high:.3f} (k/n {k / n:.3f})")  # fmt: skip
+    pl.save_json("sampler.json", {"subset_seed42": subsets["all 0.99"].tolist(),
+                                  "inclusion_counts": counts.tolist(), **SAMPLER})  # fmt: skip
+
+
+def print_table(rows: list) -> None:
+    print("| check | max rel. diff | tolerance | within | note |")
+    print("|---|---|---|---|---|")
+    for r in rows:
+        ok = "yes" if r["ok"] else "**NO**"
+        err, tol = f"{r['max_rel_diff']:.2e}", f"{r['tolerance']:.0e}"
+        print(f"| {r['check']} | {err} | {tol} | {ok} | {r['note']} |")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    here = os.path.dirname(pl.ROOT)
+    parser.add_argument(
+        "--reference_dir", default=os.path.join(here, "shared", "reference", "BNS_IPDPP")
+    )
+    parser.add_argument("--data_dir", default=os.path.join(here, "shared", "data"))
+    args = parser.parse_args(argv)
+    torch.manual_seed(0)
+    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    ref = load_reference(args.reference_dir)
+    rows: list = []
+    for check in (lambda: check_split(args.reference_dir, args.data_dir, rows),
+                  lambda: check_forward(ref, rows), lambda: check_bns(ref, rows),
+                  lambda: check_optimizer(ref, rows), lambda: check_classifier_steps(ref, rows),
+                  lambda: check_metrics(ref, rows),
+                  lambda: check_sampler(args.reference_dir, rows)):  # fmt: skip
+        check()
+    print_table(rows)
+    pl.save_json("table.json", rows)
+    return 0 if all(r["ok"] for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,261 @@
+"""What the parity harness (``bench/parity.py``) and ``tests/test_parity.py`` share, without torch.
+
+Weights and inputs are pure functions of a seed (NumPy), so the golden fixtures hold only
+inputs' seeds and outputs: the harness loads the same seeded weights into the released PyTorch
+model and into ``ltr_jax``'s, and the test rebuilds them to replay our side. Fixtures live in
+``tests/fixtures/parity/`` as ``.npy`` and ``.json`` files.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import zlib
+
+import jax
+import jax.numpy as jnp
+import ml_collections as mlc
+import numpy as np
+from flax import nnx
+
+from ltr_jax import dpp, train_lib
+from ltr_jax.losses import classification
+from ltr_jax.models import heads, registry
+from ltr_jax.stages import representation
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FIXTURES = os.path.join(ROOT, "tests", "fixtures", "parity")
+SEED = 12
+NUM_CLASSES = 10
+# Stage-1 steps of row d: the released schedule's shape (warm-up, cosine) at a small peak lr:
+# at 1e-3 with B = 4, Adam amplifies float noise from 1e-6 (step 1) to 1e-3 (step 3) in the loss.
+TRAIN = dict(steps=20, batch=4, epochs=4, steps_per_epoch=5, warmup_epochs=1, lr=1e-5, wd=0.05)
+
+
+# Our path segment -> the released module's attribute name (for the state-dict keys).
+_LEAF = {"kernel": "weight", "scale": "weight", "bias": "bias", "mean": "running_mean",
+         "var": "running_var"}  # fmt: skip
+_SUB = {"conv1": "conv1", "bn1": "bn1", "conv2": "conv2", "bn2": "bn2", "proj_conv": "shortcut.0",
+        "proj_bn": "shortcut.1"}  # fmt: skip
+BLOCKS = {"cifar_resnet18": [2, 2, 2, 2], "cifar_resnet34": [3, 4, 6, 3]}
+
+
+def torch_name(path: str, blocks: list[int]) -> str:
+    """Our variable path ('encoder/layers/3/proj_bn/var') -> the released state-dict key."""
+    parts = path.split("/")
+    leaf = _LEAF[parts[-1]]
+    if parts[0] == "projection":
+        return f"projector.{0 if parts[1] == 'fc1' else 2}.{leaf}"
+    if parts[0] == "head":
+        return f"lin.{leaf}"
+    if parts[1] == "stem_conv":
+        return f"enc.conv1.{leaf}"
+    if parts[1] == "stem_bn":
+        return f"enc.bn1.{leaf}"
+    i, starts = int(parts[2]), np.cumsum([0] + blocks)
+    layer = int(np.searchsorted(starts, i, side="right")) - 1
+    return f"enc.layer{layer + 1}.{i - starts[layer]}.{_SUB[parts[3]]}.{leaf}"
+
+
+def model_config(encoder: str = "cifar_resnet18") -> mlc.ConfigDict:
+    """The released networks: feature -> 2048 -> 128 projection head."""
+    return mlc.ConfigDict(
+        dict(encoder=encoder, dtype="float32", proj_hidden=2048, proj_dim=128, init="flax")
+    )
+
+
+def _path_rng(seed: int, path: tuple) -> np.random.Generator:
+    name = "/".join(str(p) for p in path)
+    return np.random.default_rng([seed, zlib.crc32(name.encode())])
+
+
+def _seeded_value(path: tuple, shape: tuple, seed: int) -> np.ndarray:
+    """A realistic value per kind of variable: kernels at PyTorch's default scale."""
+    rng, leaf = _path_rng(seed, path), str(path[-1])
+    if leaf == "kernel":
+        bound = 1.0 / np.sqrt(np.prod(shape[:-1]))
+        return rng.uniform(-bound, bound, shape)
+    if leaf in ("scale", "var"):
+        return rng.uniform(0.8, 1.2, shape)
+    return rng.uniform(-0.1, 0.1, shape)  # bias, BatchNorm offset and mean
+
+
+def seed_weights(model: nnx.Module, seed: int = SEED) -> nnx.Module:
+    """Overwrites every variable of ``model`` (in place) with its seeded value."""
+    flat = nnx.to_flat_state(nnx.state(model))
+    for path, var in flat:
+        old = var.get_value()
+        var.set_value(jnp.asarray(_seeded_value(path, old.shape, seed), old.dtype))
+    nnx.update(model, nnx.from_flat_state(flat))
+    return model
+
+
+def contrastive_net(encoder: str = "cifar_resnet18", seed: int = SEED) -> heads.ContrastiveNet:
+    return seed_weights(registry.make_contrastive(model_config(encoder), rngs=nnx.Rngs(0)), seed)
+
+
+def classifier(seed: int = SEED) -> heads.Classifier:
+    config = model_config()
+    return seed_weights(registry.make_classifier(config, NUM_CLASSES, rngs=nnx.Rngs(0)), seed)
+
+
+def images(seed: int, n: int) -> np.ndarray:
+    """float32 [n, 32, 32, 3] in [0, 1] (NHWC; the harness transposes for PyTorch)."""
+    return np.random.default_rng(seed).uniform(0, 1, (n, 32, 32, 3)).astype(np.float32)
+
+
+def labels(seed: int, n: int) -> np.ndarray:
+    return np.random.default_rng(seed + 1).integers(0, 4, n).astype(np.int32)
+
+
+def flat_params(model: nnx.Module, what=nnx.Param) -> dict[str, np.ndarray]:
+    """``{"a/b/kernel": array}`` of the ``what`` variables of ``model``."""
+    flat = nnx.to_flat_state(nnx.state(model, what))
+    return {"/".join(map(str, p)): np.asarray(v.get_value()) for p, v in flat}
+
+
+def decayed_paths(model: nnx.Module) -> list[str]:
+    """Sorted paths of the parameters that ``train_lib``'s AdamW decays."""
+    mask = train_lib._decay_mask(nnx.state(model, nnx.Param))
+    flat = nnx.to_flat_state(mask)
+    return sorted("/".join(map(str, p)) for p, v in flat if bool(v.get_value()))
+
+
+def schedule(steps_per_epoch: int, epochs: int, warmup_epochs: float, lr: float, base: int,
+             batch: int) -> np.ndarray:  # fmt: skip
+    """Our per-step learning rate over a whole run."""
+    optim = mlc.ConfigDict(dict(name="adamw", lr=lr, lr_base_batch=base, b1=0.9, b2=0.95,
+                                weight_decay=0.05, warmup_epochs=warmup_epochs))  # fmt: skip
+    num_steps = epochs * steps_per_epoch
+    _, sched = train_lib.make_optimizer(optim, batch_size=batch, num_steps=num_steps,
+                                        steps_per_epoch=steps_per_epoch)  # fmt: skip
+    return np.asarray(jax.vmap(sched)(jnp.arange(num_steps)), np.float64)
+
+
+def stage1_data() -> tuple[np.ndarray, np.ndarray]:
+    """Row d's views [steps, 2, B, 32, 32, 3] and labels [B] (two classes: positives and
+    negatives in every batch)."""
+    t = TRAIN
+    views = images(SEED + 3, t["steps"] * 2 * t["batch"])
+    views = views.reshape(t["steps"], 2, t["batch"], 32, 32, 3)
+    return views, (np.arange(t["batch"]) // (t["batch"] // 2)).astype(np.int32)
+
+
+class _ViewFeed:
+    """Pre-augmented views in the batch (``batch["views"]`` [2, B, H, W, 3])."""
+
+    @staticmethod
+    def view(key, batch, v):
+        return batch["views"][v]
+
+
+def _make_step(model, trainable, loss_fn, num_steps: int, warmup_steps: int, lr: float):
+    optim = mlc.ConfigDict(dict(name="adamw", lr=lr, lr_base_batch=1, b1=0.9, b2=0.95,
+                                weight_decay=TRAIN["wd"], warmup_epochs=warmup_steps))  # fmt: skip
+    tx, _ = train_lib.make_optimizer(optim, batch_size=1, num_steps=num_steps, steps_per_epoch=1)
+    graphdef, state = train_lib.init_train_state(model, tx, trainable)
+    mesh = jax.make_mesh((1,), ("data",), devices=jax.devices()[:1])
+    step = train_lib.make_train_step(graphdef, tx, lambda data, s: data, loss_fn, mesh)
+    return graphdef, state, step
+
+
+def stage1_run(views: np.ndarray, y: np.ndarray, seed: int = SEED) -> tuple[list, dict]:
+    """Our stage-1 steps from the seeded weights on fixed views (``views`` [T, 2, B, ...]).
+
+    Returns:
+      (loss of every step, final parameters by path).
+    """
+    cfg = mlc.ConfigDict(dict(loss="bns", views_through_bn="separate", augment_strength=2.0,
+                              bns=dict(form="reference", tau=0.5, m=4)))  # fmt: skip
+    loss_fn = representation.make_loss_fn(cfg, _ViewFeed())
+    t = TRAIN
+    graphdef, state, step = _make_step(
+        contrastive_net(seed=seed), nnx.Param, loss_fn, t["epochs"] * t["steps_per_epoch"],
+        t["warmup_epochs"] * t["steps_per_epoch"], t["lr"],
+    )  # fmt: skip
+    losses = []
+    for i in range(len(views)):
+        state, metrics = step(state, {"views": views[i], "labels": y}, jax.random.key(0))
+        losses.append(float(metrics["loss"]))
+    return losses, flat_params(train_lib.merge_model(graphdef, jax.device_get(state)))
+
+
+def classifier_step(images_: np.ndarray, y: np.ndarray, head_only: bool, seed: int = SEED):
+    """One cross-entropy step of the probe (``head_only``: frozen encoder, BatchNorm in train
+    mode) or of stage 2 (everything trained), at lr 1e-3 (no warm-up).
+
+    Returns:
+      (loss, parameters after the step by path, batch statistics after the step by path).
+    """
+    model = classifier(seed)
+    trainable = nnx.All(nnx.Param, nnx.PathContains("head")) if head_only else nnx.Param
+    loss_fn = lambda m, b, k: (classification.cross_entropy(m(b["images"]), b["labels"]), {})
+    graphdef, state, step = _make_step(model, trainable, loss_fn, 1, 0, 1e-3)
+    state, metrics = step(state, {"images": images_, "labels": y}, jax.random.key(0))
+    merged = train_lib.merge_model(graphdef, jax.device_get(state))
+    return float(metrics["loss"]), flat_params(merged), flat_params(merged, nnx.BatchStat)
+
+
+def uniform_inclusion_counts(n: int, k: int, draws: int) -> np.ndarray:
+    """How often each of ``n`` items is in our ``sampler="uniform"`` k-subset, over draws."""
+    valid = jnp.ones(n, bool)
+    keys = jax.random.split(jax.random.key(SEED), draws)
+    sel = jax.vmap(lambda key: dpp.sample_ip_dpp(key, jnp.ones(n), k, "reference", "uniform",
+                                                 mask=valid))(keys)  # fmt: skip
+    return np.asarray(sel).sum(0).astype(np.float64)
+
+
+def classifier_grads(images_: np.ndarray, y: np.ndarray, head_only: bool, seed: int = SEED):
+    """(loss, gradients by path) of the cross-entropy of :func:`classifier_step` (train mode)."""
+    model = classifier(seed)
+    trainable = nnx.All(nnx.Param, nnx.PathContains("head")) if head_only else nnx.Param
+    graphdef, params, stats, rest = nnx.split(model, trainable, nnx.BatchStat, ...)
+
+    def loss(params, stats):  # stats differentiated too: BatchNorm mutates them in this trace
+        m = nnx.merge(graphdef, params, stats, rest)
+        return classification.cross_entropy(m(images_), y)
+
+    value, (grads, _) = jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))(params, stats)
+    flat = nnx.to_flat_state(grads)
+    return float(value), {"/".join(map(str, p)): np.asarray(v[...]) for p, v in flat}
+
+
+def fixture_path(name: str) -> str:
+    return os.path.join(FIXTURES, name)
+
+
+def save_json(name: str, payload) -> None:
+    os.makedirs(FIXTURES, exist_ok=True)
+    with open(fixture_path(name), "w") as f:
+        json.dump(payload, f, indent=1, sort_keys=True)
+
+
+def load_json(name: str):
+    with open(fixture_path(name)) as f:
+        return json.load(f)
+
+
+def save_npy(name: str, array: np.ndarray) -> None:
+    os.makedirs(FIXTURES, exist_ok=True)
+    np.save(fixture_path(name), array)
+
+
+def load_npy(name: str) -> np.ndarray:
+    return np.load(fixture_path(name))
+
+
+def rel_err(ours: np.ndarray, ref: np.ndarray) -> float:
+    """max |ours - ref| / max |ref| (0 when both are 0)."""
+    ours, ref = np.asarray(ours, np.float64), np.asarray(ref, np.float64)
+    scale = np.max(np.abs(ref))
+    return float(np.max(np.abs(ours - ref)) / scale) if scale else float(np.max(np.abs(ours)))
+
+
+def param_digest(params: dict[str, np.ndarray], n: int = 64) -> dict[str, list[float]]:
+    """Per parameter: sum, L2 norm and ``n`` seeded entries (a fixture-sized fingerprint)."""
+    out = {}
+    for name, value in sorted(params.items()):
+        flat = np.asarray(value, np.float64).reshape(-1)
+        pick = _path_rng(0, (name,)).choice(flat.size, min(n, flat.size), replace=False)
+        out[name] = [float(flat.sum()), float(np.linalg.norm(flat))] + flat[pick].tolist()
+    return out
