@@ -22,7 +22,7 @@ from typing import NoReturn
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from ltr_jax import checkpointing, config_lib, pipeline, runtime, validation
+from ltr_jax import checkpointing, config_lib, pipeline, runtime, train_lib, validation
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Experiment config file.", lock_config=True
@@ -86,6 +86,7 @@ def user_errors() -> tuple[type[BaseException], ...]:
     return (
         validation.ConfigError,
         checkpointing.CorruptCheckpointError,
+        train_lib.DivergedError,
         sources.DatasetNotFoundError,
         sources.UnverifiedArchiveError,
         imagenet_lt.SplitListError,

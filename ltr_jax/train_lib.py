@@ -9,6 +9,7 @@ below is all a resumed run needs.
 from __future__ import annotations
 
 import logging
+import math
 import os
 from collections.abc import Callable
 from typing import Any
@@ -164,6 +165,7 @@ def run_loop(
     if start:
         logging.info("%s: resumed from step %d of %d.", stage, start, num_steps)
     progress = writers.Progress(num_steps, start, stage, images_per_step)
+    guard = DivergenceGuard(stage, train_config)
     eval_every = eval_every_steps or int(train_config.eval_every_epochs * steps_per_epoch)
     for step in range(start, num_steps):
         if before_step is not None:
@@ -177,6 +179,7 @@ def run_loop(
                 host["lr"] = float(schedule(step))
             host["images_per_s"] = progress.update(done, host)
             writer.write(done, host)
+            guard.check(done, host["loss"], ckpt)
         if evaluate is not None and eval_every and done % eval_every == 0 and done < num_steps:
             writer.write(done, {f"eval_{k}": v for k, v in evaluate(state).items()})
         if done % train_config.checkpoint_every_steps == 0 or done == num_steps:
@@ -185,6 +188,51 @@ def run_loop(
     progress.close()
     writer.close()
     return state
+
+
+class DivergedError(RuntimeError):
+    """The loss became non-finite at a log step (``train.stop_on_nonfinite``)."""
+
+
+class DivergenceGuard:
+    """Stops a stage at the first log step whose loss is not finite (NaN or inf).
+
+    Checked only at log steps (metrics leave the device only there). With
+    ``train.stop_on_nonfinite=False`` the stage trains on and the loss is only logged.
+    """
+
+    def __init__(self, stage: str, train_config):
+        self.stage = stage
+        self.enabled = bool(getattr(train_config, "stop_on_nonfinite", True))
+        self.last_finite: tuple[int, float] | None = None  # (step, loss)
+
+    def check(self, step: int, loss: float, ckpt: checkpointing.Checkpointer) -> None:
+        """Records a finite loss; raises `DivergedError` on a non-finite one.
+
+        Raises:
+          DivergedError: one line with the step, the stage, the last finite loss and the
+            checkpoint a rerun resumes from.
+        """
+        if math.isfinite(loss):
+            self.last_finite = (step, loss)
+            return
+        if not self.enabled:
+            return
+        last = "none logged"
+        if self.last_finite is not None:
+            last = f"{self.last_finite[1]:.4g} at step {self.last_finite[0]}"
+        resume = ckpt.latest_step()
+        lr = f"--config.{self.stage}.optim.lr"
+        advice = (
+            f"a rerun resumes from {os.path.join(ckpt.directory, str(resume))} (step {resume}); "
+            f"to lower {lr}, use a new --workdir"
+            if resume is not None
+            else f"no checkpoint was saved yet: rerun with a lower {lr}"
+        )
+        raise DivergedError(
+            f"Stage {self.stage} diverged: loss {loss} at step {step} (last finite loss: "
+            f"{last}); {advice}, or set --config.train.stop_on_nonfinite=False to train on."
+        )
 
 
 def apply_in_batches(fn: Callable, arrays: tuple, batch_size: int, mesh) -> np.ndarray:

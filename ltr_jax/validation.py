@@ -131,6 +131,7 @@ CHECKS: dict[str, object] = {
     "train.checkpoint_every_minutes": _NON_NEG,
     "train.max_checkpoints": _POS_INT,
     "train.eval_batch_size": _POS_INT,
+    "train.stop_on_nonfinite": _fixed(True, False),
     "ce.sampler": _samplers,
     "ce.augment": _augments,
     "ce.loss": _class_losses,
@@ -184,7 +185,7 @@ def check_value(key: str, value, check) -> None:
         return
     valid = tuple(check())
     if value not in valid:
-        raise ConfigError(f"Unknown config.{key} {value!r}; valid: {', '.join(valid)}.")
+        raise ConfigError(f"Unknown config.{key} {value!r}; valid: {', '.join(map(str, valid))}.")
 
 
 def _stage_checks(section: str) -> dict[str, object]:
