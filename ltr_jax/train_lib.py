@@ -179,7 +179,10 @@ def run_loop(
                 host["lr"] = float(schedule(step))
             host["images_per_s"] = progress.update(done, host)
             writer.write(done, host)
-            guard.check(done, host["loss"], ckpt)
+            if (diverged := guard.check(done, host["loss"], ckpt)) is not None:
+                progress.close()
+                writer.close()
+                raise diverged
         if evaluate is not None and eval_every and done % eval_every == 0 and done < num_steps:
             writer.write(done, {f"eval_{k}": v for k, v in evaluate(state).items()})
         if done % train_config.checkpoint_every_steps == 0 or done == num_steps:
@@ -206,18 +209,20 @@ class DivergenceGuard:
         self.enabled = bool(getattr(train_config, "stop_on_nonfinite", True))
         self.last_finite: tuple[int, float] | None = None  # (step, loss)
 
-    def check(self, step: int, loss: float, ckpt: checkpointing.Checkpointer) -> None:
-        """Records a finite loss; raises `DivergedError` on a non-finite one.
+    def check(
+        self, step: int, loss: float, ckpt: checkpointing.Checkpointer
+    ) -> DivergedError | None:
+        """Records a finite loss; returns the error to raise for a non-finite one.
 
-        Raises:
-          DivergedError: one line with the step, the stage, the last finite loss and the
-            checkpoint a rerun resumes from.
+        Returns:
+          None, or a `DivergedError` of one line with the step, the stage, the last finite
+          loss and the checkpoint a rerun resumes from.
         """
         if math.isfinite(loss):
             self.last_finite = (step, loss)
-            return
+            return None
         if not self.enabled:
-            return
+            return None
         last = "none logged"
         if self.last_finite is not None:
             last = f"{self.last_finite[1]:.4g} at step {self.last_finite[0]}"
@@ -229,7 +234,7 @@ class DivergenceGuard:
             if resume is not None
             else f"no checkpoint was saved yet: rerun with a lower {lr}"
         )
-        raise DivergedError(
+        return DivergedError(
             f"Stage {self.stage} diverged: loss {loss} at step {step} (last finite loss: "
             f"{last}); {advice}, or set --config.train.stop_on_nonfinite=False to train on."
         )
