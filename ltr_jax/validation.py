@@ -194,6 +194,19 @@ def _stage_checks(section: str) -> dict[str, object]:
     return checks
 
 
+def check_section(config, section: str) -> None:
+    """Checks the keys of one config section (a stage's own check, when run on its own).
+
+    Raises:
+      ConfigError: the first invalid value, in one line.
+    """
+    checks = {**CHECKS, **_stage_checks(section)}
+    for key, check in checks.items():
+        value = _get(config, key)
+        if key.split(".")[0] == section and value is not _MISSING:
+            check_value(key, value, check)
+
+
 def validate(config, stages: Sequence[str], num_devices: int) -> None:
     """Checks the data config and every requested stage's section, before anything runs.
 
@@ -211,14 +224,8 @@ def validate(config, stages: Sequence[str], num_devices: int) -> None:
         datasets.lookup(config.data.name)
     except ValueError as e:
         raise ConfigError(f"config.data.name: {e}") from None
-    sections = {"data", "model", "train", *stages}
-    checks = dict(CHECKS)
-    for stage in stages:
-        checks.update(_stage_checks(stage))
-    for key, check in checks.items():
-        value = _get(config, key)
-        if key.split(".")[0] in sections and value is not _MISSING:
-            check_value(key, value, check)
+    for section in ("data", "model", "train", *stages):
+        check_section(config, section)
     data = config.data
     if data.few_threshold > data.many_threshold:
         raise ConfigError(
