@@ -226,6 +226,8 @@ def validate(config, stages: Sequence[str], num_devices: int) -> None:
         raise ConfigError(f"config.data.name: {e}") from None
     for section in ("data", "model", "train", *stages):
         check_section(config, section)
+    if "checkpoint_every_minutes" not in config.train:  # steps are then the only cadence
+        check_value("train.checkpoint_every_steps", config.train.checkpoint_every_steps, _POS_INT)
     data = config.data
     if data.few_threshold > data.many_threshold:
         raise ConfigError(
