@@ -20,11 +20,12 @@ from __future__ import annotations
 import os
 import shlex
 import sys
+from typing import NoReturn
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from ltr_jax import config_lib, pipeline, runtime, stopping
+from ltr_jax import checkpointing, config_lib, pipeline, runtime, stopping, train_lib, validation
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Experiment config file.", lock_config=True
@@ -49,7 +50,11 @@ _PREPARE_DATA = flags.DEFINE_bool(
     "Only prepare (or check) the dataset of config.data, then exit: run it "
     "once, in one process, before a multi-host launch.",
 )
+_DEBUG = flags.DEFINE_bool(
+    "debug", False, "Show the traceback of a user error (also: environment LTR_DEBUG=1)."
+)
 flags.mark_flags_as_required(["config"])
+USAGE_ERROR = 2  # exit code of every user error (a bad flag, config, workdir or input)
 
 
 def default_workdir(config_arg: str) -> str:
@@ -65,7 +70,43 @@ class _QuietLibraries:
         return record.levelno >= 30 or "orbax" not in record.pathname  # 30: stdlib WARNING
 
 
+def fail(message: object) -> NoReturn:
+    """Exits with one ``run.py:`` line on stderr and exit code 2 (a user error)."""
+    sys.stderr.write(f"run.py: {' '.join(str(message).split())}\n")
+    sys.exit(USAGE_ERROR)
+
+
+def _debug() -> bool:
+    return os.environ.get("LTR_DEBUG", "") not in ("", "0") or (
+        flags.FLAGS.is_parsed() and _DEBUG.value
+    )
+
+
+def user_errors() -> tuple[type[BaseException], ...]:
+    """Errors that are the user's to fix: reported in one line, without a traceback."""
+    from ltr_jax.data import imagenet_lt, sources, user_sources  # noqa: PLC0415
+
+    return (
+        validation.ConfigError,
+        checkpointing.CorruptCheckpointError,
+        train_lib.DivergedError,
+        sources.DatasetNotFoundError,
+        sources.UnverifiedArchiveError,
+        imagenet_lt.SplitListError,
+        user_sources.DatasetError,
+    )
+
+
 def main(argv):
+    try:
+        _main(argv)
+    except user_errors() as e:  # say what is wrong and how to fix it, without a traceback
+        if _debug():
+            raise
+        fail(f"{type(e).__name__}: {e}")
+
+
+def _main(argv):
     del argv
     logging.set_verbosity(logging.INFO)
     import logging as std_logging
@@ -73,7 +114,7 @@ def main(argv):
     std_logging.getLogger("absl").addFilter(_QuietLibraries())  # Orbax logs through absl
     launch = (_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
     if not _MULTIHOST.value and any(v is not None for v in launch):
-        raise app.UsageError("--coordinator_address/--num_processes/--process_id need --multihost.")
+        fail("--coordinator_address/--num_processes/--process_id need --multihost.")
     runtime.init_distributed(
         _MULTIHOST.value,
         coordinator_address=_COORDINATOR.value,
@@ -82,18 +123,12 @@ def main(argv):
     )
     from ml_collections import FrozenConfigDict
 
-    from ltr_jax.data import imagenet_lt, sources, user_sources
-
     config = FrozenConfigDict(_CONFIG.value)
     workdir = _WORKDIR.value or default_workdir(flags.FLAGS["config"].config_filename)
-    data_errors = (sources.DatasetNotFoundError, sources.UnverifiedArchiveError,
-                   imagenet_lt.SplitListError, user_sources.DatasetError)  # fmt: skip
     try:
         if _PREPARE_DATA.value:
             return prepare_data(config)
         results = pipeline.run(config, workdir, _STAGES.value)
-    except data_errors as e:  # say what is wrong and how to fix it, without a traceback
-        sys.exit(f"run.py: {type(e).__name__}: {e}")
     except stopping.Stopped as e:  # a clean stop (signal, deadline, preemption): resumable
         logging.warning("%s Exit code %d.", e, stopping.EXIT_CODE)
         sys.exit(stopping.EXIT_CODE)
@@ -128,12 +163,16 @@ def prepare_data(config) -> None:
 
 
 def check_overrides(argv: list[str]) -> str | None:
-    """Returns an error naming the valid keys for the first unknown ``--config.a.b`` override."""
+    """Returns an error for a missing config file, an unknown ``:variant``, or the first
+    unknown ``--config.a.b`` override (naming the valid keys)."""
     config_arg = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
     overrides = [a[len("--config.") :].split("=", 1)[0] for a in argv if a.startswith("--config.")]
-    if config_arg is None or not overrides:
+    if config_arg is None:
         return None
-    config = config_lib.load_config_file(config_arg)
+    try:
+        config = config_lib.load_config_file(config_arg)
+    except (FileNotFoundError, ValueError) as e:
+        return f"--config={config_arg}: {e}"
     for dotted in overrides:
         node, walked = config, []
         for part in dotted.split("."):
@@ -151,11 +190,11 @@ def check_overrides(argv: list[str]) -> str | None:
 def _parse_flags(argv: list[str]) -> list[str]:
     error = check_overrides(argv)
     if error:
-        sys.exit(f"run.py: {error}")
+        fail(error)
     try:
         return flags.FLAGS(argv)
     except flags.Error as e:
-        sys.exit(f"run.py: {e}")
+        fail(e)
 
 
 if __name__ == "__main__":

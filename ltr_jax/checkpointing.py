@@ -52,7 +52,8 @@ class Checkpointer:
                 "to restart this stage from scratch"
             )
             raise CorruptCheckpointError(
-                f"Checkpoint {path} cannot be restored ({type(e).__name__}: {e}). It may be "
+                f"Checkpoint {path} cannot be restored ({type(e).__name__}: {_first_line(e)}). "
+                "It may be "
                 f"truncated or from an incompatible config. Nothing was changed: {hint}."
             ) from e
         logging.info("Restored %s at step %d.", self.directory, step)
@@ -61,3 +62,10 @@ class Checkpointer:
     def close(self) -> None:
         self._manager.wait_until_finished()
         self._manager.close()
+
+
+def _first_line(error: Exception, limit: int = 160) -> str:
+    """The start of an error's message: Orbax/TensorStore errors run to hundreds of lines."""
+    lines = str(error).strip().splitlines() or [""]
+    line = lines[0]
+    return line if len(line) <= limit else line[: limit - 3] + "..."

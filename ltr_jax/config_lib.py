@@ -119,6 +119,7 @@ def base_config() -> mlc.ConfigDict:
             max_checkpoints=2,
             eval_batch_size=512,
             tensorboard=True,
+            stop_on_nonfinite=True,  # stop a stage at a log step whose loss is NaN or inf
         )
     )
     c.ce = supervised_section()

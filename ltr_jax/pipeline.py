@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 
 import jax
 
-from ltr_jax import runtime, stopping, train_lib, writers
+from ltr_jax import runtime, stopping, train_lib, validation, writers
 from ltr_jax.data import inputs
 from ltr_jax.stages import common, crt, probe, rebalance, representation, supervised
 
@@ -31,8 +31,11 @@ STAGES: dict[str, Callable[[common.StageContext], dict]] = {
 def check_stages(names: Sequence[str]) -> tuple[str, ...]:
     """Validates stage names against the registry."""
     bad = [n for n in names if n not in STAGES]
-    if bad:
-        raise ValueError(f"Unknown stage(s) {bad}; valid: {', '.join(STAGES)}.")
+    if bad or not names:
+        given = ", ".join(bad) or "(none)"
+        raise validation.ConfigError(
+            f"Unknown stage(s) {given} in --stages; valid: {', '.join(STAGES)}."
+        )
     return tuple(names)
 
 
@@ -51,12 +54,22 @@ def _config_diff(a: dict, b: dict, prefix: str = "") -> list[str]:
     return diffs
 
 
+def stage_started(workdir: str, stage: str) -> bool:
+    """A stage has started once it wrote a checkpoint (a step folder) or its results.json;
+    an empty folder left by a failed attempt does not count."""
+    folder = os.path.join(workdir, stage)
+    if os.path.exists(os.path.join(folder, "results.json")):
+        return True
+    return any(d.isdigit() for _, dirs, _ in os.walk(folder) for d in dirs)
+
+
 def record_config(config, workdir: str) -> None:
     """Writes WORKDIR/config.json, or checks that a resumed run uses the same config.
 
-    Changes are allowed only in ``pipeline`` and in the sections of stages that have not
-    started (no ``WORKDIR/<stage>/`` yet): e.g. copy a workdir after stage 1 and the probe to
-    try several stage-2 settings. The recorded config is then updated.
+    A change blocks only if a stage it affects has started (`stage_started`): a stage's
+    section affects that stage, ``data``, ``model``, ``train`` and ``seed`` every stage,
+    ``pipeline`` none. E.g. copy a workdir after stage 1 and the probe to try several stage-2
+    settings. The recorded config is then updated.
     """
     current = json.loads(config.to_json())
     path = os.path.join(workdir, "config.json")
@@ -64,11 +77,12 @@ def record_config(config, workdir: str) -> None:
         with open(path) as f:
             saved = json.load(f)
         diffs = _config_diff(saved, current)
-        started = lambda key: key not in STAGES or os.path.exists(os.path.join(workdir, key))
-        blocking = [d for d in diffs if d.split(".")[0].split(":")[0] != "pipeline"
-                    and started(d.split(".")[0].split(":")[0])]  # fmt: skip
+        any_started = any(stage_started(workdir, s) for s in STAGES)
+        started = lambda key: stage_started(workdir, key) if key in STAGES else any_started
+        section = lambda diff: diff.split(".")[0].split(":")[0]
+        blocking = [d for d in diffs if section(d) != "pipeline" and started(section(d))]
         if blocking:
-            raise ValueError(
+            raise validation.ConfigError(
                 f"{workdir} holds a run with a different config ({'; '.join(blocking)}). "
                 "Use a new --workdir, or rerun with the recorded config to resume."
             )
@@ -79,6 +93,19 @@ def record_config(config, workdir: str) -> None:
         writers.write_json(path, current)
 
 
+def check_workdir(workdir: str) -> None:
+    """Refuses a workdir that is a file, or that exists (or would be created) read-only."""
+    if os.path.exists(workdir) and not os.path.isdir(workdir):
+        raise validation.ConfigError(f"--workdir={workdir} is a file: give a folder.")
+    existing = workdir
+    while not os.path.exists(existing):
+        existing = os.path.dirname(os.path.abspath(existing))
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise validation.ConfigError(
+            f"--workdir={workdir}: {existing} is not writable: give a folder you can write to."
+        )
+
+
 def run(config, workdir: str, stages: Sequence[str] | None = None) -> dict[str, dict]:
     """Runs the pipeline (``config.pipeline`` unless ``stages`` is given).
 
@@ -86,10 +113,17 @@ def run(config, workdir: str, stages: Sequence[str] | None = None) -> dict[str, 
       The results of every requested stage, by name (read back for finished stages).
     """
     names = check_stages(stages if stages else config.pipeline)
-    os.makedirs(workdir, exist_ok=True)
-    record_config(config, workdir)
+    validation.validate(config, names, jax.device_count())
+    check_workdir(workdir)
+    validation.check_earlier_stages(config, names, workdir)
     mesh = runtime.make_mesh()
     data = inputs.load(config.data, mesh)
+    warnings = validation.validate_data(config, names, data.class_counts, data.class_names)
+    for stage_warnings in warnings.values():
+        for warning in stage_warnings:
+            logging.warning("%s", warning)
+    os.makedirs(workdir, exist_ok=True)
+    record_config(config, workdir)  # only once the config is valid and its data loads
     ctx = common.StageContext(config, workdir, mesh, data, runtime.root_key(config.seed))
     results = {}
     stopper = stopping.Stopper.from_env(agree_every=config.train.log_every_steps)
@@ -105,6 +139,8 @@ def run(config, workdir: str, stages: Sequence[str] | None = None) -> dict[str, 
             began = time.perf_counter()
             results[name] = STAGES[name](ctx)
             results[name]["timing"] = stage_timing(workdir, name, time.perf_counter() - began)
+            if warnings.get(name):
+                results[name]["warnings"] = warnings[name]
             common.write_results(ctx, name, results[name])
             logging.info("Stage %s finished: %s", name, common.results_path(workdir, name))
     return results

@@ -9,6 +9,7 @@ below is all a resumed run needs.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import time
 from collections.abc import Callable
@@ -198,6 +199,7 @@ def run_loop(
     progress = writers.Progress(num_steps, start, stage, images_per_step)
     stopper = stopper or stopping.Stopper.from_env(agree_every=train_config.log_every_steps)
     saver = _CheckpointCadence(train_config)
+    guard = DivergenceGuard(stage, train_config)
     eval_every = eval_every_steps or int(train_config.eval_every_epochs * steps_per_epoch)
     with stopper.signals():
         try:
@@ -210,6 +212,8 @@ def run_loop(
                     host = _host_metrics(metrics, done, steps_per_epoch, schedule)
                     host["images_per_s"] = progress.update(done, host)
                     writer.write(done, host)
+                    if (diverged := guard.check(done, host["loss"], ckpt)) is not None:
+                        raise diverged
                 if evaluate is not None and eval_every and done % eval_every == 0:
                     if done < num_steps:  # the caller evaluates the last step
                         writer.write(done, {f"eval_{k}": v for k, v in evaluate(state).items()})
@@ -297,6 +301,53 @@ def loop_timing(workdir: str, stage: str) -> dict | None:
         last_process_loop_s=round(record["this_process_s"], 3), processes=record["processes"],
         images_per_s=round(images / max(record["loop_s"], 1e-9), 1),
     )  # fmt: skip
+
+
+class DivergedError(RuntimeError):
+    """The loss became non-finite at a log step (``train.stop_on_nonfinite``)."""
+
+
+class DivergenceGuard:
+    """Stops a stage at the first log step whose loss is not finite (NaN or inf).
+
+    Checked only at log steps (metrics leave the device only there). With
+    ``train.stop_on_nonfinite=False`` the stage trains on and the loss is only logged.
+    """
+
+    def __init__(self, stage: str, train_config):
+        self.stage = stage
+        self.enabled = bool(getattr(train_config, "stop_on_nonfinite", True))
+        self.last_finite: tuple[int, float] | None = None  # (step, loss)
+
+    def check(
+        self, step: int, loss: float, ckpt: checkpointing.Checkpointer
+    ) -> DivergedError | None:
+        """Records a finite loss; returns the error to raise for a non-finite one.
+
+        Returns:
+          None, or a `DivergedError` of one line with the step, the stage, the last finite
+          loss and the checkpoint a rerun resumes from.
+        """
+        if math.isfinite(loss):
+            self.last_finite = (step, loss)
+            return None
+        if not self.enabled:
+            return None
+        last = "none logged"
+        if self.last_finite is not None:
+            last = f"{self.last_finite[1]:.4g} at step {self.last_finite[0]}"
+        resume = ckpt.latest_step()
+        lr = f"--config.{self.stage}.optim.lr"
+        advice = (
+            f"a rerun resumes from {os.path.join(ckpt.directory, str(resume))} (step {resume}); "
+            f"to lower {lr}, use a new --workdir"
+            if resume is not None
+            else f"no checkpoint was saved yet: rerun with a lower {lr}"
+        )
+        return DivergedError(
+            f"Stage {self.stage} diverged: loss {loss} at step {step} (last finite loss: "
+            f"{last}); {advice}, or set --config.train.stop_on_nonfinite=False to train on."
+        )
 
 
 def apply_in_batches(fn: Callable, arrays: tuple, batch_size: int, mesh) -> np.ndarray:

@@ -62,8 +62,8 @@ def test_rerun_with_another_config_is_refused(tmp_path):
     # A stage that has not started may still change (its section only) ...
     pipeline.record_config(FrozenConfigDict(_smoke_config(epochs=3)), str(tmp_path))
     assert json.loads((tmp_path / "config.json").read_text())["ce"]["epochs"] == 3
-    # ... but not once it has started, and shared sections never.
-    os.makedirs(tmp_path / "ce")
+    # ... but not once it has started (a checkpoint or results.json), nor shared sections then.
+    os.makedirs(tmp_path / "ce" / "checkpoints" / "10")
     with pytest.raises(ValueError, match=r"ce.epochs: 3 -> 4.*new --workdir"):
         pipeline.record_config(FrozenConfigDict(_smoke_config(epochs=4)), str(tmp_path))
     config = _smoke_config(epochs=3)

@@ -215,6 +215,7 @@ def test_download_network_error_is_clear(tmp_path, monkeypatch):
         raise ConnectionError(f"cannot reach {url}")
 
     monkeypatch.setattr(tfds.download.DownloadManager, "download", unreachable)
+    monkeypatch.setattr(sources, "network_reachable", lambda url: True)  # the probe passes
     with pytest.raises(sources.DatasetNotFoundError, match="download failed") as info:
         sources.load_dataset(_config(tmp_path, download=True))
     assert "cifar-10-binary.tar.gz" in str(info.value)
@@ -229,6 +230,7 @@ def test_download_is_used_when_not_in_manual_folder(tmp_path, c10_archive, monke
         return manual / "cifar-10-binary.tar.gz"
 
     monkeypatch.setattr(tfds.download.DownloadManager, "download", fake_download)
+    monkeypatch.setattr(sources, "network_reachable", lambda url: True)
     config = _config(tmp_path, download=True, allow_unverified_archive=True)
     ds = sources.load_dataset(config)
     assert urls == [sources.LtrCifar10.ARCHIVE_URL]

@@ -10,6 +10,8 @@ import dataclasses
 
 import numpy as np
 
+from ltr_jax.validation import ConfigError
+
 
 def long_tail_counts(n_max: int, num_classes: int, imbalance_factor: float) -> np.ndarray:
     """Per-class counts n_c = floor(n_max * IF^(-c / (C - 1))) of the LDAM protocol.
@@ -104,7 +106,7 @@ def train_subset(
         kept = np.bincount(np.asarray(labels)[pos], minlength=num_classes)
         emptied = np.flatnonzero((kept == 0) & (available > 0)).tolist()
         if emptied:
-            raise ValueError(
+            raise ConfigError(
                 f"data.imbalance_factor={imbalance_factor} leaves classes {emptied} without a "
                 f"training image (largest class: {available.max()} images): lower it, or give "
                 "data.class_counts."
@@ -112,13 +114,13 @@ def train_subset(
         return pos
     available = np.bincount(np.asarray(labels), minlength=num_classes)
     if len(class_counts) != num_classes:
-        raise ValueError(
+        raise ConfigError(
             f"data.class_counts has {len(class_counts)} entries but the dataset has "
             f"{num_classes} classes: give one count per class (or () for imbalance_factor)."
         )
     too_many = [c for c in range(num_classes) if class_counts[c] > available[c]]
     if too_many or min(class_counts) < 1:
-        raise ValueError(
+        raise ConfigError(
             f"data.class_counts {tuple(class_counts)} asks for more images than classes "
             f"{too_many} have ({available.tolist()}), or for none: use 1..available per class."
         )

@@ -21,8 +21,12 @@ import dataclasses
 import hashlib
 import inspect
 import logging
+import os
+import socket
 import tarfile
+import threading
 import time
+import urllib.parse
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, ClassVar
 
@@ -218,6 +222,11 @@ class _LtrCifarBuilder(LocalCodePath, tfds.core.GeneratorBasedBuilder, skip_regi
             return local
         if not self._download:
             raise DatasetNotFoundError(self._missing_message(folder, "download is disabled"))
+        if not network_reachable(self.ARCHIVE_URL):  # fail in seconds, not minutes of retries
+            host = urllib.parse.urlsplit(self.ARCHIVE_URL).hostname
+            raise DatasetNotFoundError(
+                self._missing_message(folder, f"download impossible: {host} is unreachable")
+            )
         try:
             return epath.Path(dl_manager.download(self.ARCHIVE_URL))
         except (OSError, tfds.download.DownloadError) as exc:
@@ -226,11 +235,16 @@ class _LtrCifarBuilder(LocalCodePath, tfds.core.GeneratorBasedBuilder, skip_regi
             ) from exc
 
     def _missing_message(self, folder: epath.Path | None, reason: str) -> str:
+        # Advice that fits the settings: enabling download only helps when it is off.
+        other = (
+            "rerun where the network is reachable"
+            if self._download
+            else "enable download with --config.data.download=True"
+        )
         return (
             f"{self.ARCHIVE_FILENAME} not found ({reason}). Put {self.ARCHIVE_FILENAME} "
             f"(sha256 {self.ARCHIVE_SHA256}, from {self.ARCHIVE_URL}) in {folder} or pass "
-            "--config.data.manual_dir=<folder holding it>, or enable download with "
-            "--config.data.download=True."
+            f"--config.data.manual_dir=<folder holding it>, or {other}."
         )
 
     def _check_archive(self, archive: epath.Path) -> bool:
@@ -254,6 +268,31 @@ class _LtrCifarBuilder(LocalCodePath, tfds.core.GeneratorBasedBuilder, skip_regi
             self.ARCHIVE_SHA256,
         )
         return False
+
+
+_PROXY_VARIABLES = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY")
+
+
+def network_reachable(url: str, timeout_s: float = 3.0) -> bool:
+    """Whether a TCP connection to ``url``'s host opens within ``timeout_s`` (name lookup
+    included). True when a proxy is configured: the download then goes through it."""
+    if any(os.environ.get(v) for v in _PROXY_VARIABLES):
+        return True
+    parts = urllib.parse.urlsplit(url)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    reached = []
+
+    def probe():
+        try:
+            socket.create_connection((parts.hostname, port), timeout=timeout_s).close()
+            reached.append(True)
+        except OSError:
+            pass
+
+    thread = threading.Thread(target=probe, daemon=True)  # a name lookup ignores timeouts
+    thread.start()
+    thread.join(timeout_s + 1.0)
+    return bool(reached)
 
 
 def manual_folder(dl_manager: tfds.download.DownloadManager) -> epath.Path | None:

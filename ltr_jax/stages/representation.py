@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from ltr_jax import runtime, train_lib
+from ltr_jax import runtime, train_lib, validation
 from ltr_jax.data import augment, inputs
 from ltr_jax.losses import bns, supcon
 from ltr_jax.models import registry
@@ -69,13 +69,7 @@ def run(ctx: common.StageContext) -> dict:
     """Trains encoder + projection head with BNS (or SupCon); exports the encoder."""
     cfg, data, mesh = ctx.config[STAGE], ctx.data, ctx.mesh
     runtime.check_batch_size(cfg.batch_size, mesh, f"{STAGE}.batch_size")
-    if cfg.loss not in LOSSES:
-        raise ValueError(f"Unknown stage1.loss {cfg.loss!r}; valid: {', '.join(LOSSES)}.")
-    if cfg.views_through_bn not in VIEWS_THROUGH_BN:
-        raise ValueError(f"Unknown stage1.views_through_bn {cfg.views_through_bn!r}; valid: "
-                         f"{', '.join(VIEWS_THROUGH_BN)}.")  # fmt: skip
-    if cfg.bns.form not in bns.FORMS:
-        raise ValueError(f"Unknown stage1.bns.form {cfg.bns.form!r}; valid: {bns.FORMS}.")
+    validation.check_section(ctx.config, STAGE)  # the same checks as pipeline.run's
     key = common.stage_key(ctx, STAGE)
     model = registry.make_contrastive(ctx.config.model, rngs=nnx.Rngs(key))
     model = common.init_from_pretrained(ctx, STAGE, model)

@@ -1,0 +1,305 @@
+"""Validates a whole run before anything trains: one table of per-key checks.
+
+``CHECKS`` maps a dotted config key to the check of its value: a function returning the valid
+choices of a string switch, or a ``(predicate, requirement)`` pair for a number. A key is
+checked only when the config has it (so a key added by another feature is checked once it
+exists) and only when its section is used by a requested stage (``data``, ``model`` and
+``train`` always). Every error is one line naming the key, the bad value and the valid ones.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+
+class ConfigError(ValueError):
+    """A user error in the config, the stages or the workdir: one line saying what to fix."""
+
+
+def _optim_names():
+    return ("adamw", "sgd")
+
+
+def _encoders():
+    from ltr_jax.models import registry  # noqa: PLC0415
+
+    return tuple(sorted(registry.ENCODERS))
+
+
+def _dtypes():
+    from ltr_jax.models import registry  # noqa: PLC0415
+
+    return tuple(registry.DTYPES)
+
+
+def _heads():
+    from ltr_jax.models import registry  # noqa: PLC0415
+
+    return tuple(registry.HEADS)
+
+
+def _samplers():
+    from ltr_jax.data import sampler  # noqa: PLC0415
+
+    return sampler.SAMPLERS
+
+
+def _augments():
+    from ltr_jax.data import inputs  # noqa: PLC0415
+
+    return inputs.AUGMENTS
+
+
+def _formats():
+    from ltr_jax.data import inputs  # noqa: PLC0415
+
+    return inputs.FORMATS
+
+
+def _class_losses():
+    from ltr_jax.losses import classification  # noqa: PLC0415
+
+    return classification.LOSSES
+
+
+def _stage1_losses():
+    from ltr_jax.stages import representation  # noqa: PLC0415
+
+    return representation.LOSSES
+
+
+def _bns_forms():
+    from ltr_jax.losses import bns  # noqa: PLC0415
+
+    return bns.FORMS
+
+
+def _dpp_methods():
+    from ltr_jax.dpp import sampling  # noqa: PLC0415
+
+    return sampling.METHODS
+
+
+def _fixed(*values):
+    return lambda: values
+
+
+def _positive(x) -> bool:
+    return x > 0 and math.isfinite(x)
+
+
+def _at_least(low):
+    return lambda x: x >= low and math.isfinite(x)
+
+
+_POSITIVE = (_positive, "a finite number > 0")
+_POS_INT = (lambda x: x >= 1, "an integer >= 1")
+_NON_NEG = (_at_least(0), "a finite number >= 0")
+
+# Keys of every stage section's optimiser (``<section>.optim.<key>``).
+_OPTIM: dict[str, object] = {
+    "name": _optim_names,
+    "lr": _NON_NEG,
+    "lr_base_batch": _POS_INT,
+    "weight_decay": _NON_NEG,
+    "warmup_epochs": _NON_NEG,
+    "layer_decay": ((lambda x: 0 < x <= 1), "in (0, 1]"),
+    "clip_grad_norm": _NON_NEG,
+}
+
+# Keys of every stage section (``<section>.<key>``) that share a meaning.
+_STAGE_COMMON: dict[str, object] = {"epochs": _POS_INT, "batch_size": _POS_INT}
+
+# Dotted key -> check. Extend here when adding a switch or a number with a valid range.
+CHECKS: dict[str, object] = {
+    "data.format": _formats,
+    "data.imbalance_factor": (_at_least(1), "a finite number >= 1 (1: balanced)"),
+    "data.many_threshold": _NON_NEG,
+    "data.few_threshold": _NON_NEG,
+    "data.max_per_class": _NON_NEG,
+    "model.encoder": _encoders,
+    "model.dtype": _dtypes,
+    "model.init": _fixed("flax", "torch"),
+    "model.init_format": _fixed("auto", "timm", "big_vision"),
+    "train.log_every_steps": _POS_INT,
+    "train.eval_every_epochs": _NON_NEG,
+    "train.checkpoint_every_steps": _NON_NEG,
+    "train.checkpoint_every_minutes": _NON_NEG,
+    "train.max_checkpoints": _POS_INT,
+    "train.eval_batch_size": _POS_INT,
+    "train.stop_on_nonfinite": _fixed(True, False),
+    "ce.sampler": _samplers,
+    "ce.augment": _augments,
+    "ce.loss": _class_losses,
+    "ce.head": _heads,
+    "stage1.loss": _stage1_losses,
+    "stage1.bns.form": _bns_forms,
+    "stage1.views_through_bn": _fixed("joint", "separate"),
+    "probe.encoder_from": _fixed("stage1", "random"),
+    "probe.per_class": _POS_INT,
+    "probe.augment": _fixed("none", "simclr"),
+    "probe.encoder_bn": _fixed("eval", "train"),
+    "crt.sampler": _samplers,
+    "stage2.head_init": _fixed("probe", "random"),
+    "stage2.train": _fixed("all", "head"),
+    "stage2.p_source": _fixed("clean", "augmented"),
+    "stage2.sampler": _dpp_methods,
+    "stage2.kernel_scale": _fixed("paper", "reference"),
+    "stage2.k_per_class": (_at_least(0), "an integer >= 0 (0: 10 x the smallest class)"),
+    "stage2.redraw_every_epochs": _POS_INT,
+    "stage2.redraw_rule": _fixed("every", "reference"),
+    "stage2.augment": _augments,
+}
+
+# The earlier stage whose exported modules a stage loads (None: it needs none).
+_NEEDS: dict[str, Callable[[object], tuple[str, ...]]] = {
+    "probe": lambda c: ("stage1",) if c.probe.encoder_from == "stage1" else (),
+    "stage2": lambda c: ("stage1", "probe") if c.stage2.head_init == "probe" else ("stage1",),
+    "crt": lambda c: ("ce",),
+}
+
+
+def _get(config, dotted: str):
+    node = config
+    for part in dotted.split("."):
+        if not hasattr(node, "keys") or part not in node:
+            return _MISSING
+        node = node[part]
+    return node
+
+
+_MISSING = object()
+
+
+def check_value(key: str, value, check) -> None:
+    """Raises `ConfigError` naming ``key``, ``value`` and what is valid, if ``check`` fails."""
+    if isinstance(check, tuple):
+        predicate, requirement = check
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and predicate(value)
+        if not ok:
+            raise ConfigError(f"config.{key}={value!r} is invalid: it must be {requirement}.")
+        return
+    valid = tuple(check())
+    if value not in valid:
+        raise ConfigError(f"Unknown config.{key} {value!r}; valid: {', '.join(map(str, valid))}.")
+
+
+def _stage_checks(section: str) -> dict[str, object]:
+    checks = {f"{section}.{k}": c for k, c in _STAGE_COMMON.items()}
+    checks.update({f"{section}.optim.{k}": c for k, c in _OPTIM.items()})
+    return checks
+
+
+def check_section(config, section: str) -> None:
+    """Checks the keys of one config section (a stage's own check, when run on its own).
+
+    Raises:
+      ConfigError: the first invalid value, in one line.
+    """
+    checks = {**CHECKS, **_stage_checks(section)}
+    for key, check in checks.items():
+        value = _get(config, key)
+        if key.split(".")[0] == section and value is not _MISSING:
+            check_value(key, value, check)
+
+
+def validate(config, stages: Sequence[str], num_devices: int) -> None:
+    """Checks the data config and every requested stage's section, before anything runs.
+
+    Args:
+      config: the run's (frozen) config.
+      stages: the requested stage names (already checked against the stage registry).
+      num_devices: devices of the mesh; every batch size must be a multiple.
+
+    Raises:
+      ConfigError: the first invalid value, in one line.
+    """
+    from ltr_jax.data import datasets  # noqa: PLC0415
+
+    try:
+        datasets.lookup(config.data.name)
+    except ValueError as e:
+        raise ConfigError(f"config.data.name: {e}") from None
+    for section in ("data", "model", "train", *stages):
+        check_section(config, section)
+    if "checkpoint_every_minutes" not in config.train:  # steps are then the only cadence
+        check_value("train.checkpoint_every_steps", config.train.checkpoint_every_steps, _POS_INT)
+    data = config.data
+    if data.few_threshold > data.many_threshold:
+        raise ConfigError(
+            f"config.data.few_threshold={data.few_threshold} exceeds config.data.many_threshold="
+            f"{data.many_threshold}: Few must lie below Many."
+        )
+    batches = {f"{s}.batch_size": config[s].batch_size for s in stages if "batch_size" in config[s]}
+    batches["train.eval_batch_size"] = config.train.eval_batch_size
+    for key, size in batches.items():
+        if size % num_devices:
+            fit = max(num_devices, size - size % num_devices)
+            raise ConfigError(
+                f"config.{key}={size} is not a multiple of the {num_devices} devices: "
+                f"use e.g. --config.{key}={fit}."
+            )
+
+
+def check_earlier_stages(config, stages: Sequence[str], workdir: str) -> None:
+    """Refuses a stage whose earlier stage has neither finished nor been requested before it."""
+    for i, stage in enumerate(stages):
+        needs = _NEEDS.get(stage, lambda c: ())(config)
+        for need in needs:
+            done = os.path.exists(os.path.join(workdir, need, "results.json"))
+            if not done and need not in stages[:i]:
+                raise ConfigError(
+                    f"Stage {stage} needs stage {need}, which has not finished in {workdir}: "
+                    f"run --stages={need},{stage} (or the whole pipeline)."
+                )
+
+
+def train_examples(config, stage: str, class_counts: np.ndarray) -> int:
+    """Examples one epoch of ``stage`` draws from (the probe's and stage 2's subsets)."""
+    counts = np.asarray(class_counts)
+    if stage == "probe":
+        return int(np.minimum(counts, config.probe.per_class).sum())
+    if stage == "stage2":
+        k = int(config.stage2.k_per_class) or int(10 * counts.min())
+        return int(np.minimum(counts, k).sum())
+    return int(counts.sum())
+
+
+def validate_data(config, stages: Sequence[str], class_counts, class_names) -> dict:
+    """Checks the loaded data against the run: every class has images, batches fit the data.
+
+    Returns:
+      Warnings (one line each) about accepted but ineffective settings, by stage.
+
+    Raises:
+      ConfigError: a class without training images, or a batch larger than the stage's data.
+    """
+    counts = np.asarray(class_counts)
+    empty = np.flatnonzero(counts == 0)
+    if len(empty):
+        names = ", ".join(str(class_names[c]) for c in empty[:5])
+        raise ConfigError(
+            f"{len(empty)} class(es) have no training images ({names}) with "
+            f"config.data.imbalance_factor={config.data.imbalance_factor}: lower it "
+            f"(at most {int(counts.max())} for this dataset)."
+        )
+    for stage in stages:
+        if "batch_size" not in config[stage]:
+            continue
+        n, size = train_examples(config, stage, counts), config[stage].batch_size
+        if size > n:
+            raise ConfigError(
+                f"config.{stage}.batch_size={size} exceeds the {n} training examples of stage "
+                f"{stage}: use --config.{stage}.batch_size={n} or less."
+            )
+    warnings = {}
+    if "stage2" in stages and config.stage2.k_per_class >= counts.max():
+        warnings["stage2"] = [
+            f"config.stage2.k_per_class={config.stage2.k_per_class} >= every class size (largest "
+            f"{int(counts.max())}): every draw keeps every image, so IP-DPP does not re-balance."
+        ]
+    return warnings

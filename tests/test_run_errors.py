@@ -1,0 +1,263 @@
+"""The run's front door: every user error is one ``run.py:`` line, exit code 2, before any
+training, with the workdir untouched; the validation table; the divergence guard; offline runs.
+
+run.py's ``main`` runs in this process (a subprocess per case would cost seconds each).
+"""
+
+import json
+import os
+import sys
+
+import numpy as np
+import pytest
+from absl import flags
+from ml_collections import FrozenConfigDict
+
+from ltr_jax import checkpointing, config_lib, pipeline, validation
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+import run  # noqa: E402
+
+CE_SMOKE = os.path.join(ROOT, "configs", "baselines", "ce_cifar10_lt.py") + ":smoke"
+LT_SMOKE = os.path.join(ROOT, "configs", "cifar10_lt.py") + ":smoke"
+
+
+def _reset_flags():
+    """Forgets the last parse, and the ``--config.*`` override flags it defined."""
+    flags.FLAGS.unparse_flags()
+    for name in [n for n in flags.FLAGS if n.startswith("config.")]:
+        delattr(flags.FLAGS, name)
+
+
+def _cli(capsys, *argv, config=CE_SMOKE):
+    """Runs run.py in-process; returns (exit code, the ``run.py:`` lines of stderr, stderr)."""
+    _reset_flags()
+    capsys.readouterr()
+    args = ["run.py", *([f"--config={config}"] if config else []), *argv]
+    saved, sys.argv = sys.argv, args  # config_flags reads the overrides from sys.argv
+    try:
+        with pytest.raises(SystemExit) as exit_info:
+            run.main(run._parse_flags(args))
+    finally:
+        sys.argv = saved
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("run.py:")]
+    return exit_info.value.code, lines, err
+
+
+def _snapshot(folder) -> dict:
+    """Every file under ``folder`` with its bytes (None: the folder does not exist)."""
+    if not os.path.exists(folder):
+        return None
+    snap = {}
+    for d, dirs, files in os.walk(folder):
+        snap.update({os.path.relpath(os.path.join(d, x), folder): None for x in dirs})
+        for f in files:
+            with open(os.path.join(d, f), "rb") as fh:
+                snap[os.path.relpath(os.path.join(d, f), folder)] = fh.read()
+    return snap
+
+
+def _assert_one_line(capsys, workdir, *argv, match, config=CE_SMOKE):
+    before = _snapshot(workdir)
+    code, lines, err = _cli(capsys, f"--workdir={workdir}", *argv, config=config)
+    assert code == 2, err
+    assert len(lines) == 1 and "Traceback" not in err, err
+    for part in match:
+        assert part in lines[0], lines[0]
+    assert _snapshot(workdir) == before  # untouched (not created when it did not exist)
+    return lines[0]
+
+
+@pytest.mark.parametrize(
+    "argv, config, match",
+    [
+        ((), "configs/no_such_config.py", ("no_such_config.py does not exist",)),
+        ((), CE_SMOKE.replace(":smoke", ":smok"), ("'smok'", "valid: smoke")),
+        (("--stages=ce,foo",), CE_SMOKE, ("foo", "--stages", "valid: ce, stage1")),
+        (("--config.data.imbalance_factor=0",), CE_SMOKE, ("imbalance_factor=0", ">= 1")),
+        (("--config.data.imbalance_factor=-5",), CE_SMOKE, ("imbalance_factor=-5", ">= 1")),
+        (("--config.ce.batch_size=30",), CE_SMOKE, ("ce.batch_size=30", "8 devices", "=24")),
+        (("--config.stage2.sampler=structure",), LT_SMOKE, ("stage2.sampler", "'structure'",
+                                                           "valid: structured")),
+        (("--config.stage2.k_per_class=-5",), LT_SMOKE, ("k_per_class=-5", ">= 0")),
+        (("--config.stage2.redraw_every_epochs=0",), LT_SMOKE, ("redraw_every_epochs=0",)),
+        (("--config.data.few_threshold=60",), CE_SMOKE, ("few_threshold=60", "many_threshold")),
+        (("--config.train.checkpoint_every_steps=0",), CE_SMOKE, ("checkpoint_every_steps=0",)),
+    ],
+)  # fmt: skip
+def test_bad_config_is_one_line_before_anything(capsys, tmp_path, argv, config, match):
+    _assert_one_line(capsys, str(tmp_path / "wd"), *argv, config=config, match=match)
+
+
+def test_bad_inputs_found_by_loading_the_data(capsys, tmp_path):
+    wd = str(tmp_path / "wd")
+    big = ("imbalance_factor=1000000000", "without a training image", "9")
+    _assert_one_line(capsys, wd, "--config.data.imbalance_factor=1000000000", match=big)
+    _assert_one_line(capsys, wd, "--config.ce.batch_size=4096",
+                     match=("ce.batch_size=4096", "exceeds the 403 training examples"))  # fmt: skip
+
+
+def test_workdir_errors(capsys, tmp_path, monkeypatch):
+    (tmp_path / "afile").write_text("x")
+    _assert_one_line(capsys, str(tmp_path / "afile"), match=("is a file",))
+    # A missing earlier stage: refused before any folder is made.
+    _assert_one_line(capsys, str(tmp_path / "fresh"), "--stages=stage2", config=LT_SMOKE,
+                     match=("stage2 needs stage stage1", "--stages=stage1,stage2"))  # fmt: skip
+    # Read-only (as root, permissions do not stop writes: ask os.access what it would say).
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda p, m: False if "ro" in p else real_access(p, m))
+    os.makedirs(tmp_path / "ro")
+    _assert_one_line(capsys, str(tmp_path / "ro" / "wd"), match=("is not writable",))
+
+
+def test_debug_shows_the_traceback(capsys, tmp_path, monkeypatch):
+    _reset_flags()
+    argv = ["run.py", f"--config={CE_SMOKE}", f"--workdir={tmp_path}", "--stages=foo"]
+    monkeypatch.setattr(sys, "argv", argv)
+    with pytest.raises(validation.ConfigError, match="foo"):
+        run.main(run._parse_flags([*argv, "--debug"]))
+    _reset_flags()
+    monkeypatch.setenv("LTR_DEBUG", "1")
+    with pytest.raises(validation.ConfigError, match="foo"):
+        run.main(run._parse_flags(argv))
+
+
+def _started_workdir(tmp_path, **ce) -> str:
+    """A workdir whose ``ce`` stage has a checkpoint (a state unlike the real one)."""
+    wd = str(tmp_path / "wd")
+    config = config_lib.load_config_file(CE_SMOKE)
+    config.ce.update(ce)
+    os.makedirs(wd)
+    pipeline.record_config(FrozenConfigDict(config), wd)
+    ckpt = checkpointing.Checkpointer(os.path.join(wd, "ce", "checkpoints"))
+    ckpt.save(10, {"w": np.zeros(3, np.float32)})
+    ckpt.close()
+    return wd
+
+
+def test_rerun_errors(capsys, tmp_path):
+    wd = _started_workdir(tmp_path)
+    _assert_one_line(capsys, wd, "--config.ce.epochs=3",
+                     match=("ce.epochs: 2 -> 3", "new --workdir"))  # fmt: skip
+    _assert_one_line(capsys, wd, "--config.data.imbalance_factor=20",
+                     match=("data.imbalance_factor: 10 -> 20",))  # fmt: skip
+    line = _assert_one_line(capsys, wd, match=("CorruptCheckpointError", "cannot be restored"))
+    assert len(line) < 700  # no TensorStore dump
+
+
+def test_failed_first_attempt_does_not_poison_the_workdir(tmp_path):
+    wd = str(tmp_path)
+    config = config_lib.load_config_file(CE_SMOKE)
+    pipeline.record_config(FrozenConfigDict(config), wd)
+    os.makedirs(tmp_path / "ce" / "checkpoints")  # an empty folder: the stage has not started
+    config.data.imbalance_factor = 20  # a data change while no stage has started is taken
+    config.data.download = False
+    pipeline.record_config(FrozenConfigDict(config), wd)
+    assert json.loads((tmp_path / "config.json").read_text())["data"]["imbalance_factor"] == 20
+    assert not pipeline.stage_started(wd, "ce")
+    (tmp_path / "ce" / "results.json").write_text("{}")
+    assert pipeline.stage_started(wd, "ce")
+
+
+def test_validation_table():
+    config = config_lib.load_config_file(LT_SMOKE)
+    stages = ("stage1", "probe", "stage2")
+    validation.validate(FrozenConfigDict(config), stages, num_devices=8)
+    bad = {
+        "model.encoder": "resnet9000",
+        "stage1.loss": "bnss",
+        "stage1.bns.form": "papr",
+        "probe.encoder_from": "stage0",
+        "stage2.train": "half",
+        "stage1.optim.name": "adam",
+        "stage2.kernel_scale": "papr",
+        "data.format": "png",
+        "data.name": "cifar11",
+    }
+    for key, value in bad.items():
+        c = config_lib.load_config_file(LT_SMOKE)
+        section, _, leaf = key.rpartition(".")
+        node = c
+        for part in section.split("."):
+            node = node[part]
+        node[leaf] = value
+        with pytest.raises(validation.ConfigError, match=f"{key}.*{value}") as e:
+            validation.validate(FrozenConfigDict(c), stages, num_devices=8)
+        assert "\n" not in str(e.value)
+    # A section of a stage that is not requested is not checked.
+    c = config_lib.load_config_file(LT_SMOKE)
+    c.ce.loss = "nope"
+    validation.validate(FrozenConfigDict(c), stages, num_devices=8)
+    # A key that the config lacks (added by another feature) is skipped.
+    validation.check_value("stage2.sampler", "uniform", validation.CHECKS["stage2.sampler"])
+    with pytest.raises(validation.ConfigError, match=r"config.x=0 is invalid: it must be"):
+        validation.check_value("x", 0, validation.CHECKS["stage2.redraw_every_epochs"])
+
+
+def test_k_per_class_above_every_class_warns():
+    config = config_lib.load_config_file(LT_SMOKE)
+    config.stage2.k_per_class = 100
+    counts, names = np.array([100, 40, 10]), ("a", "b", "c")
+    warnings = validation.validate_data(FrozenConfigDict(config), ("stage2",), counts, names)
+    assert list(warnings) == ["stage2"] and "does not re-balance" in warnings["stage2"][0]
+    config.stage2.k_per_class = 99
+    assert validation.validate_data(FrozenConfigDict(config), ("stage2",), counts, names) == {}
+    empty = r"1 class\(es\) have no training images \(b\)"
+    with pytest.raises(validation.ConfigError, match=empty):
+        validation.validate_data(FrozenConfigDict(config), ("ce",), np.array([5, 0, 3]), names)
+
+
+def test_offline_first_run_fails_fast_with_fitting_advice(tmp_path, monkeypatch):
+    from ltr_jax.data import sources
+
+    def refuse(*args, **kwargs):
+        raise OSError("no network")
+
+    monkeypatch.setattr(sources.socket, "create_connection", refuse)
+    for v in sources._PROXY_VARIABLES:
+        monkeypatch.delenv(v, raising=False)
+    assert not sources.network_reachable("https://example.org/a.tar.gz")
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy:3128")
+    assert sources.network_reachable("https://example.org/a.tar.gz")
+    monkeypatch.delenv("HTTPS_PROXY")
+    config = config_lib.base_config()
+    config.data.data_dir = str(tmp_path)
+    with pytest.raises(sources.DatasetNotFoundError, match="unreachable") as e:
+        sources.load_dataset(FrozenConfigDict(config).data)
+    assert "download=True" not in str(e.value) and "manual_dir" in str(e.value)
+    config.data.download = False
+    with pytest.raises(sources.DatasetNotFoundError, match="download=True"):
+        sources.load_dataset(FrozenConfigDict(config).data)
+
+
+def test_divergence_guard_unit(tmp_path):
+    from types import SimpleNamespace
+
+    from ltr_jax import train_lib
+
+    ckpt = checkpointing.Checkpointer(str(tmp_path / "ck"))
+    guard = train_lib.DivergenceGuard("stage1", SimpleNamespace(stop_on_nonfinite=True))
+    assert guard.check(5, 1.5, ckpt) is None
+    error = guard.check(10, float("inf"), ckpt)
+    assert isinstance(error, train_lib.DivergedError)
+    assert "loss inf at step 10 (last finite loss: 1.5 at step 5)" in str(error)
+    assert "no checkpoint was saved yet" in str(error) and "stage1.optim.lr" in str(error)
+    quiet = train_lib.DivergenceGuard("ce", SimpleNamespace(stop_on_nonfinite=False))
+    assert quiet.check(5, float("nan"), ckpt) is None
+
+
+@pytest.mark.slow
+def test_divergence_stops_the_run_in_one_line(capsys, tmp_path):
+    wd = str(tmp_path / "wd")
+    code, lines, err = _cli(capsys, f"--workdir={wd}", "--config.ce.optim.lr=1e9",
+                            "--config.ce.epochs=1", "--config.train.log_every_steps=2",
+                            "--config.train.checkpoint_every_steps=2")  # fmt: skip
+    assert code == 2 and len(lines) == 1 and "Traceback" not in err, err
+    assert "Stage ce diverged: loss nan at step" in lines[0], lines[0]
+    assert "last finite loss" in lines[0] and "a rerun resumes from" in lines[0]
+    step = int(lines[0].split("loss nan at step ")[1].split(" ")[0])
+    saved = lines[0].split("(step ")[1].split(")")[0]
+    assert int(saved) == step - 2  # the last checkpoint before the non-finite log step
+    assert not os.path.exists(os.path.join(wd, "ce", "results.json"))
