@@ -371,6 +371,18 @@ def _count_ticks(ax, rows: Sequence[dict]) -> None:
         ax.xaxis.set_minor_formatter(NullFormatter())
 
 
+def _name_points(ax, rows: Sequence[dict], max_classes: int = 20) -> None:
+    """Writes each class's name beside the first method's point when there are few classes."""
+    row = next((r for r in rows if r["per_class_acc"] and r["train_class_counts"]), None)
+    if row is None or not row.get("class_names") or len(row["class_names"]) > max_classes:
+        return
+    for name, count, acc in zip(row["class_names"], row["train_class_counts"],
+                                row["per_class_acc"]["mean"]):  # fmt: skip
+        if acc is not None and math.isfinite(acc):
+            ax.annotate(name, (count, acc), xytext=(3, 3), textcoords="offset points",
+                        fontsize=7, rotation=30, alpha=0.8)  # fmt: skip
+
+
 def plot_per_class(rows: Sequence[dict], path: str) -> None:
     """Per-class test accuracy against the class's training count (log x), one line per method."""
     fig = _figure(11.0, 5.0)
@@ -385,6 +397,7 @@ def plot_per_class(rows: Sequence[dict], path: str) -> None:
         ax.errorbar(counts[order], mean, yerr=std if row["runs"] > 1 else None, ms=5, lw=1.5,
                     capsize=2, alpha=0.85, **_style(i),
                     label=f"{row['method']} ({row['stage']}, n={row['runs']})")  # fmt: skip
+    _name_points(ax, rows)
     thresholds = rows[0]["thresholds"] if rows else {}
     for name, sign, style in (("many", ">", "--"), ("few", "<", ":")):
         if thresholds.get(name) is not None:

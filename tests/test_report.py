@@ -361,3 +361,19 @@ def test_sweep_runs_each_seed_in_its_own_workdir(tmp_path, monkeypatch):
             f"--workdir_root={tmp_path}", "--config.seed=7", "--config.ce.epochs=1"]  # fmt: skip
     sweep.main(argv)
     assert calls == [(s, str(tmp_path / f"seed_{s}"), ["ce"]) for s in range(3)]
+
+
+def test_per_class_figure_names_the_classes_when_they_are_few():
+    from matplotlib.figure import Figure
+
+    row = dict(
+        per_class_acc={"mean": [90.0, float("nan"), 10.0], "std": [0.0, 0.0, 0.0]},
+        train_class_counts=[500, 50, 5],
+        class_names=["cat", "dog", "newt"],
+    )
+    ax = Figure().subplots()
+    report._name_points(ax, [row])
+    assert [t.get_text() for t in ax.texts] == ["cat", "newt"]  # no point for a NaN accuracy
+    ax = Figure().subplots()
+    report._name_points(ax, [dict(row, class_names=[str(i) for i in range(3)])], max_classes=2)
+    assert not ax.texts
