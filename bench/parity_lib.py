@@ -18,7 +18,7 @@ import ml_collections as mlc
 import numpy as np
 from flax import nnx
 
-from ltr_jax import dpp, train_lib
+from ltr_jax import dpp, param_groups, train_lib
 from ltr_jax.losses import classification
 from ltr_jax.models import heads, registry
 from ltr_jax.stages import representation
@@ -116,7 +116,7 @@ def flat_params(model: nnx.Module, what=nnx.Param) -> dict[str, np.ndarray]:
 
 def decayed_paths(model: nnx.Module) -> list[str]:
     """Sorted paths of the parameters that ``train_lib``'s AdamW decays."""
-    mask = train_lib._decay_mask(nnx.state(model, nnx.Param))
+    mask = param_groups.decay_mask(nnx.state(model, nnx.Param))
     flat = nnx.to_flat_state(mask)
     return sorted("/".join(map(str, p)) for p, v in flat if bool(v.get_value()))
 

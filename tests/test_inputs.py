@@ -91,7 +91,7 @@ def test_missing_dataset_is_a_clear_one_line_error(tmp_path):
            "--prepare_data", f"--config.data.manual_dir={tmp_path}",
            f"--config.data.data_dir={tmp_path / 'tfds'}"]  # fmt: skip
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert done.returncode == 1
+    assert done.returncode == 2  # run.py's exit code of every user error
     assert "Traceback" not in done.stderr
     expected = f"DatasetNotFoundError: Split list ImageNet_LT_train.txt not found in {tmp_path}"
     assert expected in done.stderr

@@ -84,7 +84,8 @@ def _assert_one_line(capsys, workdir, *argv, match, config=CE_SMOKE):
         (("--config.stage2.k_per_class=-5",), LT_SMOKE, ("k_per_class=-5", ">= 0")),
         (("--config.stage2.redraw_every_epochs=0",), LT_SMOKE, ("redraw_every_epochs=0",)),
         (("--config.data.few_threshold=60",), CE_SMOKE, ("few_threshold=60", "many_threshold")),
-        (("--config.train.checkpoint_every_steps=0",), CE_SMOKE, ("checkpoint_every_steps=0",)),
+        (("--config.train.checkpoint_every_minutes=-1",), CE_SMOKE,
+         ("checkpoint_every_minutes=-1",)),
     ],
 )  # fmt: skip
 def test_bad_config_is_one_line_before_anything(capsys, tmp_path, argv, config, match):
