@@ -20,3 +20,20 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 import jax  # noqa: E402
 
 jax.config.update("jax_enable_x64", False)
+
+# The longest test files first: CI distributes whole files over 2 workers (--dist loadfile) in
+# collection order, and a long file picked up last leaves the other worker idle at the end.
+_LONGEST_FIRST = (
+    "test_multihost.py",
+    "test_user_data.py",
+    "test_transformer_pipeline.py",
+    "test_inputs.py",
+    "test_stopping.py",
+    "test_parity.py",
+    "test_baselines.py",
+)
+
+
+def pytest_collection_modifyitems(session, config, items):
+    rank = {name: i for i, name in enumerate(_LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: others keep order
