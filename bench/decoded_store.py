@@ -68,15 +68,7 @@ def time_prepare(split: _Split, directory: str, args, processes: int) -> dict:
 
 def _rate(batches, args, warm: int) -> float:
     """Best images/s over ``--repeats`` windows of ``args.batches`` batches after ``warm``."""
-    rates = []
-    for _ in range(args.repeats):
-        for _ in range(warm):
-            next(batches)
-        start = time.perf_counter()
-        for _ in range(args.batches):
-            next(batches)
-        rates.append(args.batches * args.batch_size / (time.perf_counter() - start))
-    return max(rates)
+    return max(jpeg_bench.window_rates(batches, args, warm))
 
 
 def time_store(store: decoded_store.DecodedSplit, args, threads: int) -> dict:

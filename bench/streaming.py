@@ -39,6 +39,19 @@ from ltr_jax.data import streaming
 ASSUMED_RESNET50_H100_IMAGES_PER_S = 3000.0  # an assumption (see the module docstring)
 
 
+def window_rates(batches, args, warm: int) -> list[float]:
+    """Images/s of ``args.repeats`` windows of ``args.batches`` batches, each after ``warm``."""
+    rates = []
+    for _ in range(args.repeats):
+        for _ in range(warm):
+            next(batches)
+        start = time.perf_counter()
+        for _ in range(args.batches):
+            next(batches)
+        rates.append(args.batches * args.batch_size / (time.perf_counter() - start))
+    return rates
+
+
 def synthetic_jpeg(
     rng: np.random.Generator, width: int, height: int, quality: int, noise: float
 ) -> bytes:
@@ -97,14 +110,7 @@ def time_pipeline(
         num_processes=processes,
         prefetch_steps=2,
     )
-    rates = []
-    for _ in range(args.repeats):
-        for _ in range(warm):
-            next(batches)
-        start = time.perf_counter()
-        for _ in range(args.batches):
-            next(batches)
-        rates.append(args.batches * args.batch_size / (time.perf_counter() - start))
+    rates = window_rates(batches, args, warm)
     batches.close()
     cores = min(processes or workers, os.cpu_count() or 1)
     case = "processes" if processes else "threads"
