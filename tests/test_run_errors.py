@@ -14,6 +14,7 @@ from absl import flags
 from ml_collections import FrozenConfigDict
 
 from ltr_jax import checkpointing, config_lib, pipeline, validation
+from ltr_jax.stages import rebalance
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -165,7 +166,7 @@ def test_failed_first_attempt_does_not_poison_the_workdir(tmp_path):
 def test_validation_table():
     config = config_lib.load_config_file(LT_SMOKE)
     stages = ("stage1", "probe", "stage2")
-    validation.validate(FrozenConfigDict(config), stages, num_devices=8)
+    pipeline.validate(FrozenConfigDict(config), stages, num_devices=8)
     bad = {
         "model.encoder": "resnet9000",
         "stage1.loss": "bnss",
@@ -185,16 +186,16 @@ def test_validation_table():
             node = node[part]
         node[leaf] = value
         with pytest.raises(validation.ConfigError, match=f"{key}.*{value}") as e:
-            validation.validate(FrozenConfigDict(c), stages, num_devices=8)
+            pipeline.validate(FrozenConfigDict(c), stages, num_devices=8)
         assert "\n" not in str(e.value)
     # A section of a stage that is not requested is not checked.
     c = config_lib.load_config_file(LT_SMOKE)
     c.ce.loss = "nope"
-    validation.validate(FrozenConfigDict(c), stages, num_devices=8)
+    pipeline.validate(FrozenConfigDict(c), stages, num_devices=8)
     # A key that the config lacks (added by another feature) is skipped.
-    validation.check_value("stage2.sampler", "uniform", validation.CHECKS["stage2.sampler"])
+    validation.check_value("stage2.sampler", "uniform", rebalance.CHECKS["sampler"])
     with pytest.raises(validation.ConfigError, match=r"config.x=0 is invalid: it must be"):
-        validation.check_value("x", 0, validation.CHECKS["stage2.redraw_every_epochs"])
+        validation.check_value("x", 0, rebalance.CHECKS["redraw_every_epochs"])
 
 
 def test_k_per_class_above_every_class_warns():
