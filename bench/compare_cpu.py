@@ -52,14 +52,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def make_contenders(backbone: str, dtype: str, batch_size: int, args, data: dict) -> dict:
-    """{name: runner} for JAX and each torch variant, compiled / started and warmed up."""
-    mesh = runtime.make_mesh()
-    device_data = runtime.put_replicated(mesh, data)
+def make_contenders(backbone: str, dtype: str, batch_size: int, args, data) -> dict:
+    """{name: runner} for JAX and each torch variant, compiled / started and warmed up.
+
+    ``data`` is the `throughput.synthetic_input`; torch gets the same images and labels.
+    """
     contenders = {"jax": throughput.JaxRunner("stage1", backbone, dtype, batch_size,
-                                              args.num_images, mesh, device_data)}  # fmt: skip
+                                              args.num_images, data.mesh, data)}  # fmt: skip
     device = torch_reference.default_device()
-    torch_data = dict(data, labels=data["labels"].astype("int64"))
+    torch_data = dict(images=data.long_tail.train_images,
+                      labels=data.train_labels.astype("int64"))  # fmt: skip
     for variant in args.variants:
         contenders[f"torch_{variant}"] = torch_reference.TorchRunner(
             backbone, dtype, batch_size, variant, torch_data, args.num_workers, device
@@ -129,7 +131,7 @@ def table_row(row: dict) -> dict:
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    data = throughput.synthetic_data(args.num_images)
+    data = throughput.synthetic_input(args.num_images, runtime.make_mesh())
     rows = []
     for backbone in args.backbones:
         for dtype in args.dtypes:

@@ -57,12 +57,6 @@ def batch_sharded(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, P(DATA_AXIS))
 
 
-def check_batch_size(batch_size: int, mesh: Mesh, what: str = "batch_size") -> None:
-    n = mesh.devices.size
-    if batch_size % n:
-        raise ValueError(f"{what}={batch_size} is not divisible by the {n} devices of the mesh.")
-
-
 def put_batch_sharded(mesh: Mesh, x: np.ndarray) -> jax.Array:
     """A host array (the same on every process) as a global array, batch axis over ``data``.
 

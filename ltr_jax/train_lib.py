@@ -51,6 +51,24 @@ def scaled_learning_rate(optim_config, batch_size: int) -> float:
     return optim_config.lr * batch_size / optim_config.lr_base_batch
 
 
+def _adamw(schedule, optim_config) -> optax.GradientTransformation:
+    wd = optim_config.weight_decay
+    return optax.adamw(
+        schedule, optim_config.b1, optim_config.b2, weight_decay=wd, mask=param_groups.decay_mask
+    )
+
+
+def _sgd(schedule, optim_config) -> optax.GradientTransformation:
+    return optax.chain(
+        optax.add_decayed_weights(optim_config.weight_decay, mask=param_groups.decay_mask),
+        optax.sgd(schedule, momentum=optim_config.momentum, nesterov=optim_config.nesterov),
+    )
+
+
+# optim.name -> builder(schedule, optim section): the optimiser before clipping / layer decay.
+OPTIMIZERS: dict[str, Callable] = {"adamw": _adamw, "sgd": _sgd}
+
+
 def make_optimizer(optim_config, *, batch_size: int, num_steps: int, steps_per_epoch: int):
     """AdamW or SGD with linear warm-up then cosine to 0, per step.
 
@@ -65,17 +83,10 @@ def make_optimizer(optim_config, *, batch_size: int, num_steps: int, steps_per_e
     peak = scaled_learning_rate(optim_config, batch_size)
     warmup = min(int(optim_config.warmup_epochs * steps_per_epoch), max(num_steps - 1, 0))
     schedule = optax.warmup_cosine_decay_schedule(0.0, peak, warmup, max(num_steps, 1), 0.0)
-    wd = optim_config.weight_decay
-    if optim_config.name == "adamw":
-        tx = optax.adamw(schedule, optim_config.b1, optim_config.b2, weight_decay=wd,
-                         mask=param_groups.decay_mask)  # fmt: skip
-    elif optim_config.name == "sgd":
-        tx = optax.chain(
-            optax.add_decayed_weights(wd, mask=param_groups.decay_mask),
-            optax.sgd(schedule, momentum=optim_config.momentum, nesterov=optim_config.nesterov),
-        )
-    else:
-        raise ValueError(f"Unknown optim.name {optim_config.name!r}; valid: adamw, sgd.")
+    if optim_config.name not in OPTIMIZERS:
+        valid = ", ".join(OPTIMIZERS)
+        raise ValueError(f"Unknown optim.name {optim_config.name!r}; valid: {valid}.")
+    tx = OPTIMIZERS[optim_config.name](schedule, optim_config)
     return _with_clip_and_layer_decay(tx, optim_config), schedule
 
 

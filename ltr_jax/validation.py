@@ -23,7 +23,9 @@ class ConfigError(ValueError):
 
 
 def _optim_names():
-    return ("adamw", "sgd")
+    from ltr_jax import train_lib  # noqa: PLC0415
+
+    return tuple(train_lib.OPTIMIZERS)
 
 
 def _encoders():

@@ -91,17 +91,28 @@ def draw_log(p, table, valid, sel, cfg) -> dict:
     }
 
 
+def _clean(key, images, positions, strength):
+    del key, positions, strength
+    return images
+
+
+def _augmented(key, images, positions, strength):
+    # Per-image keys: independent of how batches are cut.
+    keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(positions)
+    return jax.vmap(lambda k_, im: augment.simclr_image(k_, im, strength))(keys, images)
+
+
+# stage2.p_source: the images whose confidences p(y | x) weight the IP-DPP kernel.
+P_SOURCES = {"clean": _clean, "augmented": _augmented}
+
+
 def make_confidence_fn(graphdef_eval, p_source: str, strength: float):
     """``conf(state, images, positions, key) -> p(y | x)`` in eval mode, clean or augmented."""
-    if p_source not in ("clean", "augmented"):
-        raise ValueError(f"Unknown stage2.p_source {p_source!r}; valid: clean, augmented.")
+    view = P_SOURCES[p_source]
 
     @jax.jit
     def conf(state, images, labels, positions, key):
-        x = augment.to_float(images)
-        if p_source == "augmented":  # per-image keys: independent of how batches are cut
-            keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(positions)
-            x = jax.vmap(lambda k_, im: augment.simclr_image(k_, im, strength))(keys, x)
+        x = view(key, augment.to_float(images), positions, strength)
         logits = train_lib.merge_model(graphdef_eval, state)(x)
         probs = jax.nn.softmax(logits.astype(jnp.float32))
         return jnp.take_along_axis(probs, labels[:, None], 1)[:, 0]
@@ -170,7 +181,7 @@ def make_redraw(ctx, cfg, conf_fn, table, valid, k: int, steps_per_epoch: int, k
 CHECKS: dict[str, object] = {
     "head_init": validation.choices("probe", "random"),
     "train": lambda: TRAINABLE,
-    "p_source": validation.choices("clean", "augmented"),
+    "p_source": lambda: P_SOURCES,
     "sampler": lambda: dpp_sampling.METHODS,
     "kernel_scale": validation.choices("paper", "reference"),
     "k_per_class": (validation.at_least(0), "an integer >= 0 (0: 10 x the smallest class)"),
