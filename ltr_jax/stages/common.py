@@ -16,6 +16,7 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 from flax import nnx
 
@@ -48,7 +49,7 @@ class Stage:
 class StageContext:
     """The inputs of every stage: frozen config, workdir, mesh, data and the run's root key."""
 
-    config: object  # ml_collections.FrozenConfigDict
+    config: ml_collections.FrozenConfigDict
     workdir: str
     mesh: jax.sharding.Mesh
     data: object  # an ltr_jax.data.inputs InMemoryInput or StreamingInput
