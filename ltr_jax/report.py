@@ -128,9 +128,9 @@ def method_label(config: dict, stages: Sequence[str]) -> str:
     if "crt" in stages:
         parts.append("cRT")
     if "stage1" in stages:
-        s1 = config["stage1"]
-        loss = s1.get("loss", "bns")
-        parts.append("SupCon" if loss == "supcon" else f"BNS({s1['bns']['form']})")
+        from ltr_jax.losses import stage1  # noqa: PLC0415 (JAX only when a stage-1 run is named)
+
+        parts.append(stage1.report_label(config["stage1"]))
     if "stage2" in stages:
         sampler = config["stage2"]["sampler"]
         parts.append("uniform-k" if sampler == "uniform" else f"IP-DPP({sampler})")

@@ -67,9 +67,9 @@ def _class_losses():
 
 
 def _stage1_losses():
-    from ltr_jax.stages import representation  # noqa: PLC0415
+    from ltr_jax.losses import stage1  # noqa: PLC0415
 
-    return representation.LOSSES
+    return tuple(stage1.STAGE1_LOSSES)
 
 
 def _bns_forms():

@@ -17,14 +17,11 @@ from flax import nnx
 
 from ltr_jax import runtime, train_lib, validation
 from ltr_jax.data import augment, inputs
-from ltr_jax.losses import bns, supcon
+from ltr_jax.losses import stage1
 from ltr_jax.models import registry
 from ltr_jax.stages import common
 
 STAGE = "stage1"
-
-
-LOSSES = ("bns", "supcon")
 
 
 def _joint(model, v1: jax.Array, v2: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -40,7 +37,7 @@ VIEWS_THROUGH_BN = {"joint": _joint, "separate": _separate}
 
 
 def make_loss_fn(cfg, feed=None):
-    """``loss_fn(model, batch, key)``: two views, BNS (or SupCon) loss.
+    """``loss_fn(model, batch, key)``: two views, the ``stage1.loss`` of `losses.stage1`.
 
     ``feed`` (a ``train_feed``) makes the views; without one, both are on-device SimCLR views
     of in-memory images.
@@ -51,15 +48,13 @@ def make_loss_fn(cfg, feed=None):
     else:
         view = feed.view
 
+    loss_of = stage1.lookup(cfg.loss).loss
+
     def loss_fn(model, batch, key):
         key_v1, key_v2, key_loss = jax.random.split(key, 3)
         forward = VIEWS_THROUGH_BN[cfg.views_through_bn]
         z1, z2 = forward(model, view(key_v1, batch, 0), view(key_v2, batch, 1))  # [B, D] each
-        if cfg.loss == "supcon":
-            loss = supcon.supcon_loss(z1, z2, batch["labels"], tau=cfg.supcon.tau)
-        else:
-            loss = bns.bns_loss(z1, z2, batch["labels"], key_loss, tau=cfg.bns.tau, m=cfg.bns.m,
-                                form=cfg.bns.form)  # fmt: skip
+        loss = loss_of(z1, z2, batch["labels"], key_loss, cfg)
         return loss, {"pos_sim": jnp.mean(jnp.sum(z1 * z2, -1))}
 
     return loss_fn
