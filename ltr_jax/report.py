@@ -110,9 +110,9 @@ def load_run(workdir: str) -> Run:
 
 
 def _ce_label(ce: dict) -> str:
-    label = ce["loss"]
-    if ce["loss"] == "logit_adjust":
-        label += f"(tau={ce['logit_adjust_tau']:g})"
+    from ltr_jax.losses import classification  # noqa: PLC0415 (JAX only when a run is named)
+
+    label = classification.report_label(ce)
     if ce.get("drw_start_epoch", -1) >= 0:
         label += "-DRW"
     if ce["sampler"] != "uniform":

@@ -63,7 +63,7 @@ def _formats():
 def _class_losses():
     from ltr_jax.losses import classification  # noqa: PLC0415
 
-    return classification.LOSSES
+    return tuple(classification.LOSSES)
 
 
 def _stage1_losses():

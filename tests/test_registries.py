@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 from ltr_jax import config_lib, report, validation
-from ltr_jax.losses import bns, stage1, supcon
-from ltr_jax.stages import representation
+from ltr_jax.losses import bns, classification, stage1, supcon
+from ltr_jax.stages import representation, supervised
 
 B, D = 8, 4
 LABELS = jnp.array([0, 0, 1, 1, 2, 2, 3, 3], jnp.int32)
@@ -73,3 +73,47 @@ def test_a_registered_stage1_loss_is_valid_used_and_labelled(monkeypatch):
     monkeypatch.delitem(stage1.STAGE1_LOSSES, "dummy")
     with pytest.raises(validation.ConfigError, match="Unknown config.stage1.loss 'dummy'"):
         validation.check_section(config, "stage1")
+
+
+# --------------------------------------------------------------------------------------------
+# Classification losses, each built from its own nested section.
+
+COUNTS = np.array([40, 20, 10, 5])
+
+
+def test_classification_losses_read_their_own_section_and_label_it():
+    config = config_lib.base_config()
+    config.ce.update(loss="logit_adjust", logit_adjust=dict(tau=2.5))
+    section = config.ce.to_dict()
+    assert report.method_label({"ce": section}, ["ce"]) == "logit_adjust(tau=2.5)"
+    section.update(loss="ldam", drw_start_epoch=3, sampler="class_balanced")
+    assert report.method_label({"ce": section}, ["ce"]) == "ldam-DRW [class_balanced]"
+    logits = jax.random.normal(jax.random.key(0), (6, 4))
+    labels = jnp.array([0, 1, 2, 3, 3, 2])
+    loss = supervised.make_loss(config.ce, COUNTS, steps_per_epoch=10)
+    want = classification.make_classification_loss("logit_adjust", COUNTS, {"tau": 2.5})
+    np.testing.assert_allclose(loss(logits, labels, 0), want(logits, labels))
+    assert not np.isclose(loss(logits, labels, 0), classification.cross_entropy(logits, labels))
+
+
+def test_a_registered_classification_loss_is_valid_used_and_labelled(monkeypatch):
+    def make(counts, params):  # CE on logits scaled by the section's "scale"
+        return lambda logits, labels, w=None: classification.cross_entropy(
+            params["scale"] * logits, labels, w
+        )
+
+    entry = classification.ClassificationLoss(
+        make=make, label=lambda p: f"scaled(x{p['scale']:g})", defaults={"scale": 2.0}
+    )
+    monkeypatch.setitem(classification.LOSSES, "scaled", entry)
+    config = config_lib.base_config()
+    config.ce.loss = "scaled"
+    validation.check_section(config, "ce")
+    logits = jax.random.normal(jax.random.key(1), (6, 4))
+    labels = jnp.array([0, 1, 2, 3, 3, 2])
+    loss = supervised.make_loss(config.ce, COUNTS, steps_per_epoch=10)  # no ce.scaled: defaults
+    np.testing.assert_allclose(
+        loss(logits, labels, 0), classification.cross_entropy(2.0 * logits, labels), rtol=1e-6
+    )
+    section = dict(config.ce.to_dict(), scaled={"scale": 3.0})
+    assert report.method_label({"ce": section}, ["ce", "crt"]) == "scaled(x3) + cRT"

@@ -23,10 +23,7 @@ from ltr_jax.stages import common
 
 def make_loss(cfg, class_counts, steps_per_epoch: int):
     """``loss(logits, labels, step)`` of a supervised section, with DRW weights when enabled."""
-    loss = classification.make_classification_loss(
-        cfg.loss, class_counts, cfg.logit_adjust_tau,
-        ldam_max_margin=cfg.ldam_max_margin, ldam_scale=cfg.ldam_scale,
-    )  # fmt: skip
+    loss = classification.make_classification_loss(cfg.loss, class_counts, cfg.get(cfg.loss))
     if cfg.drw_start_epoch < 0:
         return lambda logits, labels, step: loss(logits, labels)
     weights = classification.make_drw_weights(
