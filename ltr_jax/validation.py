@@ -49,9 +49,9 @@ def _samplers():
 
 
 def _augments():
-    from ltr_jax.data import inputs  # noqa: PLC0415
+    from ltr_jax.data import augmentations  # noqa: PLC0415
 
-    return inputs.AUGMENTS
+    return tuple(augmentations.AUGMENTS)
 
 
 def _formats():

@@ -12,7 +12,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ltr_jax import config_lib, report, validation
+from ltr_jax import config_lib, report, runtime, validation
+from ltr_jax.data import augment, augmentations, inputs, long_tail, streaming, synthetic_jpeg
 from ltr_jax.losses import bns, classification, stage1, supcon
 from ltr_jax.stages import representation, supervised
 
@@ -117,3 +118,71 @@ def test_a_registered_classification_loss_is_valid_used_and_labelled(monkeypatch
     )
     section = dict(config.ce.to_dict(), scaled={"scale": 3.0})
     assert report.method_label({"ce": section}, ["ce", "crt"]) == "scaled(x3) + cRT"
+
+
+# --------------------------------------------------------------------------------------------
+# Augmentations: one entry, a half for every input kind.
+
+
+def _jpegs(n, seed=0):
+    rng = np.random.default_rng(seed)
+    pixels = rng.integers(0, 256, (n, 24, 20, 3), dtype=np.uint8)
+    return synthetic_jpeg.encode_jpegs(pixels, (20, 28), seed)
+
+
+def _tiny_streamed(n=16):
+    """A streamed input of ``n`` JPEGs, image ``i`` alone in class ``i`` (labels name images)."""
+    split = synthetic_jpeg.EncodedSplit(_jpegs(n), np.arange(n, dtype=np.int32))
+    groups = long_tail.shot_groups(np.ones(n), 10, 0)
+    options = inputs.StreamOptions(image_size=8, num_workers=0, prefetch_steps=1)
+    return inputs.StreamingInput(split, split, n, groups, runtime.make_mesh(1), options)
+
+
+def test_a_registered_augmentation_serves_every_input_kind(monkeypatch):
+    entry = augmentations.Augmentation(
+        device=lambda s: lambda key, x: x + s,
+        host_crop="eval",  # the host's centre crop, then the device half
+        after_host_crop=lambda s: lambda key, x: 1.0 - x,
+        from_store=lambda s, size, eval_side: lambda key, x: x[:, :size, :size] * s,
+    )
+    monkeypatch.setitem(augmentations.AUGMENTS, "mark", entry)
+    config = config_lib.base_config()
+    config.ce.augment = config.stage2.augment = "mark"
+    validation.check_section(config, "ce")
+    validation.check_section(config, "stage2")
+    x = jnp.full((2, 6, 6, 3), 0.25)
+    key = jax.random.key(0)
+    np.testing.assert_allclose(inputs.device_augment("mark", 0.5)(key, x), 0.75)
+    assert inputs.store_augment("mark", 2.0, 4, 6)(key, x).shape == (2, 4, 4, 3)
+    streamed = _tiny_streamed()
+    sampling = inputs.Sampling("uniform", key, 4)
+    feed = streamed.train_feed(sampling, augment="mark", num_views=2)
+    batch = feed.data(0, None)
+    assert batch["images"].shape == (4, 8, 8, 3)  # "eval": one centre crop, not 2 views
+    for image, label in zip(np.asarray(batch["images"]), np.asarray(batch["labels"])):
+        want = streaming.center_crop_image(streamed.train.source[int(label)]["image"], 8)
+        np.testing.assert_array_equal(image, want)
+    view = feed.view(key, batch)
+    np.testing.assert_allclose(view, 1.0 - augment.to_float(batch["images"]), atol=1e-6)
+    feed.close()
+    with pytest.raises(ValueError, match="Unknown augment 'mix'; valid: crop_flip, simclr, none"):
+        inputs.host_augment("mix", 1.0)
+
+
+def test_builtin_augmentations_keep_their_halves():
+    x = jax.random.uniform(jax.random.key(1), (2, 12, 12, 3))
+    key = jax.random.key(2)
+    simclr = augmentations.lookup("simclr")
+    same = lambda f, g: str(jax.make_jaxpr(f)(key, x)) == str(jax.make_jaxpr(g)(key, x))
+    assert same(simclr.device(0.5), lambda k, v: augment.simclr(k, v, strength=0.5))
+    assert same(simclr.after_host_crop(0.5), lambda k, v: augment.simclr_colour(k, v, strength=0.5))
+    assert not same(simclr.device(0.5), lambda k, v: augment.simclr(k, v, strength=1.0))
+    np.testing.assert_array_equal(
+        augmentations.lookup("crop_flip").device(1.0)(key, x), augment.crop_flip(key, x)
+    )
+    side = 12 * 8 / streaming.eval_resize(8)
+    np.testing.assert_array_equal(
+        inputs.store_augment("none", 1.0, 8, 12)(key, x), augment.centre_crop_resize(x, side, 8)
+    )
+    hosts = {name: a.host_crop for name, a in augmentations.AUGMENTS.items()}
+    assert hosts == {"crop_flip": "train", "simclr": "train", "none": "eval"}

@@ -45,9 +45,16 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from ltr_jax import config_lib, runtime, train_lib
-from ltr_jax.data import augment, batches, decoded_store, long_tail, sampler, streaming
+from ltr_jax.data import (
+    augment,
+    augmentations,
+    batches,
+    decoded_store,
+    long_tail,
+    sampler,
+    streaming,
+)
 
-AUGMENTS = ("crop_flip", "simclr", "none")
 POPULATIONS = ("train", "extra")
 
 
@@ -96,14 +103,9 @@ def _index_names(num_classes: int) -> tuple[str, ...]:
 
 
 def device_augment(name: str, strength: float) -> Callable:
-    """``fn(key, float images [B, H, W, 3]) -> images`` for a named augmentation, on device."""
-    if name == "crop_flip":
-        return lambda key, x: augment.crop_flip(key, x)
-    if name == "simclr":
-        return lambda key, x: augment.simclr(key, x, strength=strength)
-    if name == "none":
-        return lambda key, x: x
-    raise ValueError(f"Unknown augment {name!r}; valid: {', '.join(AUGMENTS)}.")
+    """``fn(key, float images [B, H, W, 3]) -> images`` for a named augmentation, on device
+    (`augmentations.Augmentation.device`)."""
+    return augmentations.lookup(name).device(strength)
 
 
 class _DeviceFeed:
@@ -183,12 +185,9 @@ class InMemoryInput:
 
 
 def host_augment(name: str, strength: float) -> Callable:
-    """The device part of a named augmentation whose crop + flip the host already did."""
-    if name == "simclr":
-        return lambda key, x: augment.simclr_colour(key, x, strength=strength)
-    if name in ("crop_flip", "none"):
-        return lambda key, x: x
-    raise ValueError(f"Unknown augment {name!r}; valid: {', '.join(AUGMENTS)}.")
+    """The device part of a named augmentation whose crop the host already did
+    (`augmentations.Augmentation.after_host_crop`)."""
+    return augmentations.lookup(name).after_host_crop(strength)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -208,7 +207,7 @@ class _StreamFeed:
     def __init__(self, data: StreamingInput, sampling: Sampling, augment_name: str,
                  aug: Callable, num_views: int):  # fmt: skip
         self._data, self._sampling, self._aug = data, sampling, aug
-        self._mode = "eval" if augment_name == "none" else "train"
+        self._mode = augmentations.lookup(augment_name).host_crop
         self._num_views = num_views if self._mode == "train" else 1
         self._seed = key_to_seed(sampling.key)
         self._population: np.ndarray | None = None
@@ -332,16 +331,10 @@ class StreamingInput:
 
 def store_augment(name: str, strength: float, image_size: int, store_size: int) -> Callable:
     """``fn(key, float store squares [B, S, S, 3]) -> [B, image_size, image_size, 3]``: a named
-    augmentation wholly on device, its crop taken from the store's squares."""
+    augmentation wholly on device, its crop taken from the store's squares
+    (`augmentations.Augmentation.from_store`)."""
     eval_side = store_size * image_size / streaming.eval_resize(image_size)
-    augments = {
-        "simclr": lambda key, x: augment.simclr(key, x, strength=strength, size=image_size),
-        "crop_flip": lambda key, x: augment.random_resized_crop_flip(key, x, image_size),
-        "none": lambda key, x: augment.centre_crop_resize(x, eval_side, image_size),
-    }
-    if name not in augments:
-        raise ValueError(f"Unknown augment {name!r}; valid: {', '.join(augments)}.")
-    return augments[name]
+    return augmentations.lookup(name).from_store(strength, image_size, eval_side)
 
 
 class DecodedInput(StreamingInput):
@@ -486,4 +479,3 @@ def _decoded_splits(data_config, train, test) -> tuple[Any, Any]:
                                     num_processes=data_config.prepare_processes)  # fmt: skip
     store = decoded_store.open_store(directory, size, source_fingerprint)
     return store["train"], store["test"]
-
