@@ -43,9 +43,9 @@ def _heads():
 
 
 def _samplers():
-    from ltr_jax.data import sampler  # noqa: PLC0415
+    from ltr_jax.data import samplers  # noqa: PLC0415
 
-    return sampler.SAMPLERS
+    return tuple(samplers.SAMPLERS)
 
 
 def _augments():

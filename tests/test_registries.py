@@ -13,7 +13,17 @@ import numpy as np
 import pytest
 
 from ltr_jax import config_lib, report, runtime, validation
-from ltr_jax.data import augment, augmentations, inputs, long_tail, streaming, synthetic_jpeg
+from ltr_jax.data import (
+    augment,
+    augmentations,
+    batches,
+    inputs,
+    long_tail,
+    sampler,
+    samplers,
+    streaming,
+    synthetic_jpeg,
+)
 from ltr_jax.losses import bns, classification, stage1, supcon
 from ltr_jax.stages import representation, supervised
 
@@ -186,3 +196,68 @@ def test_builtin_augmentations_keep_their_halves():
     )
     hosts = {name: a.host_crop for name, a in augmentations.AUGMENTS.items()}
     assert hosts == {"crop_flip": "train", "simclr": "train", "none": "eval"}
+
+
+# --------------------------------------------------------------------------------------------
+# Samplers: one entry, a device sampler and a host plan.
+
+
+def _reverse_positions(step, n, batch_size):  # the batch at step s: n-1-sB, n-2-sB, ...
+    return (n - 1 - step * batch_size - np.arange(batch_size)) % n
+
+
+def _in_memory(n=16):
+    """In-memory data whose image ``i`` has every pixel ``i`` (images name their position)."""
+    images = np.broadcast_to(np.arange(n, dtype=np.uint8)[:, None, None, None], (n, 4, 4, 3))
+    labels = np.arange(n, dtype=np.int32) % 4
+    counts = np.bincount(labels)
+    lt = batches.LongTailData(
+        images, labels, images, labels, 4, counts, long_tail.shot_groups(counts, 10, 0)
+    )
+    return inputs.InMemoryInput(lt, runtime.make_mesh(1))
+
+
+def test_a_registered_sampler_serves_device_and_host(monkeypatch):
+    entry = samplers.Sampler(
+        device=lambda key, labels, num_classes, b: (
+            lambda step: jnp.asarray(_reverse_positions(step, len(labels), b), jnp.int32)
+        ),
+        host_plan=lambda labels, num_classes, b, seed, pi, pc: streaming.StepPlan(
+            lambda step: _reverse_positions(step, len(labels), b), b, seed, pi, pc
+        ),
+    )
+    monkeypatch.setitem(samplers.SAMPLERS, "reverse", entry)
+    config = config_lib.base_config()
+    config.ce.sampler = config.crt.sampler = "reverse"
+    validation.check_section(config, "ce")
+    validation.check_section(config, "crt")
+    sampling = inputs.Sampling("reverse", jax.random.key(0), 4)
+    memory = _in_memory()
+    feed = memory.train_feed(sampling)
+    state = types.SimpleNamespace(step=jnp.int32(1))
+    batch = feed.batch_fn(feed.data(1, state), state)
+    np.testing.assert_array_equal(batch["images"][:, 0, 0, 0], [11, 10, 9, 8])
+    streamed = _tiny_streamed()  # labels name the images
+    feed = streamed.train_feed(sampling)
+    np.testing.assert_array_equal(feed.data(1, None)["labels"], [11, 10, 9, 8])
+    feed.close()
+    with pytest.raises(ValueError, match="Unknown sampler 'nope'; valid: uniform, class_bal"):
+        memory.train_feed(inputs.Sampling("nope", jax.random.key(0), 4))
+
+
+def test_builtin_samplers_device_and_host_agree_on_their_contract():
+    labels = np.repeat(np.arange(4), [9, 4, 2, 1]).astype(np.int32)
+    key = jax.random.key(5)
+    uniform = samplers.lookup("uniform")
+    sample = jax.jit(uniform.device(key, labels, 4, 4))
+    epoch = np.concatenate([sample(s) for s in range(4)])
+    assert sorted(epoch) == list(range(16))  # one epoch: every position once
+    plan = uniform.host_plan(labels, 4, 4, [5], 0, 1)
+    assert sorted(np.concatenate([plan.global_positions(s) for s in range(4)])) == list(range(16))
+    balanced = samplers.lookup("class_balanced")
+    np.testing.assert_array_equal(
+        balanced.device(key, labels, 4, 8)(3), sampler.class_balanced_batch(key, 3, labels, 4, 8)
+    )
+    plan = balanced.host_plan(labels, 4, 400, [5], 0, 1)
+    freq = np.bincount(labels[plan.global_positions(0)], minlength=4) / 400
+    np.testing.assert_allclose(freq, 0.25, atol=0.07)  # classes equally likely, not 9:4:2:1

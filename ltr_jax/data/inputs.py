@@ -52,6 +52,7 @@ from ltr_jax.data import (
     decoded_store,
     long_tail,
     sampler,
+    samplers,
     streaming,
 )
 
@@ -88,9 +89,7 @@ def _check_sampling(sampling: Sampling) -> None:
         raise ValueError(f"Unknown population {sampling.population!r}; valid: {POPULATIONS}.")
     if sampling.population == "extra" and sampling.kind != "uniform":
         raise ValueError("Sampling from state.extra supports only the uniform sampler.")
-    if sampling.kind not in sampler.SAMPLERS:
-        valid = ", ".join(sampler.SAMPLERS)
-        raise ValueError(f"Unknown sampler {sampling.kind!r}; valid: {valid}.")
+    samplers.lookup(sampling.kind)  # an unknown name fails with the valid ones
 
 
 def _index_names(num_classes: int) -> tuple[str, ...]:
@@ -119,7 +118,7 @@ class _DeviceFeed:
             self._sample = lambda step: sampler.uniform_batch(sampling.key, step, n,
                                                               sampling.batch_size)  # fmt: skip
         else:
-            self._sample = sampler.make_batch_sampler(
+            self._sample = samplers.make_batch_sampler(
                 sampling.kind, sampling.key, data.train_labels, data.num_classes,
                 sampling.batch_size,
             )  # fmt: skip
@@ -220,11 +219,9 @@ class _StreamFeed:
             inner = streaming.BatchPlan(len(population), s.batch_size, self._seed, pi, pc)
             positions = streaming.SubsetPositions(population, inner)
             return streaming.StepPlan(positions, s.batch_size, self._seed, pi, pc)
-        labels = self._data.train_labels
-        if s.kind == "class_balanced":
-            return streaming.class_balanced_plan(labels, self._data.num_classes, s.batch_size,
-                                                 self._seed, pi, pc)  # fmt: skip
-        return streaming.BatchPlan(len(labels), s.batch_size, self._seed, pi, pc)
+        host_plan = samplers.lookup(s.kind).host_plan
+        data = self._data
+        return host_plan(data.train_labels, data.num_classes, s.batch_size, self._seed, pi, pc)
 
     def data(self, step: int, state) -> dict:
         if self._sampling.population == "extra" and self._population is None:

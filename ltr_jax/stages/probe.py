@@ -20,7 +20,7 @@ import numpy as np
 from flax import nnx
 
 from ltr_jax import metrics, runtime, train_lib
-from ltr_jax.data import augment, batches, inputs, sampler
+from ltr_jax.data import augment, batches, inputs, samplers
 from ltr_jax.losses import classification
 from ltr_jax.models import heads, init, modes, registry
 from ltr_jax.stages import common
@@ -125,7 +125,7 @@ def train_head(ctx: common.StageContext, stage: str, cfg, features: tuple, sampl
         cfg.optim, batch_size=cfg.batch_size, num_steps=num_steps, steps_per_epoch=spe
     )
     graphdef, state = train_lib.init_train_state(head, tx)
-    sample = sampler.make_batch_sampler(
+    sample = samplers.make_batch_sampler(
         sampler_kind, jax.random.fold_in(key, 1), train_y, data.num_classes, cfg.batch_size
     )
 
