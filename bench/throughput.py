@@ -131,12 +131,12 @@ def make_stage2_step(config, batch_size: int, num_images: int, mesh):
     spe = train_lib.steps_per_epoch(subset_size, batch_size)
     tx, _ = train_lib.make_optimizer(cfg.optim, batch_size=batch_size,
                                      num_steps=cfg.epochs * spe, steps_per_epoch=spe)  # fmt: skip
-    graphdef, state = train_lib.init_train_state(model, tx, extra=positions.astype(np.int32))
+    graphdef, state = train_lib.init_train_state(model, tx, subset=positions.astype(np.int32))
     sample_key = jax.random.key(1)
 
     def batch_fn(device_data, state):
         idx = sampler.uniform_batch(sample_key, state.step, subset_size, batch_size)
-        return batches.gather(device_data, state.extra[idx], mesh)
+        return batches.gather(device_data, state.subset[idx], mesh)
 
     step = train_lib.make_train_step(graphdef, tx, batch_fn, stage2_loss_fn(cfg), mesh)
     return step, runtime.put_replicated(mesh, state)

@@ -35,7 +35,9 @@ class TrainState:
     batch_stats: Any  # nnx.BatchStat state
     frozen: Any  # every other variable (e.g. a frozen encoder)
     opt_state: Any
-    extra: Any = None  # stage-specific state, e.g. the current IP-DPP selection
+    # int32 [n] training positions of the current subset (the probe's balanced subset, the
+    # current IP-DPP draw), which `inputs.Sampling(subset_size=n)` samples from; or None.
+    subset: Any = None
 
 
 def steps_per_epoch(num_examples: int, batch_size: int) -> int:
@@ -104,12 +106,12 @@ def split_model(model: nnx.Module, trainable=nnx.Param):
     return nnx.split(model, trainable, nnx.BatchStat, ...)
 
 
-def init_train_state(model: nnx.Module, tx, trainable=nnx.Param, extra=None):
-    """Returns (graphdef, TrainState at step 0)."""
+def init_train_state(model: nnx.Module, tx, trainable=nnx.Param, subset=None):
+    """Returns (graphdef, TrainState at step 0); ``subset``: positions of the training subset."""
     graphdef, params, batch_stats, frozen = split_model(model, trainable)
     state = TrainState(
         step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats, frozen=frozen,
-        opt_state=tx.init(params), extra=extra,
+        opt_state=tx.init(params), subset=subset,
     )  # fmt: skip
     return graphdef, state
 

@@ -5,6 +5,7 @@ checks the three places a switch is used: config validation, the stage or data c
 it, and the report. All unit-sized: no model training, no data loading.
 """
 
+import dataclasses
 import types
 
 import jax
@@ -12,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ltr_jax import config_lib, report, runtime, validation
+from ltr_jax import config_lib, report, runtime, train_lib, validation
 from ltr_jax.data import (
     augment,
     augmentations,
@@ -261,3 +262,25 @@ def test_builtin_samplers_device_and_host_agree_on_their_contract():
     plan = balanced.host_plan(labels, 4, 400, [5], 0, 1)
     freq = np.bincount(labels[plan.global_positions(0)], minlength=4) / 400
     np.testing.assert_allclose(freq, 0.25, atol=0.07)  # classes equally likely, not 9:4:2:1
+
+
+# --------------------------------------------------------------------------------------------
+# Sampling over the named subset of the train state.
+
+
+def test_sampling_over_the_train_state_subset():
+    subset = np.array([2, 3, 5, 7, 11, 13], np.int32)
+    sampling = inputs.Sampling("uniform", jax.random.key(0), 3, subset_size=len(subset))
+    assert sampling.over_subset and not inputs.Sampling("uniform", sampling.key, 3).over_subset
+    memory = _in_memory()
+    feed = memory.train_feed(sampling)
+    feed.set_population(subset, 0)  # read from the state in memory: nothing to do
+    state = train_lib.TrainState(jnp.int32(0), {}, {}, {}, (), subset=jnp.asarray(subset))
+    seen = []
+    for step in range(2):  # one epoch of the subset: each of its positions once
+        state = state.replace(step=jnp.int32(step))
+        images = feed.batch_fn(feed.data(step, state), state)["images"]
+        seen.extend(np.asarray(images)[:, 0, 0, 0].tolist())
+    assert sorted(seen) == subset.tolist()
+    with pytest.raises(ValueError, match="subset supports only the uniform sampler"):
+        memory.train_feed(dataclasses.replace(sampling, kind="class_balanced"))

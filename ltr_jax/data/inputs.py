@@ -56,8 +56,6 @@ from ltr_jax.data import (
     streaming,
 )
 
-POPULATIONS = ("train", "extra")
-
 
 @dataclasses.dataclass(frozen=True)
 class Sampling:
@@ -67,16 +65,20 @@ class Sampling:
       kind: ``uniform`` (epochs without replacement) or ``class_balanced``.
       key: the sampler's key (the data order is a pure function of key and step).
       batch_size: global batch size.
-      population: ``train`` (every training image) or ``extra`` (the training positions held
-        in ``state.extra``, e.g. stage 2's current draw, of ``population_size`` entries).
-      population_size: number of positions in ``state.extra`` (``extra`` only).
+      subset_size: None: batches are drawn from every training image; ``n``: from the ``n``
+        training positions held in ``TrainState.subset`` (e.g. stage 2's current draw), which
+        the feed is told of by ``set_population``.
     """
 
     kind: str
     key: jax.Array
     batch_size: int
-    population: str = "train"
-    population_size: int = 0
+    subset_size: int | None = None
+
+    @property
+    def over_subset(self) -> bool:
+        """Whether batches are drawn from ``TrainState.subset`` (not the whole training set)."""
+        return self.subset_size is not None
 
 
 def key_to_seed(key: jax.Array) -> list[int]:
@@ -85,10 +87,10 @@ def key_to_seed(key: jax.Array) -> list[int]:
 
 
 def _check_sampling(sampling: Sampling) -> None:
-    if sampling.population not in POPULATIONS:
-        raise ValueError(f"Unknown population {sampling.population!r}; valid: {POPULATIONS}.")
-    if sampling.population == "extra" and sampling.kind != "uniform":
-        raise ValueError("Sampling from state.extra supports only the uniform sampler.")
+    if sampling.over_subset and sampling.kind != "uniform":
+        raise ValueError("Sampling from TrainState.subset supports only the uniform sampler.")
+    if sampling.over_subset and sampling.subset_size < 1:
+        raise ValueError(f"Sampling.subset_size must be >= 1, got {sampling.subset_size}.")
     samplers.lookup(sampling.kind)  # an unknown name fails with the valid ones
 
 
@@ -112,9 +114,9 @@ class _DeviceFeed:
 
     def __init__(self, data: InMemoryInput, sampling: Sampling, aug: Callable):
         self._data, self._mesh, self._aug = data, data.mesh, aug
-        self._population = sampling.population
-        if sampling.population == "extra":
-            n = sampling.population_size
+        self._over_subset = sampling.over_subset
+        if sampling.over_subset:
+            n = sampling.subset_size
             self._sample = lambda step: sampler.uniform_batch(sampling.key, step, n,
                                                               sampling.batch_size)  # fmt: skip
         else:
@@ -132,8 +134,8 @@ class _DeviceFeed:
 
     def batch_fn(self, device_data: dict, state) -> dict:
         positions = self._sample(state.step)
-        if self._population == "extra":
-            positions = state.extra[positions]
+        if self._over_subset:
+            positions = state.subset[positions]
         return batches.gather(device_data, positions, self._mesh)
 
     def view(self, key: jax.Array, batch: dict, v: int = 0) -> jax.Array:
@@ -141,7 +143,7 @@ class _DeviceFeed:
         return self._aug(key, augment.to_float(batch["images"]))
 
     def set_population(self, positions: np.ndarray, step: int) -> None:
-        del positions, step  # read from state.extra inside the step
+        del positions, step  # read from state.subset inside the step
 
     def close(self) -> None:
         """Nothing to stop (the stream feed's twin)."""
@@ -209,23 +211,22 @@ class _StreamFeed:
         self._mode = augmentations.lookup(augment_name).host_crop
         self._num_views = num_views if self._mode == "train" else 1
         self._seed = key_to_seed(sampling.key)
-        self._population: np.ndarray | None = None
+        self._subset: np.ndarray | None = None
         self._iterator, self._next_step = None, -1
 
     def _plan(self) -> streaming.StepPlan:
         s, pi, pc = self._sampling, jax.process_index(), jax.process_count()
-        if s.population == "extra":
-            population = self._population
-            inner = streaming.BatchPlan(len(population), s.batch_size, self._seed, pi, pc)
-            positions = streaming.SubsetPositions(population, inner)
+        if s.over_subset:
+            inner = streaming.BatchPlan(len(self._subset), s.batch_size, self._seed, pi, pc)
+            positions = streaming.SubsetPositions(self._subset, inner)
             return streaming.StepPlan(positions, s.batch_size, self._seed, pi, pc)
         host_plan = samplers.lookup(s.kind).host_plan
         data = self._data
         return host_plan(data.train_labels, data.num_classes, s.batch_size, self._seed, pi, pc)
 
     def data(self, step: int, state) -> dict:
-        if self._sampling.population == "extra" and self._population is None:
-            self._population = runtime.to_host(state.extra)  # a resumed run's current draw
+        if self._sampling.over_subset and self._subset is None:
+            self._subset = runtime.to_host(state.subset)  # a resumed run's current draw
         if self._iterator is None or step != self._next_step:
             _close(self._iterator)
             self._iterator = self._data.iterator(
@@ -247,7 +248,7 @@ class _StreamFeed:
         return self._aug(key, augment.to_float(images))
 
     def set_population(self, positions: np.ndarray, step: int) -> None:
-        self._population = np.asarray(positions)
+        self._subset = np.asarray(positions)
         _close(self._iterator)
         self._iterator = None  # the draw changed: restart the pipeline at this step
         del step

@@ -186,9 +186,9 @@ def train_through_encoder(ctx: common.StageContext, encoder: nnx.Module, subset:
         cfg.optim, batch_size=cfg.batch_size, num_steps=num_steps, steps_per_epoch=spe
     )
     graphdef, state = train_lib.init_train_state(model, tx, trainable,
-                                                 extra=subset.astype(np.int32))  # fmt: skip
+                                                 subset=subset.astype(np.int32))  # fmt: skip
     sampling = inputs.Sampling("uniform", jax.random.fold_in(key, 1), cfg.batch_size,
-                               population="extra", population_size=len(subset))  # fmt: skip
+                               subset_size=len(subset))  # fmt: skip
     feed = data.train_feed(sampling, augment="simclr", strength=cfg.augment_strength)
     feed.set_population(subset, 0)
 

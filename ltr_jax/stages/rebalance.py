@@ -171,7 +171,7 @@ def make_redraw(ctx, cfg, conf_fn, table, valid, k: int, steps_per_epoch: int, k
                      STAGE, n, step, len(positions), np.mean(log["mean_p_drawn"]),
                      np.mean(log["mean_p_class"]))  # fmt: skip
         feed.set_population(positions, step)
-        return state.replace(extra=runtime.put_replicated(mesh, positions))
+        return state.replace(subset=runtime.put_replicated(mesh, positions))
 
     return before_step
 
@@ -194,13 +194,13 @@ def run(ctx: common.StageContext) -> dict:
         cfg.optim, batch_size=cfg.batch_size, num_steps=num_steps, steps_per_epoch=spe
     )
     graphdef, state = train_lib.init_train_state(
-        model, tx, trainable, extra=np.zeros(subset_size, np.int32)
+        model, tx, trainable, subset=np.zeros(subset_size, np.int32)
     )
     graphdef_eval = common.eval_graphdef(model, trainable)
     conf_fn = make_confidence_fn(graphdef_eval, cfg.p_source, cfg.augment_strength)
     logits_fn = common.make_logits_fn(graphdef_eval)
     sampling = inputs.Sampling("uniform", jax.random.fold_in(key, 1), cfg.batch_size,
-                               population="extra", population_size=subset_size)  # fmt: skip
+                               subset_size=subset_size)  # fmt: skip
     feed = data.train_feed(sampling, augment=cfg.augment, strength=cfg.augment_strength)
 
     def loss_fn(model, batch, key):
