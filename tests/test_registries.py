@@ -6,6 +6,7 @@ it, and the report. All unit-sized: no model training, no data loading.
 """
 
 import dataclasses
+import inspect
 import types
 
 import jax
@@ -20,6 +21,7 @@ from ltr_jax.data import (
     batches,
     inputs,
     long_tail,
+    protocols,
     sampler,
     samplers,
     streaming,
@@ -284,3 +286,36 @@ def test_sampling_over_the_train_state_subset():
     assert sorted(seen) == subset.tolist()
     with pytest.raises(ValueError, match="subset supports only the uniform sampler"):
         memory.train_feed(dataclasses.replace(sampling, kind="class_balanced"))
+
+
+# --------------------------------------------------------------------------------------------
+# The typed interfaces of the data input and feed.
+
+
+def _params(fn):
+    return [(p.name, p.kind, p.default) for p in inspect.signature(fn).parameters.values()]
+
+
+def test_every_input_and_feed_satisfies_its_protocol():
+    memory, streamed = _in_memory(), _tiny_streamed()
+    decoded = inputs.DecodedInput(
+        streamed.train, streamed.test, 16, streamed.groups, streamed.mesh, streamed.options
+    )
+    sampling = inputs.Sampling("uniform", jax.random.key(0), 4)
+    feeds = [memory.train_feed(sampling), streamed.train_feed(sampling)]
+    for data in (memory, streamed, decoded):
+        assert isinstance(data, protocols.DataInput), type(data).__name__
+        for method in ("train_feed", "map_split"):
+            want = _params(getattr(protocols.DataInput, method))
+            assert _params(getattr(type(data), method)) == want, (type(data).__name__, method)
+    for feed in feeds:
+        assert isinstance(feed, protocols.Feed), type(feed).__name__
+        for method in ("data", "batch_fn", "view", "set_population", "close"):
+            # called positionally: the number of parameters and their defaults must agree
+            shape = lambda fn: [(kind, default) for _, kind, default in _params(fn)]
+            want = shape(getattr(protocols.Feed, method))
+            assert shape(getattr(type(feed), method)) == want, (type(feed).__name__, method)
+        feed.close()
+    incomplete = types.SimpleNamespace(**{k: getattr(memory, k) for k in ("num_classes", "mesh")})
+    assert not isinstance(incomplete, protocols.DataInput)
+    assert not isinstance(memory, protocols.Feed)

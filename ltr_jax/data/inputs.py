@@ -1,6 +1,7 @@
 """Where a stage's images come from: the whole set in device memory, or streamed from disk.
 
-Stages see one interface and never which kind they got (the dataset name decides):
+Stages see one interface and never which kind they got (the dataset name decides), typed by
+`protocols.DataInput` and `protocols.Feed`:
 
 - host facts: ``num_classes``, ``class_names``, ``train_labels``, ``class_counts``, ``groups``,
   ``test_labels``;
