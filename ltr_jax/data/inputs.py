@@ -288,14 +288,22 @@ class StreamingInput:
     def iterator(self, split, *, plan, start_step: int = 0, num_steps: int | None = None,
                  mode: str = "train", num_views: int = 1, global_batch_size: int):  # fmt: skip
         """This process's host batches of ``split`` (an `image_lists.ImageSplit`-like pair)."""
-        return streaming.make_iterator(
-            split.source, global_batch_size=global_batch_size, start_step=start_step,
-            num_steps=num_steps, image_size=self.options.image_size,
-            num_workers=self.options.num_workers, prefetch_steps=self.options.prefetch_steps,
-            plan=plan, mode=mode, num_views=num_views, process_index=plan.process_index,
-            process_count=jax.process_count(), num_processes=self.options.num_processes,
+        spec = streaming.IteratorSpec(
+            global_batch_size=global_batch_size,
+            start_step=start_step,
+            num_steps=num_steps,
+            process_index=plan.process_index,
+            process_count=jax.process_count(),
+            plan=plan,
+            image_size=self.options.image_size,
+            mode=mode,
+            num_views=num_views,
             draft=self.options.draft,
-        )  # fmt: skip
+            num_workers=self.options.num_workers,
+            prefetch_steps=self.options.prefetch_steps,
+            num_processes=self.options.num_processes,
+        )
+        return streaming.make_iterator(split.source, spec)
 
     def train_feed(self, sampling: Sampling, *, augment: str = "none", strength: float = 1.0,
                    num_views: int = 1) -> _StreamFeed:  # fmt: skip
