@@ -75,7 +75,7 @@ def _stage1_losses():
 def _bns_forms():
     from ltr_jax.losses import bns  # noqa: PLC0415
 
-    return bns.FORMS
+    return tuple(bns.FORMS)
 
 
 def _dpp_methods():
