@@ -132,8 +132,9 @@ def method_label(config: dict, stages: Sequence[str]) -> str:
 
         parts.append(stage1.report_label(config["stage1"]))
     if "stage2" in stages:
-        sampler = config["stage2"]["sampler"]
-        parts.append("uniform-k" if sampler == "uniform" else f"IP-DPP({sampler})")
+        from ltr_jax.dpp import sampling  # noqa: PLC0415 (JAX only when a run is named)
+
+        parts.append(sampling.report_label(config["stage2"]["sampler"]))
     elif "probe" in stages:
         parts.append("probe")
     return " + ".join(parts) or "+".join(stages)

@@ -81,7 +81,7 @@ def _bns_forms():
 def _dpp_methods():
     from ltr_jax.dpp import sampling  # noqa: PLC0415
 
-    return sampling.METHODS
+    return tuple(sampling.METHODS)
 
 
 def _fixed(*values):

@@ -27,6 +27,7 @@ from ltr_jax.data import (
     streaming,
     synthetic_jpeg,
 )
+from ltr_jax.dpp import sampling as dpp_sampling
 from ltr_jax.losses import bns, classification, stage1, supcon
 from ltr_jax.stages import representation, supervised
 
@@ -319,3 +320,35 @@ def test_every_input_and_feed_satisfies_its_protocol():
     incomplete = types.SimpleNamespace(**{k: getattr(memory, k) for k in ("num_classes", "mesh")})
     assert not isinstance(incomplete, protocols.DataInput)
     assert not isinstance(memory, protocols.Feed)
+
+
+# --------------------------------------------------------------------------------------------
+# IP-DPP methods (stage2.sampler) and BNS forms.
+
+
+def _first_k(key, p, valid, k, scale):
+    del key, p, scale
+    return valid & (jnp.cumsum(valid) <= k)
+
+
+def test_a_registered_ipdpp_method_is_valid_used_and_labelled(monkeypatch):
+    monkeypatch.setitem(dpp_sampling.METHODS, "first_k", dpp_sampling.Method(_first_k, "first-k"))
+    config = config_lib.base_config()
+    config.stage2.sampler = "first_k"
+    validation.check_section(config, "stage2")
+    p = jnp.linspace(0.1, 0.9, 6)
+    mask = dpp_sampling.sample_ip_dpp(jax.random.key(0), p, 2, method="first_k")
+    np.testing.assert_array_equal(mask, [True, True, False, False, False, False])
+    labels = {"stage1": {"loss": "supcon"}, "stage2": {"sampler": "first_k"}}
+    assert report.method_label(labels, ["stage1", "probe", "stage2"]) == "SupCon + first-k"
+    labels["stage2"]["sampler"] = "structured"
+    assert report.method_label(labels, ["stage2"]) == "IP-DPP(structured)"
+
+
+def test_bns_forms_are_a_registry():
+    assert tuple(bns.FORMS) == validation._bns_forms() == ("paper", "reference")
+    z1, z2 = _views(1)
+    np.testing.assert_allclose(
+        bns.FORMS["reference"](z1, z2, LABELS, None, 0.3, 4),
+        bns.bns_reference(z1, z2, LABELS, tau=0.3),
+    )
