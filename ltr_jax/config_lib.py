@@ -14,7 +14,7 @@ import os
 import ml_collections as mlc
 from ml_collections import config_dict
 
-# Datasets read by the streaming pipeline (ltr_jax.data.inputs.STREAMED).
+# Built-in datasets read by the streaming pipeline, which ``:smoke`` replaces by synthetic JPEGs.
 STREAMED_DATASETS = ("imagenet_lt", "inaturalist2018", "synthetic_jpeg")
 # In-memory datasets that ``:smoke`` replaces by synthetic arrays (others keep their data).
 SMOKE_SYNTHETIC = ("cifar10", "cifar100", "synthetic")

@@ -45,7 +45,7 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
-from ltr_jax import config_lib, runtime, train_lib
+from ltr_jax import runtime, train_lib
 from ltr_jax.data import (
     augment,
     augmentations,
@@ -388,8 +388,6 @@ class DecodedInput(StreamingInput):
 # --------------------------------------------------------------------------------------------
 # Choosing one.
 
-IN_MEMORY = ("cifar10", "cifar100", "synthetic")  # built in; see `datasets` for every name
-STREAMED = config_lib.STREAMED_DATASETS
 FORMATS = ("jpeg", "decoded")  # data.format of a streamed dataset
 
 
