@@ -63,7 +63,8 @@ class Sampling:
     """How a stage samples its training batches.
 
     Attributes:
-      kind: ``uniform`` (epochs without replacement) or ``class_balanced``.
+      kind: a `samplers.SAMPLERS` name: ``uniform`` (epochs without replacement),
+        ``class_balanced``, ...
       key: the sampler's key (the data order is a pure function of key and step).
       batch_size: global batch size.
       subset_size: None: batches are drawn from every training image; ``n``: from the ``n``
