@@ -84,6 +84,12 @@ def _dpp_methods():
     return tuple(sampling.METHODS)
 
 
+def _kernel_scales():
+    from ltr_jax.dpp import kernels  # noqa: PLC0415
+
+    return tuple(kernels.SCALES)
+
+
 def _fixed(*values):
     return lambda: values
 
@@ -148,7 +154,7 @@ CHECKS: dict[str, object] = {
     "stage2.train": _fixed("all", "head"),
     "stage2.p_source": _fixed("clean", "augmented"),
     "stage2.sampler": _dpp_methods,
-    "stage2.kernel_scale": _fixed("paper", "reference"),
+    "stage2.kernel_scale": _kernel_scales,
     "stage2.k_per_class": (_at_least(0), "an integer >= 0 (0: 10 x the smallest class)"),
     "stage2.redraw_every_epochs": _POS_INT,
     "stage2.redraw_rule": _fixed("every", "reference"),

@@ -27,6 +27,7 @@ from ltr_jax.data import (
     streaming,
     synthetic_jpeg,
 )
+from ltr_jax.dpp import kernels as dpp_kernels
 from ltr_jax.dpp import sampling as dpp_sampling
 from ltr_jax.losses import bns, classification, stage1, supcon
 from ltr_jax.stages import representation, supervised
@@ -345,8 +346,18 @@ def test_a_registered_ipdpp_method_is_valid_used_and_labelled(monkeypatch):
     assert report.method_label(labels, ["stage2"]) == "IP-DPP(structured)"
 
 
-def test_bns_forms_are_a_registry():
+def test_bns_forms_and_kernel_scales_are_registries(monkeypatch):
     assert tuple(bns.FORMS) == validation._bns_forms() == ("paper", "reference")
+    assert tuple(dpp_kernels.SCALES) == validation._kernel_scales() == ("paper", "reference")
+    half = lambda p, valid, n: (0.5 / n, 1.0 - 0.5 / n * jnp.sum(p))  # alpha = 1 / (2N)
+    monkeypatch.setitem(dpp_kernels.SCALES, "half", half)
+    config = config_lib.base_config()
+    config.stage2.kernel_scale = "half"
+    validation.check_section(config, "stage2")
+    p = np.array([0.2, 0.9, 0.5])
+    kernel = np.asarray(dpp_kernels.ip_dpp_kernel(p, "half"))
+    want = np.diag(1 - p * p.sum() / 6) + np.outer(p, p) / 6  # S = diag(1 - alpha p s) + alpha pp^T
+    np.testing.assert_allclose(kernel, want, rtol=1e-6)
     z1, z2 = _views(1)
     np.testing.assert_allclose(
         bns.FORMS["reference"](z1, z2, LABELS, None, 0.3, 4),
