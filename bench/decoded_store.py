@@ -87,11 +87,18 @@ def time_jpeg(source, args, views: int, draft: bool, threads: int = 0, processes
     batches instead (their start-up included: a lower bound), start-up also given apart."""
     num_steps = args.repeats * (args.batches + 1) if threads else 3 * args.batches
     start = time.perf_counter()
-    batches = jpeg_stream.make_iterator(
-        source, seed=0, global_batch_size=args.batch_size, image_size=args.image_size,
-        num_workers=threads, num_steps=num_steps, num_views=views, num_processes=processes,
-        prefetch_steps=2, draft=draft,
-    )  # fmt: skip
+    spec = jpeg_stream.IteratorSpec(
+        seed=0,
+        global_batch_size=args.batch_size,
+        image_size=args.image_size,
+        num_workers=threads,
+        num_steps=num_steps,
+        num_views=views,
+        num_processes=processes,
+        prefetch_steps=2,
+        draft=draft,
+    )
+    batches = jpeg_stream.make_iterator(source, spec)
     row = {"case": "jpeg" + (" draft" if draft else ""), "views": views}
     if threads:
         row.update(variant=f"{threads} thread(s)", images_per_s=_rate(batches, args, warm=1))

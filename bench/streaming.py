@@ -99,8 +99,7 @@ def time_pipeline(
     # batch; processes: the per-worker buffers of 2 batches each, ready at once).
     warm = 1 + 2 * processes
     per_window = args.batches + warm
-    batches = streaming.make_iterator(
-        source,
+    spec = streaming.IteratorSpec(
         seed=0,
         global_batch_size=args.batch_size,
         image_size=args.image_size,
@@ -110,6 +109,7 @@ def time_pipeline(
         num_processes=processes,
         prefetch_steps=2,
     )
+    batches = streaming.make_iterator(source, spec)
     rates = window_rates(batches, args, warm)
     batches.close()
     cores = min(processes or workers, os.cpu_count() or 1)

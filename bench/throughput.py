@@ -118,7 +118,7 @@ def stage_loop(stage: str, config, data, mesh) -> train_lib.Loop:
         rng = np.random.default_rng(0)
         subset = rng.choice(len(data.train_labels), setup.num_examples, replace=False)
         subset = np.sort(subset).astype(np.int32)
-        loop.state = loop.state.replace(extra=runtime.put_replicated(mesh, subset))
+        loop.state = loop.state.replace(subset=runtime.put_replicated(mesh, subset))
         loop.feed.set_population(subset, 0)
     return loop
 

@@ -14,7 +14,7 @@ import os
 import ml_collections as mlc
 from ml_collections import config_dict
 
-# Datasets read by the streaming pipeline (ltr_jax.data.inputs.STREAMED).
+# Built-in datasets read by the streaming pipeline, which ``:smoke`` replaces by synthetic JPEGs.
 STREAMED_DATASETS = ("imagenet_lt", "inaturalist2018", "synthetic_jpeg")
 # In-memory datasets that ``:smoke`` replaces by synthetic arrays (others keep their data).
 SMOKE_SYNTHETIC = ("cifar10", "cifar100", "synthetic")
@@ -42,11 +42,12 @@ def supervised_section(**kw) -> mlc.ConfigDict:
             sampler="uniform",  # uniform | class_balanced
             augment="crop_flip",  # crop_flip | simclr
             augment_strength=1.0,
-            loss="ce",  # ce | balanced_softmax | logit_adjust | ldam
-            logit_adjust_tau=1.0,
+            loss="ce",  # ce | balanced_softmax | logit_adjust | ldam (losses.classification)
+            logit_adjust=dict(tau=1.0),  # the prior's weight: logits + tau * log prior
             head="linear",  # linear | cosine (LDAM's normalised classifier)
-            ldam_max_margin=0.5,  # margin of the rarest class; m_c ~ n_c^(-1/4)
-            ldam_scale=30.0,  # s: LDAM's logit scale (for cosine logits)
+            # max_margin: margin of the rarest class (m_c ~ n_c^(-1/4)); scale: LDAM's logit
+            # scale s (for cosine logits).
+            ldam=dict(max_margin=0.5, scale=30.0),
             drw_start_epoch=-1,  # deferred re-weighting from this epoch on; -1: never
             drw_beta=0.9999,  # class-balanced weights (1 - beta) / (1 - beta^n_c)
             optim=optim("sgd", lr=0.1, lr_base_batch=128, weight_decay=2e-4, warmup_epochs=5.0),

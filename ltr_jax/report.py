@@ -110,9 +110,9 @@ def load_run(workdir: str) -> Run:
 
 
 def _ce_label(ce: dict) -> str:
-    label = ce["loss"]
-    if ce["loss"] == "logit_adjust":
-        label += f"(tau={ce['logit_adjust_tau']:g})"
+    from ltr_jax.losses import classification  # noqa: PLC0415 (JAX only when a run is named)
+
+    label = classification.report_label(ce)
     if ce.get("drw_start_epoch", -1) >= 0:
         label += "-DRW"
     if ce["sampler"] != "uniform":
@@ -128,12 +128,13 @@ def method_label(config: dict, stages: Sequence[str]) -> str:
     if "crt" in stages:
         parts.append("cRT")
     if "stage1" in stages:
-        s1 = config["stage1"]
-        loss = s1.get("loss", "bns")
-        parts.append("SupCon" if loss == "supcon" else f"BNS({s1['bns']['form']})")
+        from ltr_jax.losses import stage1  # noqa: PLC0415 (JAX only when a stage-1 run is named)
+
+        parts.append(stage1.report_label(config["stage1"]))
     if "stage2" in stages:
-        sampler = config["stage2"]["sampler"]
-        parts.append("uniform-k" if sampler == "uniform" else f"IP-DPP({sampler})")
+        from ltr_jax.dpp import sampling  # noqa: PLC0415 (JAX only when a run is named)
+
+        parts.append(sampling.report_label(config["stage2"]["sampler"]))
     elif "probe" in stages:
         parts.append("probe")
     return " + ".join(parts) or "+".join(stages)

@@ -36,7 +36,9 @@ class TrainState:
     batch_stats: Any  # nnx.BatchStat state
     frozen: Any  # every other variable (e.g. a frozen encoder)
     opt_state: Any
-    extra: Any = None  # stage-specific state, e.g. the current IP-DPP selection
+    # int32 [n] training positions of the current subset (the probe's balanced subset, the
+    # current IP-DPP draw), which `inputs.Sampling(subset_size=n)` samples from; or None.
+    subset: Any = None
 
 
 def steps_per_epoch(num_examples: int, batch_size: int) -> int:
@@ -116,12 +118,12 @@ def split_model(model: nnx.Module, trainable=nnx.Param):
     return nnx.split(model, trainable, nnx.BatchStat, ...)
 
 
-def init_train_state(model: nnx.Module, tx, trainable=nnx.Param, extra=None):
-    """Returns (graphdef, TrainState at step 0)."""
+def init_train_state(model: nnx.Module, tx, trainable=nnx.Param, subset=None):
+    """Returns (graphdef, TrainState at step 0); ``subset``: positions of the training subset."""
     graphdef, params, batch_stats, frozen = split_model(model, trainable)
     state = TrainState(
         step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats, frozen=frozen,
-        opt_state=tx.init(params), extra=extra,
+        opt_state=tx.init(params), subset=subset,
     )  # fmt: skip
     return graphdef, state
 
@@ -170,7 +172,7 @@ class Hook:
 
     ``before_step``: ``fn(step, state) -> state`` runs before step ``step`` (e.g. a new
     IP-DPP draw); it must be a pure function of (step, state) for resumes to be exact. A
-    state whose ``extra`` (the training subset) it replaced starts the feed on the new subset.
+    state whose ``subset`` (the training subset) it replaced starts the feed on the new subset.
     Otherwise ``fn(done, state) -> dict | None`` runs after the step that makes ``done``
     steps, and a returned dict is written to WORKDIR/metrics.jsonl at step ``done``.
     """
@@ -210,7 +212,7 @@ class TrainSetup:
       key: the stage's key; sampling, the steps' randomness and hooks derive from it.
       augment, augment_strength, num_views: the training augmentation.
       trainable: the filter of trained variables.
-      subset: int32 positions the stage trains on at step 0 (its `TrainState.extra`), or None.
+      subset: int32 positions the stage trains on at step 0 (its `TrainState.subset`), or None.
       evaluate: ``evaluate(state) -> metrics`` of the test set, or None.
       eval_every_steps: evaluation period in steps (None: ``train.eval_every_epochs``).
       hooks: extra hooks (e.g. re-draws of ``subset``).
@@ -275,13 +277,10 @@ def build(setup: TrainSetup, mesh) -> Loop:
         setup.optim, batch_size=setup.batch_size, num_steps=setup.num_steps, steps_per_epoch=spe
     )
     subset = None if setup.subset is None else np.asarray(setup.subset, np.int32)
-    graphdef, state = init_train_state(setup.model, tx, setup.trainable, extra=subset)
-    sampling_key = jax.random.fold_in(setup.key, 1)
-    if subset is None:
-        sampling = inputs.Sampling(setup.sampler, sampling_key, setup.batch_size)
-    else:
-        sampling = inputs.Sampling(setup.sampler, sampling_key, setup.batch_size,
-                                   population="extra", population_size=len(subset))  # fmt: skip
+    graphdef, state = init_train_state(setup.model, tx, setup.trainable, subset=subset)
+    size = None if subset is None else len(subset)
+    sampling = inputs.Sampling(setup.sampler, jax.random.fold_in(setup.key, 1), setup.batch_size,
+                               subset_size=size)  # fmt: skip
     feed = setup.input.train_feed(
         sampling, augment=setup.augment, strength=setup.augment_strength, num_views=setup.num_views
     )  # a streamed feed reads its subset from the state it is handed (a resume's too)
@@ -365,9 +364,9 @@ def run_loop(
             for step in range(start, num_steps):
                 for hook in before:
                     if hook.due(step):
-                        subset, state = state.extra, hook.fn(step, state)
-                        if state.extra is not subset:  # a new training subset from this step
-                            loop.feed.set_population(runtime.to_host(state.extra), step)
+                        subset, state = state.subset, hook.fn(step, state)
+                        if state.subset is not subset:  # a new training subset from this step
+                            loop.feed.set_population(runtime.to_host(state.subset), step)
                 state, metrics = loop.train_step(state, loop.feed.data(step, state),
                                                  loop.root_key)  # fmt: skip
                 done = step + 1

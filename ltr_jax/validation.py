@@ -40,12 +40,6 @@ def _dtypes():
     return tuple(registry.DTYPES)
 
 
-def _heads():
-    from ltr_jax.models import registry  # noqa: PLC0415
-
-    return tuple(registry.HEADS)
-
-
 def _formats():
     from ltr_jax.data import inputs  # noqa: PLC0415
 

@@ -98,7 +98,7 @@ def _stop(step, state):
 
 
 def test_before_step_hook_that_replaces_the_subset_moves_the_feed(tmp_path):
-    """A hook that replaces ``state.extra`` tells the feed at that step (stage 2's re-draws)."""
+    """A hook that replaces ``state.subset`` tells the feed at that step (stage 2's re-draws)."""
     mesh = runtime.make_mesh()
     calls = []
 
@@ -122,7 +122,7 @@ def test_before_step_hook_that_replaces_the_subset_moves_the_feed(tmp_path):
         def close(self):
             calls.append("closed")
 
-    redraw = lambda step, state: state.replace(extra=jnp.full((4,), step, jnp.int32))
+    redraw = lambda step, state: state.replace(subset=jnp.full((4,), step, jnp.int32))
     setup = _setup(mesh, hooks=[train_lib.at_steps([0, 5], redraw)], epochs=1)
     setup = setup.__class__(**{**setup.__dict__, "input": Input(), "num_examples": 256,
                                "subset": np.zeros(256, np.int32)})  # fmt: skip

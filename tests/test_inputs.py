@@ -53,11 +53,12 @@ def test_streamed_pipeline_resumes_exactly(tmp_path, monkeypatch):
     pipeline.run(_config(), straight)
 
     original = inputs._StreamFeed.data
-    crash_at = {"train": 15, "extra": 25}  # mid stage 1; stage 2 between draws 1 and 2
+    crash_at = {"train": 15, "subset": 25}  # mid stage 1; stage 2 between draws 1 and 2
 
     def crashing(self, step, state):
-        if crash_at.get(self._sampling.population) == step:
-            del crash_at[self._sampling.population]
+        population = "subset" if self._sampling.over_subset else "train"
+        if crash_at.get(population) == step:
+            del crash_at[population]
             raise KeyboardInterrupt(f"simulated kill at step {step}")
         return original(self, step, state)
 
@@ -146,7 +147,7 @@ def test_train_feed_views_are_independent_crops(streamed):
 
 def test_train_feed_over_a_population(streamed):
     population = np.array([5, 9, 11, 40, 41, 42, 90, 91], np.int32)
-    sampling = inputs.Sampling("uniform", jax.random.key(0), 4, "extra", len(population))
+    sampling = inputs.Sampling("uniform", jax.random.key(0), 4, subset_size=len(population))
     feed = streamed.train_feed(sampling, augment="none")
     feed.set_population(population, 0)
     seen = [feed.data(step, None)["labels"] for step in range(2)]  # one epoch: each once
@@ -172,7 +173,9 @@ def test_class_balanced_plan_is_balanced_and_step_indexed():
 
 def test_sampling_errors():
     with pytest.raises(ValueError, match="only the uniform"):
-        inputs._check_sampling(inputs.Sampling("class_balanced", jax.random.key(0), 4, "extra"))
+        inputs._check_sampling(
+            inputs.Sampling("class_balanced", jax.random.key(0), 4, subset_size=4)
+        )
     with pytest.raises(ValueError, match="Unknown sampler"):
         inputs._check_sampling(inputs.Sampling("balanced", jax.random.key(0), 4))
     with pytest.raises(ValueError, match="Unknown augment"):

@@ -32,7 +32,7 @@ def _config(pipeline, seed, **ce):
     return {
         "seed": seed, "pipeline": list(pipeline),
         "data": {"name": "synthetic", "many_threshold": 50, "few_threshold": 20},
-        "ce": dict({"loss": "ce", "sampler": "uniform", "logit_adjust_tau": 1.0,
+        "ce": dict({"loss": "ce", "sampler": "uniform", "logit_adjust": {"tau": 1.0},
                     "drw_start_epoch": -1}, **ce),
         "stage1": {"loss": "bns", "bns": {"form": "reference"}},
         "stage2": {"sampler": "structured"},
@@ -209,14 +209,14 @@ def test_seeds_of_one_sweep_with_different_configs_are_named_by_the_difference(t
         _ce_run(path, seed)
     for path, tau in ((paths[1], 2.0), (paths[2], 2.0)):
         config = json.loads(open(os.path.join(path, "config.json")).read())
-        config["ce"]["logit_adjust_tau"] = tau
+        config["ce"]["logit_adjust"]["tau"] = tau
         config["data"].update(many_threshold=40, few_threshold=10, max_per_class=7)
         _write(os.path.join(path, "config.json"), config)
     groups = report.group_runs([report.load_run(p) for p in paths])
     assert {k: len(v) for k, v in groups.items()} == {
-        "sweep [ce.logit_adjust_tau=1.0, data.few_threshold=20, data.many_threshold=50, "
+        "sweep [ce.logit_adjust.tau=1.0, data.few_threshold=20, data.many_threshold=50, "
         "+1 more]": 1,
-        "sweep [ce.logit_adjust_tau=2.0, data.few_threshold=10, data.many_threshold=40, "
+        "sweep [ce.logit_adjust.tau=2.0, data.few_threshold=10, data.many_threshold=40, "
         "+1 more]": 2,
     }
 

@@ -332,7 +332,7 @@ def test_encoder_names_a_channel_mismatch():
 def _fake_run(workdir, name, train_path=None):
     config = {"seed": 0, "pipeline": ["ce"],
               "data": {"name": name, "train_path": train_path},
-              "ce": {"loss": "ce", "sampler": "uniform", "logit_adjust_tau": 1.0}}  # fmt: skip
+              "ce": {"loss": "ce", "sampler": "uniform", "logit_adjust": {"tau": 1.0}}}  # fmt: skip
     results = {"top1": 50.0, "many": None, "medium": 60.0, "few": 40.0,
                "per_class_acc": [60.0, 40.0], "train_class_counts": [30, 10],
                "class_names": list(NAMES), "dataset": name}  # fmt: skip

@@ -13,7 +13,7 @@ import jax
 import numpy as np
 
 from ltr_jax import runtime
-from ltr_jax.data import batches, sampler
+from ltr_jax.data import batches, samplers
 
 
 class FeatureInput:
@@ -30,7 +30,7 @@ class FeatureInput:
         del strength, num_views
         if augment != "none":
             raise ValueError(f"Features cannot be augmented (augment={augment!r}); use 'none'.")
-        if sampling.population != "train":
+        if sampling.over_subset:
             raise ValueError("A feature input samples from all of its features only.")
         return _FeatureFeed(self, sampling)
 
@@ -38,7 +38,7 @@ class FeatureInput:
 class _FeatureFeed:
     def __init__(self, data: FeatureInput, sampling):
         self._data, self._mesh = data, data.mesh
-        self._sample = sampler.make_batch_sampler(
+        self._sample = samplers.make_batch_sampler(
             sampling.kind, sampling.key, data.train_labels, data.num_classes, sampling.batch_size
         )
         self._device_data = None

@@ -2,7 +2,8 @@
 
 The batch at a step is a pure function of (key, step): a resumed run sees exactly the batches
 an uninterrupted run would have seen, and there is no sampler state to checkpoint. Every
-function here is jittable so the sampler can run inside the training step on device.
+function here is jittable so the sampler can run inside the training step on device. The
+registry of named samplers (with their host twins) is `ltr_jax.data.samplers`.
 """
 
 from __future__ import annotations
@@ -10,8 +11,6 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
-
-SAMPLERS = ("uniform", "class_balanced")
 
 
 def uniform_batch(key: jax.Array, step: jax.Array, num_examples: int, batch_size: int):
@@ -52,17 +51,6 @@ def class_balanced_batch(
     cls = jax.random.randint(key_c, (batch_size,), 0, num_classes)
     within = jax.random.randint(key_i, (batch_size,), 0, jnp.asarray(counts)[cls])
     return jnp.asarray(by_class)[jnp.asarray(starts)[cls] + within]
-
-
-def make_batch_sampler(
-    kind: str, key: jax.Array, labels: np.ndarray, num_classes: int, batch_size: int
-):
-    """Returns ``fn(step) -> int32 [batch_size]`` positions for the named sampler."""
-    if kind == "uniform":
-        return lambda step: uniform_batch(key, step, len(labels), batch_size)
-    if kind == "class_balanced":
-        return lambda step: class_balanced_batch(key, step, labels, num_classes, batch_size)
-    raise ValueError(f"Unknown sampler {kind!r}; valid: {', '.join(SAMPLERS)}.")
 
 
 def process_slice(global_batch: np.ndarray, process_index: int, process_count: int) -> np.ndarray:

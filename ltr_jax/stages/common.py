@@ -21,7 +21,7 @@ import numpy as np
 from flax import nnx
 
 from ltr_jax import checkpointing, metrics, train_lib, writers
-from ltr_jax.data import augment
+from ltr_jax.data import augment, protocols
 from ltr_jax.models import modes, pretrained
 
 
@@ -52,7 +52,7 @@ class StageContext:
     config: ml_collections.FrozenConfigDict
     workdir: str
     mesh: jax.sharding.Mesh
-    data: object  # an ltr_jax.data.inputs InMemoryInput or StreamingInput
+    data: protocols.DataInput  # an ltr_jax.data.inputs InMemoryInput, StreamingInput, ...
     root_key: jax.Array
 
 

@@ -22,7 +22,8 @@ import numpy as np
 from flax import nnx
 
 from ltr_jax import dpp, runtime, train_lib, validation, writers
-from ltr_jax.data import augment, inputs
+from ltr_jax.data import augment, augmentations
+from ltr_jax.dpp import kernels as dpp_kernels
 from ltr_jax.dpp import sampling as dpp_sampling
 from ltr_jax.losses import classification
 from ltr_jax.models import modes, registry
@@ -142,7 +143,7 @@ def _append_draw(path: str, record: dict) -> None:
 
 def make_redraw(ctx, cfg, conf_fn, table, valid, k: int, steps_per_epoch: int, key):
     """The before-step hook of a new IP-DPP draw at the start of every epoch of
-    :func:`draw_epochs`: it replaces ``state.extra`` (the training subset), which the feed
+    :func:`draw_epochs`: it replaces ``state.subset`` (the training subset), which the feed
     follows from that step on."""
     data, mesh = ctx.data, ctx.mesh
     draw_index = {e * steps_per_epoch: n for n, e in enumerate(draw_epochs(cfg))}  # step -> n
@@ -172,7 +173,7 @@ def make_redraw(ctx, cfg, conf_fn, table, valid, k: int, steps_per_epoch: int, k
         logging.info("%s: draw %d at step %d, %d images, mean p drawn %.3f vs class %.3f.",
                      STAGE, n, step, len(positions), np.mean(log["mean_p_drawn"]),
                      np.mean(log["mean_p_class"]))  # fmt: skip
-        return state.replace(extra=runtime.put_replicated(mesh, positions))
+        return state.replace(subset=runtime.put_replicated(mesh, positions))
 
     return train_lib.at_steps(draw_index, redraw)
 
@@ -183,12 +184,12 @@ CHECKS: dict[str, object] = {
     "train": lambda: TRAINABLE,
     "p_source": lambda: P_SOURCES,
     "sampler": lambda: dpp_sampling.METHODS,
-    "kernel_scale": validation.choices("paper", "reference"),
+    "kernel_scale": lambda: dpp_kernels.SCALES,
     "k_per_class": (validation.at_least(0), "an integer >= 0 (0: 10 x the smallest class)"),
     "redraw_every_epochs": validation.POS_INT,
     "redraw_rule": lambda: REDRAW_RULES,
     "fixed_subset": validation.choices(True, False),
-    "augment": lambda: inputs.AUGMENTS,
+    "augment": lambda: augmentations.AUGMENTS,
     "augment_strength": validation.NON_NEG,
 }
 

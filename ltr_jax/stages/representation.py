@@ -17,14 +17,11 @@ from flax import nnx
 
 from ltr_jax import train_lib, validation
 from ltr_jax.data import augment, inputs
-from ltr_jax.losses import bns, supcon
+from ltr_jax.losses import bns, stage1
 from ltr_jax.models import registry
 from ltr_jax.stages import common
 
 STAGE = "stage1"
-
-
-LOSSES = ("bns", "supcon")
 
 
 def _joint(model, v1: jax.Array, v2: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -40,7 +37,7 @@ VIEWS_THROUGH_BN = {"joint": _joint, "separate": _separate}
 
 # The stage's own keys (relative to its section) and their checks (`ltr_jax.validation`).
 CHECKS: dict[str, object] = {
-    "loss": lambda: LOSSES,
+    "loss": lambda: stage1.STAGE1_LOSSES,
     "bns.form": lambda: bns.FORMS,
     "bns.tau": validation.POSITIVE,
     "bns.m": validation.POSITIVE,
@@ -51,17 +48,15 @@ CHECKS: dict[str, object] = {
 
 
 def make_loss(cfg):
-    """``loss(model, batch, key, view)``: two views, BNS (or SupCon) loss, over the batch."""
+    """``loss(model, batch, key, view)``: two views, the ``stage1.loss`` of `losses.stage1`
+    (BNS, SupCon, ...), over the batch."""
+    loss_of = stage1.lookup(cfg.loss).loss
 
     def loss(model, batch, key, view):
         key_v1, key_v2, key_loss = jax.random.split(key, 3)
         forward = VIEWS_THROUGH_BN[cfg.views_through_bn]
         z1, z2 = forward(model, view(key_v1, batch, 0), view(key_v2, batch, 1))  # [B, D] each
-        if cfg.loss == "supcon":
-            value = supcon.supcon_loss(z1, z2, batch["labels"], tau=cfg.supcon.tau)
-        else:
-            value = bns.bns_loss(z1, z2, batch["labels"], key_loss, tau=cfg.bns.tau, m=cfg.bns.m,
-                                 form=cfg.bns.form)  # fmt: skip
+        value = loss_of(z1, z2, batch["labels"], key_loss, cfg)
         return value, {"pos_sim": jnp.mean(jnp.sum(z1 * z2, -1))}
 
     return loss

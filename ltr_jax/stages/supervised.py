@@ -16,21 +16,21 @@ import jax.numpy as jnp
 from flax import nnx
 
 from ltr_jax import train_lib, validation
-from ltr_jax.data import inputs, sampler
+from ltr_jax.data import augmentations, samplers
 from ltr_jax.losses import classification
 from ltr_jax.models import registry
 from ltr_jax.stages import common
 
 # The stage's own keys (relative to its section) and their checks (`ltr_jax.validation`).
 CHECKS: dict[str, object] = {
-    "sampler": lambda: sampler.SAMPLERS,
-    "augment": lambda: inputs.AUGMENTS,
+    "sampler": lambda: samplers.SAMPLERS,
+    "augment": lambda: augmentations.AUGMENTS,
     "loss": lambda: classification.LOSSES,
     "head": lambda: registry.HEADS,
     "augment_strength": validation.NON_NEG,
-    "logit_adjust_tau": validation.NON_NEG,
-    "ldam_max_margin": validation.POSITIVE,
-    "ldam_scale": validation.POSITIVE,
+    "logit_adjust.tau": validation.NON_NEG,
+    "ldam.max_margin": validation.POSITIVE,
+    "ldam.scale": validation.POSITIVE,
     "drw_start_epoch": (validation.at_least(-1), "an integer >= -1 (-1: no DRW)"),
     "drw_beta": ((lambda x: 0 <= x < 1), "in [0, 1)"),
 }
@@ -38,10 +38,7 @@ CHECKS: dict[str, object] = {
 
 def make_loss(cfg, class_counts, steps_per_epoch: int):
     """``loss(logits, labels, step)`` of a supervised section, with DRW weights when enabled."""
-    loss = classification.make_classification_loss(
-        cfg.loss, class_counts, cfg.logit_adjust_tau,
-        ldam_max_margin=cfg.ldam_max_margin, ldam_scale=cfg.ldam_scale,
-    )  # fmt: skip
+    loss = classification.make_classification_loss(cfg.loss, class_counts, cfg.get(cfg.loss))
     if cfg.drw_start_epoch < 0:
         return lambda logits, labels, step: loss(logits, labels)
     weights = classification.make_drw_weights(
