@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ltr_jax import config_lib, report, runtime, train_lib, validation
+from ltr_jax import config_lib, pipeline, report, runtime, train_lib, validation
 from ltr_jax.data import (
     augment,
     augmentations,
@@ -30,7 +30,7 @@ from ltr_jax.data import (
 from ltr_jax.dpp import kernels as dpp_kernels
 from ltr_jax.dpp import sampling as dpp_sampling
 from ltr_jax.losses import bns, classification, stage1, supcon
-from ltr_jax.stages import representation, supervised
+from ltr_jax.stages import rebalance, representation, supervised
 
 B, D = 8, 4
 LABELS = jnp.array([0, 0, 1, 1, 2, 2, 3, 3], jnp.int32)
@@ -73,7 +73,7 @@ def test_a_registered_stage1_loss_is_valid_used_and_labelled(monkeypatch):
     entry = stage1.Stage1Loss(loss=_dummy_loss, label=lambda section: "Dummy")
     monkeypatch.setitem(stage1.STAGE1_LOSSES, "dummy", entry)
     config = _stage1_config(loss="dummy")
-    validation.check_section(config, "stage1")  # valid once registered
+    pipeline.STAGES["stage1"].validate(config)  # valid once registered
     identity = lambda x: x.reshape(x.shape[0], -1)[:, :D]  # a "model": the first D pixels
     images = jax.random.randint(jax.random.key(1), (B, 4, 4, 3), 0, 256, jnp.int32)
     batch = {"images": images.astype(jnp.uint8), "labels": LABELS}
@@ -88,7 +88,7 @@ def test_a_registered_stage1_loss_is_valid_used_and_labelled(monkeypatch):
     assert labels == "Dummy + probe"  # not "BNS(...)"
     monkeypatch.delitem(stage1.STAGE1_LOSSES, "dummy")
     with pytest.raises(validation.ConfigError, match="Unknown config.stage1.loss 'dummy'"):
-        validation.check_section(config, "stage1")
+        pipeline.STAGES["stage1"].validate(config)
 
 
 # --------------------------------------------------------------------------------------------
@@ -124,7 +124,7 @@ def test_a_registered_classification_loss_is_valid_used_and_labelled(monkeypatch
     monkeypatch.setitem(classification.LOSSES, "scaled", entry)
     config = config_lib.base_config()
     config.ce.loss = "scaled"
-    validation.check_section(config, "ce")
+    pipeline.STAGES["ce"].validate(config)
     logits = jax.random.normal(jax.random.key(1), (6, 4))
     labels = jnp.array([0, 1, 2, 3, 3, 2])
     loss = supervised.make_loss(config.ce, COUNTS, steps_per_epoch=10)  # no ce.scaled: defaults
@@ -163,8 +163,8 @@ def test_a_registered_augmentation_serves_every_input_kind(monkeypatch):
     monkeypatch.setitem(augmentations.AUGMENTS, "mark", entry)
     config = config_lib.base_config()
     config.ce.augment = config.stage2.augment = "mark"
-    validation.check_section(config, "ce")
-    validation.check_section(config, "stage2")
+    pipeline.STAGES["ce"].validate(config)
+    pipeline.STAGES["stage2"].validate(config)
     x = jnp.full((2, 6, 6, 3), 0.25)
     key = jax.random.key(0)
     np.testing.assert_allclose(inputs.device_augment("mark", 0.5)(key, x), 0.75)
@@ -234,8 +234,8 @@ def test_a_registered_sampler_serves_device_and_host(monkeypatch):
     monkeypatch.setitem(samplers.SAMPLERS, "reverse", entry)
     config = config_lib.base_config()
     config.ce.sampler = config.crt.sampler = "reverse"
-    validation.check_section(config, "ce")
-    validation.check_section(config, "crt")
+    pipeline.STAGES["ce"].validate(config)
+    pipeline.STAGES["crt"].validate(config)
     sampling = inputs.Sampling("reverse", jax.random.key(0), 4)
     memory = _in_memory()
     feed = memory.train_feed(sampling)
@@ -336,7 +336,7 @@ def test_a_registered_ipdpp_method_is_valid_used_and_labelled(monkeypatch):
     monkeypatch.setitem(dpp_sampling.METHODS, "first_k", dpp_sampling.Method(_first_k, "first-k"))
     config = config_lib.base_config()
     config.stage2.sampler = "first_k"
-    validation.check_section(config, "stage2")
+    pipeline.STAGES["stage2"].validate(config)
     p = jnp.linspace(0.1, 0.9, 6)
     mask = dpp_sampling.sample_ip_dpp(jax.random.key(0), p, 2, method="first_k")
     np.testing.assert_array_equal(mask, [True, True, False, False, False, False])
@@ -347,13 +347,14 @@ def test_a_registered_ipdpp_method_is_valid_used_and_labelled(monkeypatch):
 
 
 def test_bns_forms_and_kernel_scales_are_registries(monkeypatch):
-    assert tuple(bns.FORMS) == validation._bns_forms() == ("paper", "reference")
-    assert tuple(dpp_kernels.SCALES) == validation._kernel_scales() == ("paper", "reference")
+    assert tuple(bns.FORMS) == tuple(representation.CHECKS["bns.form"]()) == ("paper", "reference")
+    scales = tuple(rebalance.CHECKS["kernel_scale"]())
+    assert tuple(dpp_kernels.SCALES) == scales == ("paper", "reference")
     half = lambda p, valid, n: (0.5 / n, 1.0 - 0.5 / n * jnp.sum(p))  # alpha = 1 / (2N)
     monkeypatch.setitem(dpp_kernels.SCALES, "half", half)
     config = config_lib.base_config()
     config.stage2.kernel_scale = "half"
-    validation.check_section(config, "stage2")
+    pipeline.STAGES["stage2"].validate(config)
     p = np.array([0.2, 0.9, 0.5])
     kernel = np.asarray(dpp_kernels.ip_dpp_kernel(p, "half"))
     want = np.diag(1 - p * p.sum() / 6) + np.outer(p, p) / 6  # S = diag(1 - alpha p s) + alpha pp^T
