@@ -110,6 +110,7 @@ def base_config() -> mlc.ConfigDict:
         init_prefix="",  # stripped from the file's keys, e.g. "module."
         init_head=False,  # also load the file's classifier head (same number of classes)
     )
+    c.model.bn_running_var = "biased"  # biased (Flax) | unbiased (PyTorch, the released code)
     c.train = mlc.ConfigDict(
         dict(
             log_every_steps=50,
@@ -214,6 +215,7 @@ def reference_switches(config: mlc.ConfigDict, *, probe_strength: float, k: int,
     The values of README "Differences from the released code"; ``configs/reference/``.
     """
     config.model.init = "torch"
+    config.model.bn_running_var = "unbiased"
     config.train.eval_every_epochs = 1.0
     config.stage1.views_through_bn = "separate"
     config.probe.update(augment="simclr", augment_strength=probe_strength, encoder_bn="train")

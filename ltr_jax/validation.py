@@ -124,6 +124,7 @@ CHECKS: dict[str, object] = {
     "model.encoder": _encoders,
     "model.dtype": _dtypes,
     "model.init": _fixed("flax", "torch"),
+    "model.bn_running_var": _fixed("biased", "unbiased"),
     "model.init_format": _fixed("auto", "timm", "big_vision"),
     "train.log_every_steps": _POS_INT,
     "train.eval_every_epochs": _NON_NEG,

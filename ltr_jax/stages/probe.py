@@ -22,7 +22,7 @@ from flax import nnx
 from ltr_jax import metrics, runtime, train_lib
 from ltr_jax.data import augment, batches, inputs, sampler
 from ltr_jax.losses import classification
-from ltr_jax.models import heads, init, modes, registry
+from ltr_jax.models import batchnorm, heads, init, modes, registry
 from ltr_jax.stages import common
 
 STAGE = "probe"
@@ -88,6 +88,7 @@ def encoder_for_probe(ctx: common.StageContext, key: jax.Array) -> nnx.Module:
     encoder = registry.make_encoder(
         ctx.config.model.encoder, dtype=ctx.config.model.dtype, rngs=nnx.Rngs(key)
     )
+    batchnorm.apply_running_var(encoder, ctx.config.model.bn_running_var)  # encoder_bn=train
     source = ctx.config.probe.encoder_from
     if source == "stage1":
         return common.load_module(ctx, "stage1", "encoder", encoder)
