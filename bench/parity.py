@@ -305,24 +305,28 @@ def check_classifier_steps(ref, rows: list) -> None:
         grads = {n: from_torch(p.grad) for n, p in names.items()}
         opt.step()
         our_loss, our_params, our_stats = pl.classifier_step(x, y, head_only)
-        _, our_grads = pl.classifier_grads(x, y, head_only)
+        _, our_grads, _ = pl.classifier_grads(x, y, head_only)
         their_grads = {p: grads[pl.torch_name(p, blocks)] for p in our_grads}
         err = max(pl.rel_err(our_grads[p], their_grads[p]) for p in our_grads)
         row(rows, f"e. {kind} step: gradients (worst tensor)", err, TOL["grad"],
             f"{len(our_grads)} tensors")  # fmt: skip
         sd = model.state_dict()
         theirs = {p: from_torch(sd[pl.torch_name(p, blocks)]) for p in our_params}
-        means = {
-            p: from_torch(sd[pl.torch_name(p, blocks)]) for p in our_stats if p.endswith("mean")
-        }
+        stats = {p: from_torch(sd[pl.torch_name(p, blocks)]) for p in our_stats}
+        means = {p: v for p, v in stats.items() if p.endswith("mean")}
+        variances = {p: v for p, v in stats.items() if p.endswith("var")}
         row(rows, f"e. {kind} step: loss", pl.rel_err(our_loss, loss.item()), TOL["step"])
         param_rows(rows, f"e. {kind} step: parameters after", our_params, theirs,
                    pl.flat_params(ours0))  # fmt: skip
         err = max(pl.rel_err(our_stats[p], means[p]) for p in means)
         row(rows, f"e. {kind} step: BatchNorm running means after", err, TOL["step"])
+        err = max(pl.rel_err(our_stats[p], variances[p]) for p in variances)
+        row(rows, f"e. {kind} step: BatchNorm running variances after (unbiased)", err,
+            TOL["step"])  # fmt: skip
         out[kind] = {"loss": loss.item(), "params": pl.param_digest(theirs),
                      "grads": pl.param_digest(their_grads),
-                     "running_mean": pl.param_digest(means)}  # fmt: skip
+                     "running_mean": pl.param_digest(means),
+                     "running_var": pl.param_digest(variances)}  # fmt: skip
     pl.save_json("classifier_steps.json", out)
 
 

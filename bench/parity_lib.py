@@ -61,7 +61,14 @@ def torch_name(path: str, blocks: list[int]) -> str:
 def model_config(encoder: str = "cifar_resnet18") -> mlc.ConfigDict:
     """The released networks: feature -> 2048 -> 128 projection head."""
     return mlc.ConfigDict(
-        dict(encoder=encoder, dtype="float32", proj_hidden=2048, proj_dim=128, init="flax")
+        dict(
+            encoder=encoder,
+            dtype="float32",
+            proj_hidden=2048,
+            proj_dim=128,
+            init="flax",
+            bn_running_var="unbiased",
+        )  # PyTorch's running-variance update, as released
     )
 
 
@@ -207,18 +214,24 @@ def uniform_inclusion_counts(n: int, k: int, draws: int) -> np.ndarray:
 
 
 def classifier_grads(images_: np.ndarray, y: np.ndarray, head_only: bool, seed: int = SEED):
-    """(loss, gradients by path) of the cross-entropy of :func:`classifier_step` (train mode)."""
+    """The cross-entropy of :func:`classifier_step` (train mode) and what it computes.
+
+    Returns:
+      (loss, gradients by path, BatchNorm statistics after the forward pass by path).
+    """
     model = classifier(seed)
     trainable = nnx.All(nnx.Param, nnx.PathContains("head")) if head_only else nnx.Param
     graphdef, params, stats, rest = nnx.split(model, trainable, nnx.BatchStat, ...)
 
     def loss(params, stats):  # stats differentiated too: BatchNorm mutates them in this trace
         m = nnx.merge(graphdef, params, stats, rest)
-        return classification.cross_entropy(m(images_), y)
+        return classification.cross_entropy(m(images_), y), nnx.state(m, nnx.BatchStat)
 
-    value, (grads, _) = jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))(params, stats)
-    flat = nnx.to_flat_state(grads)
-    return float(value), {"/".join(map(str, p)): np.asarray(v[...]) for p, v in flat}
+    grad_fn = jax.value_and_grad(loss, argnums=(0, 1), has_aux=True)
+    (value, after), (grads, _) = jax.jit(grad_fn)(params, stats)
+    flat = lambda state: {"/".join(map(str, p)): np.asarray(v[...])
+                          for p, v in nnx.to_flat_state(state)}  # fmt: skip
+    return float(value), flat(grads), flat(after)
 
 
 def fixture_path(name: str) -> str:

@@ -144,6 +144,7 @@ CHECKS: dict[str, object] = {
     "probe.per_class": _POS_INT,
     "probe.augment": _fixed("none", "simclr"),
     "probe.encoder_bn": _fixed("eval", "train"),
+    "probe.drop_last": _fixed(True, False),
     "crt.sampler": _samplers,
     "stage2.head_init": _fixed("probe", "random"),
     "stage2.train": _fixed("all", "head"),
@@ -153,6 +154,7 @@ CHECKS: dict[str, object] = {
     "stage2.k_per_class": (_at_least(0), "an integer >= 0 (0: 10 x the smallest class)"),
     "stage2.redraw_every_epochs": _POS_INT,
     "stage2.redraw_rule": _fixed("every", "reference"),
+    "stage2.drop_last": _fixed(True, False),
     "stage2.augment": _augments,
 }
 

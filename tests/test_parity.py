@@ -123,10 +123,13 @@ def test_twenty_stage1_steps_match_released_training():
 def test_probe_and_stage2_loss_and_gradients_match_released(kind):
     # The optimiser step itself (AdamW, decay groups) is covered by the stage-1 run above.
     x, y = pl.images(pl.SEED + 4, 8), pl.labels(pl.SEED + 4, 8)
-    loss, grads = pl.classifier_grads(x, y, head_only=kind == "probe")
+    loss, grads, stats = pl.classifier_grads(x, y, head_only=kind == "probe")
     ref = pl.load_json("classifier_steps.json")[kind]
     assert pl.rel_err(loss, ref["loss"]) <= 1e-5
     _assert_digest(pl.param_digest(grads), ref["grads"], 1e-4)
+    # model.bn_running_var="unbiased" (parity_lib.model_config): PyTorch's running variances
+    variances = {p: v for p, v in stats.items() if p.endswith("var")}
+    _assert_digest(pl.param_digest(variances), ref["running_var"], 1e-5)
 
 
 def test_many_medium_few_match_released_metrics():
@@ -225,6 +228,9 @@ def test_reference_config_smoke_runs_every_switch(tmp_path):
     assert results["stage1"]["views_through_bn"] == "separate"
     assert results["probe"]["augment"] == "simclr"
     assert results["stage2"]["redraw_rule"] == "reference"
+    s2 = config.stage2  # drop_last=False: ceil(subset / B) steps an epoch
+    assert results["stage2"]["num_steps"] == s2.epochs * -(-results["stage2"]["subset_size"]
+                                                           // s2.batch_size)  # fmt: skip
     draws = [json.loads(line) for line in open(tmp_path / "stage2" / "draws.jsonl")]
     assert [d["epoch"] for d in draws] == [0, 1]
     assert len({d["subset_crc32"] for d in draws}) == 1  # fixed subset: the same every draw

@@ -62,6 +62,8 @@ class Sampling:
       population: ``train`` (every training image) or ``extra`` (the training positions held
         in ``state.extra``, e.g. stage 2's current draw, of ``population_size`` entries).
       population_size: number of positions in ``state.extra`` (``extra`` only).
+      drop_last: ``extra`` only: False keeps each epoch's last partial batch, its padding rows
+        weighted 0 in ``batch["weights"]`` (``sampler.epoch_batch``; in-memory data only).
     """
 
     kind: str
@@ -69,6 +71,7 @@ class Sampling:
     batch_size: int
     population: str = "train"
     population_size: int = 0
+    drop_last: bool = True
 
 
 def key_to_seed(key: jax.Array) -> list[int]:
@@ -79,6 +82,8 @@ def key_to_seed(key: jax.Array) -> list[int]:
 def _check_sampling(sampling: Sampling) -> None:
     if sampling.population not in POPULATIONS:
         raise ValueError(f"Unknown population {sampling.population!r}; valid: {POPULATIONS}.")
+    if not sampling.drop_last and sampling.population != "extra":
+        raise ValueError("drop_last=False supports only the extra population (probe, stage 2).")
     if sampling.population == "extra" and sampling.kind != "uniform":
         raise ValueError("Sampling from state.extra supports only the uniform sampler.")
     if sampling.kind not in sampler.SAMPLERS:
@@ -111,16 +116,18 @@ class _DeviceFeed:
 
     def __init__(self, data: InMemoryInput, sampling: Sampling, aug: Callable):
         self._data, self._mesh, self._aug = data, data.mesh, aug
-        self._population = sampling.population
+        self._population, self._drop_last = sampling.population, sampling.drop_last
         if sampling.population == "extra":
             n = sampling.population_size
-            self._sample = lambda step: sampler.uniform_batch(sampling.key, step, n,
-                                                              sampling.batch_size)  # fmt: skip
+            self._sample = lambda step: sampler.epoch_batch(sampling.key, step, n,
+                                                            sampling.batch_size,
+                                                            sampling.drop_last)  # fmt: skip
         else:
-            self._sample = sampler.make_batch_sampler(
+            sample = sampler.make_batch_sampler(
                 sampling.kind, sampling.key, data.train_labels, data.num_classes,
                 sampling.batch_size,
             )  # fmt: skip
+            self._sample = lambda step: (sample(step), None)
         self._device_data = None
 
     def data(self, step: int, state) -> dict:
@@ -130,10 +137,11 @@ class _DeviceFeed:
         return self._device_data
 
     def batch_fn(self, device_data: dict, state) -> dict:
-        positions = self._sample(state.step)
+        positions, weights = self._sample(state.step)
         if self._population == "extra":
             positions = state.extra[positions]
-        return batches.gather(device_data, positions, self._mesh)
+        batch = batches.gather(device_data, positions, self._mesh)
+        return batch if self._drop_last else {**batch, "weights": weights}
 
     def view(self, key: jax.Array, batch: dict, v: int = 0) -> jax.Array:
         del v  # every view is a fresh on-device draw from the same image
@@ -207,6 +215,9 @@ class _StreamFeed:
 
     def __init__(self, data: StreamingInput, sampling: Sampling, augment_name: str,
                  aug: Callable, num_views: int):  # fmt: skip
+        if not sampling.drop_last:
+            raise ValueError("drop_last=False (probe.drop_last, stage2.drop_last) needs an "
+                             "in-memory dataset; set it True for streamed data.")  # fmt: skip
         self._data, self._sampling, self._aug = data, sampling, aug
         self._mode = "eval" if augment_name == "none" else "train"
         self._num_views = num_views if self._mode == "train" else 1
@@ -486,4 +497,3 @@ def _decoded_splits(data_config, train, test) -> tuple[Any, Any]:
                                     num_processes=data_config.prepare_processes)  # fmt: skip
     store = decoded_store.open_store(directory, size, source_fingerprint)
     return store["train"], store["test"]
-

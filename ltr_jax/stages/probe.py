@@ -120,7 +120,8 @@ def train_head(ctx: common.StageContext, stage: str, cfg, features: tuple, sampl
     """
     (train_x, train_y, test_x), data, mesh = features, ctx.data, ctx.mesh
     head = new_head(ctx, train_x.shape[1], key)
-    spe = train_lib.steps_per_epoch(len(train_y), cfg.batch_size)
+    drop_last = cfg.get("drop_last", True) or sampler_kind != "uniform"  # crt has no key
+    spe = sampler.steps_per_epoch(len(train_y), cfg.batch_size, drop_last)
     num_steps = cfg.epochs * spe
     tx, schedule = train_lib.make_optimizer(
         cfg.optim, batch_size=cfg.batch_size, num_steps=num_steps, steps_per_epoch=spe
@@ -129,12 +130,19 @@ def train_head(ctx: common.StageContext, stage: str, cfg, features: tuple, sampl
     sample = sampler.make_batch_sampler(
         sampler_kind, jax.random.fold_in(key, 1), train_y, data.num_classes, cfg.batch_size
     )
+    if not drop_last:  # the same order with the last partial batch kept (weights 0: padding)
+        sample = lambda step: sampler.epoch_batch(jax.random.fold_in(key, 1), step,
+                                                  len(train_y), cfg.batch_size, False)  # fmt: skip
 
     def batch_fn(device_data, state):
-        return batches.gather(device_data, sample(state.step), mesh)
+        if drop_last:
+            return batches.gather(device_data, sample(state.step), mesh)
+        positions, weights = sample(state.step)
+        return {**batches.gather(device_data, positions, mesh), "weights": weights}
 
     def loss_fn(model, batch, key):
-        return classification.cross_entropy(model(batch["images"]), batch["labels"]), {}
+        logits, w = model(batch["images"]), batch.get("weights")
+        return classification.cross_entropy(logits, batch["labels"], row_weights=w), {}
 
     logits_fn = jax.jit(lambda state, x: train_lib.merge_model(graphdef, state)(x))
 
@@ -181,7 +189,7 @@ def train_through_encoder(ctx: common.StageContext, encoder: nnx.Module, subset:
     model = heads.Classifier(encoder, new_head(ctx, encoder.feature_dim, key))
     model = modes.frozen_view(model, batch_statistics=cfg.encoder_bn == "train")
     trainable = nnx.All(nnx.Param, nnx.PathContains("head"))
-    spe = train_lib.steps_per_epoch(len(subset), cfg.batch_size)
+    spe = sampler.steps_per_epoch(len(subset), cfg.batch_size, cfg.drop_last)
     num_steps = cfg.epochs * spe
     tx, schedule = train_lib.make_optimizer(
         cfg.optim, batch_size=cfg.batch_size, num_steps=num_steps, steps_per_epoch=spe
@@ -189,12 +197,14 @@ def train_through_encoder(ctx: common.StageContext, encoder: nnx.Module, subset:
     graphdef, state = train_lib.init_train_state(model, tx, trainable,
                                                  extra=subset.astype(np.int32))  # fmt: skip
     sampling = inputs.Sampling("uniform", jax.random.fold_in(key, 1), cfg.batch_size,
-                               population="extra", population_size=len(subset))  # fmt: skip
+                               population="extra", population_size=len(subset),
+                               drop_last=cfg.drop_last)  # fmt: skip
     feed = data.train_feed(sampling, augment="simclr", strength=cfg.augment_strength)
     feed.set_population(subset, 0)
 
     def loss_fn(model, batch, key):
-        return classification.cross_entropy(model(feed.view(key, batch)), batch["labels"]), {}
+        logits, w = model(feed.view(key, batch)), batch.get("weights")
+        return classification.cross_entropy(logits, batch["labels"], row_weights=w), {}
 
     logits_fn = common.make_logits_fn(common.eval_graphdef(model, trainable))
     evaluate = lambda s: common.evaluate(ctx, logits_fn, s)

@@ -22,7 +22,7 @@ import numpy as np
 from flax import nnx
 
 from ltr_jax import dpp, runtime, train_lib, writers
-from ltr_jax.data import augment, inputs
+from ltr_jax.data import augment, inputs, sampler
 from ltr_jax.losses import classification
 from ltr_jax.models import modes, registry
 from ltr_jax.stages import common
@@ -188,7 +188,7 @@ def run(ctx: common.StageContext) -> dict:
     k = k_per_class(cfg, data.class_counts)
     table, valid = class_table(data.train_labels, data.num_classes)
     subset_size = int(np.minimum(data.class_counts, k).sum())
-    spe = train_lib.steps_per_epoch(subset_size, cfg.batch_size)
+    spe = sampler.steps_per_epoch(subset_size, cfg.batch_size, cfg.drop_last)
     num_steps = cfg.epochs * spe
     tx, schedule = train_lib.make_optimizer(
         cfg.optim, batch_size=cfg.batch_size, num_steps=num_steps, steps_per_epoch=spe
@@ -200,13 +200,17 @@ def run(ctx: common.StageContext) -> dict:
     conf_fn = make_confidence_fn(graphdef_eval, cfg.p_source, cfg.augment_strength)
     logits_fn = common.make_logits_fn(graphdef_eval)
     sampling = inputs.Sampling("uniform", jax.random.fold_in(key, 1), cfg.batch_size,
-                               population="extra", population_size=subset_size)  # fmt: skip
+                               population="extra", population_size=subset_size,
+                               drop_last=cfg.drop_last)  # fmt: skip
     feed = data.train_feed(sampling, augment=cfg.augment, strength=cfg.augment_strength)
 
     def loss_fn(model, batch, key):
         logits = model(feed.view(key, batch))
-        acc = jnp.mean(jnp.argmax(logits, -1) == batch["labels"])
-        return classification.cross_entropy(logits, batch["labels"]), {"train_acc": acc}
+        w = batch.get("weights", jnp.ones(logits.shape[0]))  # 0: padding (stage2.drop_last)
+        acc = jnp.sum(w * (jnp.argmax(logits, -1) == batch["labels"])) / jnp.sum(w)
+        return classification.cross_entropy(logits, batch["labels"], row_weights=w), {
+            "train_acc": acc
+        }
 
     redraw = make_redraw(ctx, cfg, conf_fn, table, valid, k, spe, jax.random.fold_in(key, 3),
                          feed)  # fmt: skip
