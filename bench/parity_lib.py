@@ -223,12 +223,14 @@ def classifier_grads(images_: np.ndarray, y: np.ndarray, head_only: bool, seed: 
     trainable = nnx.All(nnx.Param, nnx.PathContains("head")) if head_only else nnx.Param
     graphdef, params, stats, rest = nnx.split(model, trainable, nnx.BatchStat, ...)
 
-    def loss(params, stats):  # stats differentiated too: BatchNorm mutates them in this trace
+    def loss(params, stats, x, labels):  # stats differentiated too: BatchNorm mutates them
         m = nnx.merge(graphdef, params, stats, rest)
-        return classification.cross_entropy(m(images_), y), nnx.state(m, nnx.BatchStat)
+        return classification.cross_entropy(m(x), labels), nnx.state(m, nnx.BatchStat)
 
+    # The images are arguments, not constants: XLA constant-folds a closed-over batch through
+    # the convolutions for tens of seconds.
     grad_fn = jax.value_and_grad(loss, argnums=(0, 1), has_aux=True)
-    (value, after), (grads, _) = jax.jit(grad_fn)(params, stats)
+    (value, after), (grads, _) = jax.jit(grad_fn)(params, stats, images_, y)
     flat = lambda state: {"/".join(map(str, p)): np.asarray(v[...])
                           for p, v in nnx.to_flat_state(state)}  # fmt: skip
     return float(value), flat(grads), flat(after)
