@@ -4,6 +4,7 @@ import jax
 import numpy as np
 import pytest
 
+from ltr_jax import config_lib, validation
 from ltr_jax.data import sampler
 from ltr_jax.losses import classification
 
@@ -44,3 +45,11 @@ def test_row_weighted_cross_entropy_is_the_mean_over_real_rows():
     got = classification.cross_entropy(logits, labels, class_weights=cw, row_weights=w)
     ref = (cw[labels] * w * per_row).sum() / (cw[labels] * w).sum()
     np.testing.assert_allclose(got, ref, rtol=1e-6)
+
+
+def test_kept_partial_batch_on_streamed_data_fails_before_training():
+    config = config_lib.base_config()
+    config.data.name = "imagenet_lt"
+    config.stage2.drop_last = False
+    with pytest.raises(validation.ConfigError, match="stage2.drop_last=False needs in-memory"):
+        validation.validate(config, ["stage2"], 1)
