@@ -206,8 +206,8 @@ def run(ctx: common.StageContext) -> dict:
 
     def loss_fn(model, batch, key):
         logits = model(feed.view(key, batch))
-        w = batch.get("weights", jnp.ones(logits.shape[0]))  # 0: padding (stage2.drop_last)
-        acc = jnp.sum(w * (jnp.argmax(logits, -1) == batch["labels"])) / jnp.sum(w)
+        hit, w = jnp.argmax(logits, -1) == batch["labels"], batch.get("weights")  # w 0: padding
+        acc = jnp.mean(hit) if w is None else jnp.sum(w * hit) / jnp.sum(w)
         return classification.cross_entropy(logits, batch["labels"], row_weights=w), {
             "train_acc": acc
         }
