@@ -8,12 +8,14 @@ parity table (max relative difference vs tolerance); the fixtures that
 ``tests/test_parity.py`` replays without torch go to ``tests/fixtures/parity/``.
 
     python bench/parity.py --reference_dir PATH/TO/BNS_IPDPP --data_dir PATH/TO/data
-    # with the bench extra installed; prints the table, writes the fixtures (~8 min, 2 cores)
+    # with the bench extra installed; prints the table, writes the fixtures (~9 min, 2 cores)
+    python bench/parity.py --only f  # one row (letters), fixtures left alone
 
 Rows: a. LT split, b. encoder + projection forward (ResNet-18/34, train and eval mode),
 c. BNS loss and gradients, d. optimiser (decay groups, learning rate over whole runs, 20
-stage-1 steps), e. one probe step and one stage-2 step, g. Many/Medium/Few metrics, h. the
-released IP-DPP sampler vs ``sampler="uniform"`` (needs DPPy).
+stage-1 steps), e. one probe step and one stage-2 step, f. the SimCLR augmentation by
+distribution on real CIFAR-10 (JPEG copy) images (two-sample tests), g. Many/Medium/Few
+metrics, h. the released IP-DPP sampler vs ``sampler="uniform"`` (needs DPPy).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import argparse
 import math
 import os
 import sys
+import tempfile
 import types
 
 import numpy as np
@@ -302,25 +305,218 @@ def check_classifier_steps(ref, rows: list) -> None:
         grads = {n: from_torch(p.grad) for n, p in names.items()}
         opt.step()
         our_loss, our_params, our_stats = pl.classifier_step(x, y, head_only)
-        _, our_grads = pl.classifier_grads(x, y, head_only)
+        _, our_grads, _ = pl.classifier_grads(x, y, head_only)
         their_grads = {p: grads[pl.torch_name(p, blocks)] for p in our_grads}
         err = max(pl.rel_err(our_grads[p], their_grads[p]) for p in our_grads)
         row(rows, f"e. {kind} step: gradients (worst tensor)", err, TOL["grad"],
             f"{len(our_grads)} tensors")  # fmt: skip
         sd = model.state_dict()
         theirs = {p: from_torch(sd[pl.torch_name(p, blocks)]) for p in our_params}
-        means = {
-            p: from_torch(sd[pl.torch_name(p, blocks)]) for p in our_stats if p.endswith("mean")
-        }
+        stats = {p: from_torch(sd[pl.torch_name(p, blocks)]) for p in our_stats}
+        means = {p: v for p, v in stats.items() if p.endswith("mean")}
+        variances = {p: v for p, v in stats.items() if p.endswith("var")}
         row(rows, f"e. {kind} step: loss", pl.rel_err(our_loss, loss.item()), TOL["step"])
         param_rows(rows, f"e. {kind} step: parameters after", our_params, theirs,
                    pl.flat_params(ours0))  # fmt: skip
         err = max(pl.rel_err(our_stats[p], means[p]) for p in means)
         row(rows, f"e. {kind} step: BatchNorm running means after", err, TOL["step"])
+        err = max(pl.rel_err(our_stats[p], variances[p]) for p in variances)
+        row(rows, f"e. {kind} step: BatchNorm running variances after (unbiased)", err,
+            TOL["step"])  # fmt: skip
         out[kind] = {"loss": loss.item(), "params": pl.param_digest(theirs),
                      "grads": pl.param_digest(their_grads),
-                     "running_mean": pl.param_digest(means)}  # fmt: skip
+                     "running_mean": pl.param_digest(means),
+                     "running_var": pl.param_digest(variances)}  # fmt: skip
     pl.save_json("classifier_steps.json", out)
+
+
+# ---------------------------------------------------------------------------------------------
+# f. The SimCLR augmentation, by distribution.
+
+# A statistic passes when its two-sample test does not reject at P_MIN (KS for distributions,
+# two-proportion z for rates, chi-square for the op order). The tolerance column shows the
+# effect that rejects at 2,000 draws a side (the resolution: smaller differences pass).
+P_MIN = 1e-3
+C_MIN = math.sqrt(-math.log(P_MIN / 2) / 2)  # asymptotic KS coefficient: D_crit = C sqrt(2/n)
+
+
+def cifar_images(data_dir: str, n: int, seed: int) -> np.ndarray | None:
+    """``n`` training images of the CIFAR-10 JPEG copy (seeded pick), uint8 [n, 32, 32, 3]."""
+    import io
+
+    from PIL import Image
+
+    path = os.path.join(data_dir, "cifar10_jpeg_bytes.npz")
+    if not os.path.exists(path):
+        return None
+    data = np.load(path)
+    blob, offsets = data["train_jpeg"], data["train_offsets"]
+    pick = np.random.default_rng(seed).choice(len(offsets) - 1, n, replace=False)
+    return np.stack(
+        [
+            np.asarray(
+                Image.open(io.BytesIO(blob[offsets[i] : offsets[i + 1]].tobytes())).convert("RGB")
+            )
+            for i in pick
+        ]
+    )
+
+
+def _recording(store: list, fn):
+    def call(*args):
+        out = fn(*args)
+        store.append(out)
+        return out
+
+    return call
+
+
+def released_simclr(images: np.ndarray, strength: float) -> tuple[dict, np.ndarray]:
+    """The released SimCLR pipeline (``datasets/data_augmentation.py``) on every image, with
+    its crop and colour-jitter parameter draws recorded as they are made.
+
+    Returns:
+      (draws as in ``parity_lib.our_simclr_params``, outputs [N, 32, 32, 3] in [0, 1]).
+    """
+    from datasets import data_augmentation
+    from PIL import Image
+
+    pipeline = data_augmentation.get_simclr_pipeline_transform(images.shape[1], strength)
+    crop, jitter = pipeline.transforms[0], pipeline.transforms[2].transforms[0]
+    boxes, colours = [], []
+    crop.get_params = _recording(boxes, type(crop).get_params)
+    jitter.get_params = _recording(colours, type(jitter).get_params)
+    views = np.stack([pipeline(Image.fromarray(im)).numpy().transpose(1, 2, 0) for im in images])
+    box = np.asarray([b[2:] for b in boxes], np.float64)  # (h, w)
+    order = [pl.ORDERS.index(tuple(c[0].tolist())) for c in colours]
+    factors = np.asarray([[float(v) for v in c[1:]] for c in colours])
+    return dict(
+        area=box[:, 0] * box[:, 1] / images.shape[1] ** 2,
+        aspect=box[:, 1] / box[:, 0],
+        jitter_rate=len(colours) / len(images),
+        brightness=factors[:, 0],
+        contrast=factors[:, 1],
+        saturation=factors[:, 2],
+        hue=factors[:, 3],
+        order=np.asarray(order),
+    ), views
+
+
+def ks_row(rows: list, name: str, ours, theirs) -> None:
+    from scipy import stats
+
+    ours, theirs = np.asarray(ours), np.asarray(theirs)
+    if ours.ndim == 2:  # one test per channel: the worst channel is the row
+        tests = [stats.ks_2samp(ours[:, c], theirs[:, c]) for c in range(ours.shape[1])]
+    else:
+        tests = [stats.ks_2samp(ours, theirs)]
+    worst = min(tests, key=lambda t: t.pvalue)
+    crit = C_MIN * math.sqrt(1 / len(ours) + 1 / len(theirs))
+    rows.append(
+        dict(
+            check=f"{name}: KS distance",
+            max_rel_diff=float(worst.statistic),
+            tolerance=crit,
+            ok=bool(worst.pvalue >= P_MIN),
+            note=f"p = {worst.pvalue:.3g}",
+        )
+    )
+
+
+def rate_row(rows: list, name: str, ours: np.ndarray, theirs: np.ndarray) -> None:
+    from scipy import stats
+
+    n1, n2, k1, k2 = len(ours), len(theirs), int(ours.sum()), int(theirs.sum())
+    pooled = (k1 + k2) / (n1 + n2)
+    se = math.sqrt(pooled * (1 - pooled) * (1 / n1 + 1 / n2)) or 1.0
+    diff = k1 / n1 - k2 / n2
+    p = float(2 * stats.norm.sf(abs(diff) / se))
+    crit = float(stats.norm.isf(P_MIN / 2) * se)
+    rows.append(
+        dict(
+            check=f"{name}: rate difference",
+            max_rel_diff=abs(diff),
+            tolerance=crit,
+            ok=bool(p >= P_MIN),
+            note=f"ours {k1 / n1:.3f}, released {k2 / n2:.3f}, z-test p = {p:.3g}",
+        )
+    )
+
+
+def order_row(rows: list, name: str, ours: np.ndarray, theirs: np.ndarray) -> None:
+    from scipy import stats
+
+    counts = np.stack([np.bincount(x, minlength=len(pl.ORDERS)) for x in (ours, theirs)])
+    test = stats.chi2_contingency(counts)
+    rows.append(
+        dict(
+            check=f"{name}: chi-square statistic",
+            max_rel_diff=float(test.statistic),
+            tolerance=float(stats.chi2.isf(P_MIN, test.dof)),
+            ok=bool(test.pvalue >= P_MIN),
+            note=f"p = {test.pvalue:.3g} (24 orders)",
+        )
+    )
+
+
+def check_augment(data_dir: str, rows: list) -> None:
+    import jax
+
+    from ltr_jax.data import augment
+
+    a = pl.AUGMENT
+    images = cifar_images(data_dir, a["draws"], a["seed"])
+    if images is None:
+        rows.append(
+            dict(
+                check="f. SimCLR augmentation",
+                max_rel_diff=float("nan"),
+                tolerance=0.0,
+                ok=False,
+                note=f"{data_dir}/cifar10_jpeg_bytes.npz missing",
+            )
+        )
+        return
+    np.random.seed(a["seed"])  # the released blur draws sigma from NumPy's global generator
+    fixture, source_gray = {}, pl.output_stats(augment.to_float(images))["gray"]
+    for s in a["strengths"]:
+        theirs, their_views = released_simclr(images, s)
+        ours = pl.our_simclr_params(s, a["draws"], a["seed"])
+        our_views = augment.simclr(jax.random.key(a["seed"]), augment.to_float(images), s)
+        mine, them = pl.output_stats(np.asarray(our_views)), pl.output_stats(their_views)
+        tag = f"f. s = {s:g}"
+        ks_row(rows, f"{tag} crop area / image area", ours["area"], theirs["area"])
+        ks_row(rows, f"{tag} crop aspect ratio (w / h)", ours["aspect"], theirs["aspect"])
+        rate_row(
+            rows,
+            f"{tag} colour jitter applied",
+            ours["jitter"],
+            np.arange(a["draws"]) < round(theirs["jitter_rate"] * a["draws"]),
+        )
+        for k in ("brightness", "contrast", "saturation", "hue"):
+            ks_row(
+                rows,
+                f"{tag} {k} {'shift' if k == 'hue' else 'factor'} drawn",
+                ours[k][ours["jitter"]],
+                theirs[k],
+            )
+        order_row(
+            rows,
+            f"{tag} order of the four jitter ops",
+            ours["order"][ours["jitter"]],
+            theirs["order"],
+        )
+        rate_row(rows, f"{tag} grayscale outputs (R = G = B)", mine["gray"], them["gray"])
+        for k in ("mean", "std"):
+            ks_row(rows, f"{tag} output per-channel {k} (worst of R, G, B)", mine[k], them[k])
+        for k in ("saturation", "value"):
+            ks_row(rows, f"{tag} output mean HSV {k}", mine[k], them[k])
+        theirs["jitter"] = np.ones(len(theirs["hue"]), bool)  # their factors: jittered views only
+        colour = ~source_gray  # views made gray by the pipeline, not gray to begin with
+        fixture[f"s{s:g}"] = pl.augment_fixture_stats(
+            theirs, theirs["jitter_rate"], float(them["gray"][colour].mean())
+        )
+    pl.save_json("augment.json", fixture)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -397,11 +593,11 @@ def check_sampler(ref_dir: str, rows: list) -> None:
 
 
 def print_table(rows: list) -> None:
-    print("| check | max rel. diff | tolerance | within | note |")
+    print("| check | max rel. diff (f: test statistic) | tolerance | within | note |")
     print("|---|---|---|---|---|")
     for r in rows:
         ok = "yes" if r["ok"] else "**NO**"
-        err, tol = f"{r['max_rel_diff']:.2e}", f"{r['tolerance']:.0e}"
+        err, tol = f"{r['max_rel_diff']:.2e}", f"{r['tolerance']:.2g}"
         print(f"| {r['check']} | {err} | {tol} | {ok} | {r['note']} |")
 
 
@@ -412,17 +608,28 @@ def main(argv=None) -> int:
         "--reference_dir", default=os.path.join(here, "shared", "reference", "BNS_IPDPP")
     )
     parser.add_argument("--data_dir", default=os.path.join(here, "shared", "data"))
+    parser.add_argument("--only", default="abcdefgh",
+                        help="rows to run (letters); fixtures and table.json are written only "
+                        "when every row runs")  # fmt: skip
     args = parser.parse_args(argv)
     torch.manual_seed(0)
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     ref = load_reference(args.reference_dir)
     rows: list = []
-    for check in (lambda: check_split(args.reference_dir, args.data_dir, rows),
-                  lambda: check_forward(ref, rows), lambda: check_bns(ref, rows),
-                  lambda: check_optimizer(ref, rows), lambda: check_classifier_steps(ref, rows),
-                  lambda: check_metrics(ref, rows),
-                  lambda: check_sampler(args.reference_dir, rows)):  # fmt: skip
-        check()
+    checks = {"a": lambda: check_split(args.reference_dir, args.data_dir, rows),
+              "b": lambda: check_forward(ref, rows), "c": lambda: check_bns(ref, rows),
+              "d": lambda: check_optimizer(ref, rows),
+              "e": lambda: check_classifier_steps(ref, rows),
+              "f": lambda: check_augment(args.data_dir, rows),
+              "g": lambda: check_metrics(ref, rows),
+              "h": lambda: check_sampler(args.reference_dir, rows)}  # fmt: skip
+    every = set(checks) <= set(args.only)
+    if not every:
+        pl.FIXTURES = tempfile.mkdtemp(prefix="parity_partial_")  # the fixtures stay as they are
+        print(f"partial run (--only {args.only}): fixtures written to {pl.FIXTURES}")
+    for letter, check in checks.items():
+        if letter in args.only:
+            check()
     print_table(rows)
     pl.save_json("table.json", rows)
     return 0 if all(r["ok"] for r in rows) else 1

@@ -8,6 +8,7 @@ model and into ``ltr_jax``'s, and the test rebuilds them to replay our side. Fix
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import zlib
@@ -60,7 +61,14 @@ def torch_name(path: str, blocks: list[int]) -> str:
 def model_config(encoder: str = "cifar_resnet18") -> mlc.ConfigDict:
     """The released networks: feature -> 2048 -> 128 projection head."""
     return mlc.ConfigDict(
-        dict(encoder=encoder, dtype="float32", proj_hidden=2048, proj_dim=128, init="flax")
+        dict(
+            encoder=encoder,
+            dtype="float32",
+            proj_hidden=2048,
+            proj_dim=128,
+            init="flax",
+            bn_running_var="unbiased",
+        )  # PyTorch's running-variance update, as released
     )
 
 
@@ -206,18 +214,26 @@ def uniform_inclusion_counts(n: int, k: int, draws: int) -> np.ndarray:
 
 
 def classifier_grads(images_: np.ndarray, y: np.ndarray, head_only: bool, seed: int = SEED):
-    """(loss, gradients by path) of the cross-entropy of :func:`classifier_step` (train mode)."""
+    """The cross-entropy of :func:`classifier_step` (train mode) and what it computes.
+
+    Returns:
+      (loss, gradients by path, BatchNorm statistics after the forward pass by path).
+    """
     model = classifier(seed)
     trainable = nnx.All(nnx.Param, nnx.PathContains("head")) if head_only else nnx.Param
     graphdef, params, stats, rest = nnx.split(model, trainable, nnx.BatchStat, ...)
 
-    def loss(params, stats):  # stats differentiated too: BatchNorm mutates them in this trace
+    def loss(params, stats, x, labels):  # stats differentiated too: BatchNorm mutates them
         m = nnx.merge(graphdef, params, stats, rest)
-        return classification.cross_entropy(m(images_), y)
+        return classification.cross_entropy(m(x), labels), nnx.state(m, nnx.BatchStat)
 
-    value, (grads, _) = jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))(params, stats)
-    flat = nnx.to_flat_state(grads)
-    return float(value), {"/".join(map(str, p)): np.asarray(v[...]) for p, v in flat}
+    # The images are arguments, not constants: XLA constant-folds a closed-over batch through
+    # the convolutions for tens of seconds.
+    grad_fn = jax.value_and_grad(loss, argnums=(0, 1), has_aux=True)
+    (value, after), (grads, _) = jax.jit(grad_fn)(params, stats, images_, y)
+    flat = lambda state: {"/".join(map(str, p)): np.asarray(v[...])
+                          for p, v in nnx.to_flat_state(state)}  # fmt: skip
+    return float(value), flat(grads), flat(after)
 
 
 def fixture_path(name: str) -> str:
@@ -259,3 +275,83 @@ def param_digest(params: dict[str, np.ndarray], n: int = 64) -> dict[str, list[f
         pick = _path_rng(0, (name,)).choice(flat.size, min(n, flat.size), replace=False)
         out[name] = [float(flat.sum()), float(np.linalg.norm(flat))] + flat[pick].tolist()
     return out
+
+
+# --------------------------------------------------------------------------------------------
+# Row f: the SimCLR augmentation by distribution (the two sides' RNGs differ).
+
+# Draws per strength; strengths of the released configs (CIFAR-10 s = 2, CIFAR-100 s = 1).
+AUGMENT = dict(draws=2000, strengths=(1.0, 2.0), seed=SEED + 7)
+# Quantile levels the fixture stores for every continuous statistic.
+LEVELS = np.linspace(0.0, 1.0, 21)
+# The 24 orders of the colour-jitter ops (0 brightness, 1 contrast, 2 saturation, 3 hue).
+ORDERS = list(itertools.permutations(range(4)))
+
+
+def our_simclr_params(strength: float, draws: int, seed: int, size: int = 32) -> dict:
+    """The crop, jitter and grayscale draws of ``draws`` SimCLR views (``augment.simclr``'s keys).
+
+    Returns:
+      dict of NumPy arrays: ``area`` and ``aspect`` (crop area / image area, width / height),
+      ``jitter`` and ``gray`` (bool), ``brightness``, ``contrast``, ``saturation``, ``hue``
+      (the factors and shift a view would apply) and ``order`` (index into ``ORDERS``).
+    """
+    from ltr_jax.data import augment
+
+    keys = jax.random.split(jax.random.key(seed), draws)  # the per-example keys of simclr()
+    p = jax.device_get(jax.vmap(lambda k: augment.sample_simclr(k, size, size, strength))(keys))
+    box, color = np.asarray(p.box), p.color
+    hue_at, blends = np.asarray(color.hue_position), np.asarray(color.blend_order)
+    orders = [tuple(b[:h].tolist()) + (3,) + tuple(b[h:].tolist()) for h, b in zip(hue_at, blends)]
+    factors = np.asarray(color.factors)
+    return dict(
+        area=box[:, 2] * box[:, 3] / size**2,
+        aspect=box[:, 3] / box[:, 2],
+        jitter=np.asarray(p.jitter),
+        gray=np.asarray(p.gray),
+        brightness=factors[:, 0],
+        contrast=factors[:, 1],
+        saturation=factors[:, 2],
+        hue=np.asarray(color.hue),
+        order=np.array([ORDERS.index(o) for o in orders]),
+    )
+
+
+def output_stats(views: np.ndarray) -> dict:
+    """Per-view statistics of [N, H, W, 3] outputs in [0, 1]: channel ``mean`` and ``std``
+    ([N, 3]), mean HSV ``saturation`` and ``value`` ([N]) and ``gray`` (R = G = B everywhere)."""
+    views = np.asarray(views, np.float64)
+    maxc, minc = views.max(-1), views.min(-1)
+    sat = np.where(maxc > 0, (maxc - minc) / np.where(maxc > 0, maxc, 1.0), 0.0)
+    return dict(
+        mean=views.mean((1, 2)),
+        std=views.std((1, 2)),
+        saturation=sat.mean((1, 2)),
+        value=maxc.mean((1, 2)),
+        gray=np.all(maxc == minc, axis=(1, 2)),
+    )
+
+
+def augment_fixture_stats(params: dict, jitter_rate: float, gray_rate: float) -> dict:
+    """What ``augment.json`` holds for one strength: quantiles of every continuous draw
+    (jitter factors over the views that were jittered), the share of views jittered and the
+    share of views of colour images made gray."""
+    on = params["jitter"]
+    q = lambda x: np.quantile(np.asarray(x, np.float64), LEVELS).tolist()
+    return dict(
+        area=q(params["area"]),
+        aspect=q(params["aspect"]),
+        **{k: q(params[k][on]) for k in ("brightness", "contrast", "saturation", "hue")},
+        jitter_rate=float(jitter_rate),
+        gray_rate=float(gray_rate),
+        draws=int(len(params["area"])),
+    )
+
+
+def cdf_gap(sample: np.ndarray, quantiles: list[float]) -> float:
+    """Largest |share of ``sample`` <= q_l - l| over the fixture's quantiles q_l (levels
+    ``LEVELS``, ends excluded): a Kolmogorov-Smirnov distance read at 19 points."""
+    sample = np.sort(np.asarray(sample, np.float64))
+    inner = np.asarray(quantiles)[1:-1]
+    share = np.searchsorted(sample, inner, side="right") / len(sample)
+    return float(np.max(np.abs(share - LEVELS[1:-1])))

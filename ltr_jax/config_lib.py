@@ -111,6 +111,7 @@ def base_config() -> mlc.ConfigDict:
         init_prefix="",  # stripped from the file's keys, e.g. "module."
         init_head=False,  # also load the file's classifier head (same number of classes)
     )
+    c.model.bn_running_var = "biased"  # biased (Flax) | unbiased (PyTorch, the released code)
     c.train = mlc.ConfigDict(
         dict(
             log_every_steps=50,
@@ -145,6 +146,7 @@ def base_config() -> mlc.ConfigDict:
             augment="none",  # none (features once) | simclr (a view per step: released code)
             augment_strength=2.0,  # SimCLR strength s of augment="simclr"
             encoder_bn="eval",  # augment="simclr": eval | train (BatchNorm mode: released)
+            drop_last=True,  # False: keep each epoch's last partial batch (released code)
             optim=optim("adamw", lr=2.5e-4, lr_base_batch=64, warmup_epochs=20.0),
         )
     )
@@ -167,6 +169,7 @@ def base_config() -> mlc.ConfigDict:
             redraw_every_epochs=10,
             redraw_rule="every",  # every (epochs 0, E, 2E..) | reference (0, E-1, 2E-1..)
             fixed_subset=False,  # True: every draw uses the first draw's key (released code)
+            drop_last=True,  # False: keep each epoch's last partial batch (released code)
             epochs=100,
             batch_size=64,
             augment="simclr",
@@ -215,13 +218,15 @@ def reference_switches(config: mlc.ConfigDict, *, probe_strength: float, k: int,
     The values of README "Differences from the released code"; ``configs/reference/``.
     """
     config.model.init = "torch"
+    config.model.bn_running_var = "unbiased"
     config.train.eval_every_epochs = 1.0
     config.stage1.views_through_bn = "separate"
-    config.probe.update(augment="simclr", augment_strength=probe_strength, encoder_bn="train")
+    config.probe.update(augment="simclr", augment_strength=probe_strength, encoder_bn="train",
+                        drop_last=False)  # fmt: skip
     config.stage2.update(head_init="random", p_source="augmented", sampler="uniform",
                          kernel_scale="reference", fixed_subset=True, redraw_rule="reference",
                          k_per_class=k, redraw_every_epochs=redraw_every,
-                         augment_strength=1.0)  # fmt: skip
+                         augment_strength=1.0, drop_last=False)  # fmt: skip
     return config
 
 

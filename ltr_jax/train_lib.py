@@ -213,6 +213,9 @@ class TrainSetup:
       augment, augment_strength, num_views: the training augmentation.
       trainable: the filter of trained variables.
       subset: int32 positions the stage trains on at step 0 (its `TrainState.subset`), or None.
+      drop_last: False keeps each epoch's last partial batch (uniform sampling over a subset
+        or over features: ``sampler.epoch_batch``), its padding rows weighted 0 in
+        ``batch["weights"]``, which the loss must honour.
       evaluate: ``evaluate(state) -> metrics`` of the test set, or None.
       eval_every_steps: evaluation period in steps (None: ``train.eval_every_epochs``).
       hooks: extra hooks (e.g. re-draws of ``subset``).
@@ -233,13 +236,16 @@ class TrainSetup:
     num_views: int = 1
     trainable: Any = nnx.Param
     subset: np.ndarray | None = None
+    drop_last: bool = True
     evaluate: Callable[[TrainState], dict] | None = None
     eval_every_steps: int | None = None
     hooks: tuple[Hook, ...] = ()
 
     @property
     def steps_per_epoch(self) -> int:
-        return steps_per_epoch(self.num_examples, self.batch_size)
+        from ltr_jax.data import sampler  # noqa: PLC0415 - data imports this module
+
+        return sampler.steps_per_epoch(self.num_examples, self.batch_size, self.drop_last)
 
     @property
     def num_steps(self) -> int:
@@ -280,7 +286,7 @@ def build(setup: TrainSetup, mesh) -> Loop:
     graphdef, state = init_train_state(setup.model, tx, setup.trainable, subset=subset)
     size = None if subset is None else len(subset)
     sampling = inputs.Sampling(setup.sampler, jax.random.fold_in(setup.key, 1), setup.batch_size,
-                               subset_size=size)  # fmt: skip
+                               subset_size=size, drop_last=setup.drop_last)  # fmt: skip
     feed = setup.input.train_feed(
         sampling, augment=setup.augment, strength=setup.augment_strength, num_views=setup.num_views
     )  # a streamed feed reads its subset from the state it is handed (a resume's too)

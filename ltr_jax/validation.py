@@ -17,6 +17,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from ltr_jax import config_lib
+
 
 class ConfigError(ValueError):
     """A user error in the config, the stages or the workdir: one line saying what to fix."""
@@ -88,6 +90,7 @@ CHECKS: dict[str, object] = {
     "model.encoder": _encoders,
     "model.dtype": _dtypes,
     "model.init": choices("flax", "torch"),
+    "model.bn_running_var": choices("biased", "unbiased"),
     "model.init_format": choices("auto", "timm", "big_vision"),
     "train.log_every_steps": POS_INT,
     "train.eval_every_epochs": NON_NEG,
@@ -175,6 +178,12 @@ def validate(config, stages: Sequence[str], num_devices: int) -> None:
             f"config.data.few_threshold={data.few_threshold} exceeds config.data.many_threshold="
             f"{data.many_threshold}: Few must lie below Many."
         )
+    for s in ("probe", "stage2"):  # a kept partial batch is weighted on device only
+        if s in stages and not config[s].drop_last and data.name in config_lib.STREAMED_DATASETS:
+            raise ConfigError(
+                f"config.{s}.drop_last=False needs in-memory data; {data.name} is streamed: "
+                f"set --config.{s}.drop_last=True."
+            )
     batches = {f"{s}.batch_size": config[s].batch_size for s in stages if "batch_size" in config[s]}
     batches["train.eval_batch_size"] = config.train.eval_batch_size
     for key, size in batches.items():

@@ -28,7 +28,8 @@ from ltr_jax.models import init  # noqa: E402
 from ltr_jax.stages import rebalance  # noqa: E402
 
 FIXTURES = ["split.json", "bns.json", "bns_grads.npy", "decay_groups.json", "metrics.json",
-            "stage1_train.json", "classifier_steps.json", "table.json", "sampler.json"] + [
+            "stage1_train.json", "classifier_steps.json", "table.json", "sampler.json",
+            "augment.json"] + [
     f"lr_{n}.npy" for n in ("stage1_cifar10", "probe_cifar10", "stage2_cifar10")] + [
     f"forward_{e}_{m}_{w}.npy" for e in pl.BLOCKS for m in ("eval", "train")
     for w in ("features", "projection")]  # fmt: skip
@@ -122,10 +123,13 @@ def test_twenty_stage1_steps_match_released_training():
 def test_probe_and_stage2_loss_and_gradients_match_released(kind):
     # The optimiser step itself (AdamW, decay groups) is covered by the stage-1 run above.
     x, y = pl.images(pl.SEED + 4, 8), pl.labels(pl.SEED + 4, 8)
-    loss, grads = pl.classifier_grads(x, y, head_only=kind == "probe")
+    loss, grads, stats = pl.classifier_grads(x, y, head_only=kind == "probe")
     ref = pl.load_json("classifier_steps.json")[kind]
     assert pl.rel_err(loss, ref["loss"]) <= 1e-5
     _assert_digest(pl.param_digest(grads), ref["grads"], 1e-4)
+    # model.bn_running_var="unbiased" (parity_lib.model_config): PyTorch's running variances
+    variances = {p: v for p, v in stats.items() if p.endswith("var")}
+    _assert_digest(pl.param_digest(variances), ref["running_var"], 1e-5)
 
 
 def test_many_medium_few_match_released_metrics():
@@ -150,6 +154,32 @@ def test_uniform_sampler_matches_released_sampler_in_distribution():
     ours = pl.uniform_inclusion_counts(n, k, seeds)
     assert ours.sum() == ref["seeds"] * k == sum(ref["inclusion_counts"])
     assert stats.chi2_contingency(np.stack([ref["inclusion_counts"], ours])).pvalue > 0.01
+
+
+# Our SimCLR draws vs the released pipeline's (row f): a share of ours at 1,000 draws has a
+# standard error <= 0.016, the fixture's (2,000 draws) <= 0.012; 4 combined standard errors.
+AUGMENT_TOL = 0.08
+
+
+@pytest.mark.parametrize("strength", [1.0, 2.0])
+def test_simclr_draws_match_released_pipeline_statistics(strength):
+    """Crop area and aspect, jitter factors and rates against the released pipeline's: fails if
+    e.g. the crop scale range (0.08 -> 0.2 moves the area CDF by 0.13) or a probability moves."""
+    ref = pl.load_json("augment.json")[f"s{strength:g}"]
+    ours = pl.our_simclr_params(strength, 1000, pl.AUGMENT["seed"])
+    on = ours["jitter"]
+    for name in ("area", "aspect", "brightness", "contrast", "saturation", "hue"):
+        sample = ours[name] if name in ("area", "aspect") else ours[name][on]
+        assert pl.cdf_gap(sample, ref[name]) <= AUGMENT_TOL, name
+    assert abs(on.mean() - ref["jitter_rate"]) <= AUGMENT_TOL * 0.75
+    assert abs(ours["gray"].mean() - ref["gray_rate"]) <= AUGMENT_TOL * 0.75
+
+
+def test_cdf_gap_reads_a_ks_distance_at_the_fixture_quantiles():
+    rng = np.random.default_rng(0)
+    quantiles = np.quantile(rng.uniform(0.08, 1.0, 100_000), pl.LEVELS).tolist()
+    assert pl.cdf_gap(rng.uniform(0.08, 1.0, 5000), quantiles) < 0.03
+    assert abs(pl.cdf_gap(rng.uniform(0.2, 1.0, 5000), quantiles) - 0.12 / 0.92) < 0.03
 
 
 # --------------------------------------------------------------------------------------------
@@ -198,6 +228,9 @@ def test_reference_config_smoke_runs_every_switch(tmp_path):
     assert results["stage1"]["views_through_bn"] == "separate"
     assert results["probe"]["augment"] == "simclr"
     assert results["stage2"]["redraw_rule"] == "reference"
+    s2 = config.stage2  # drop_last=False: ceil(subset / B) steps an epoch
+    assert results["stage2"]["num_steps"] == s2.epochs * -(-results["stage2"]["subset_size"]
+                                                           // s2.batch_size)  # fmt: skip
     draws = [json.loads(line) for line in open(tmp_path / "stage2" / "draws.jsonl")]
     assert [d["epoch"] for d in draws] == [0, 1]
     assert len({d["subset_crc32"] for d in draws}) == 1  # fixed subset: the same every draw

@@ -13,7 +13,7 @@ import jax
 import numpy as np
 
 from ltr_jax import runtime
-from ltr_jax.data import batches, samplers
+from ltr_jax.data import batches, sampler, samplers
 
 
 class FeatureInput:
@@ -38,9 +38,17 @@ class FeatureInput:
 class _FeatureFeed:
     def __init__(self, data: FeatureInput, sampling):
         self._data, self._mesh = data, data.mesh
-        self._sample = samplers.make_batch_sampler(
-            sampling.kind, sampling.key, data.train_labels, data.num_classes, sampling.batch_size
-        )
+        self._drop_last = sampling.drop_last
+        if sampling.drop_last:
+            self._sample = samplers.make_batch_sampler(
+                sampling.kind, sampling.key, data.train_labels, data.num_classes,
+                sampling.batch_size,
+            )  # fmt: skip
+        elif sampling.kind == "uniform":  # the same order, the last partial batch kept
+            n, size = len(data.train_labels), sampling.batch_size
+            self._sample = lambda step: sampler.epoch_batch(sampling.key, step, n, size, False)
+        else:
+            raise ValueError("drop_last=False needs the uniform sampler.")
         self._device_data = None
 
     def data(self, step: int, state) -> dict:
@@ -52,7 +60,10 @@ class _FeatureFeed:
         return self._device_data
 
     def batch_fn(self, device_data: dict, state) -> dict:
-        return batches.gather(device_data, self._sample(state.step), self._mesh)
+        if self._drop_last:
+            return batches.gather(device_data, self._sample(state.step), self._mesh)
+        positions, weights = self._sample(state.step)  # weights 0: padding rows
+        return {**batches.gather(device_data, positions, self._mesh), "weights": weights}
 
     @staticmethod
     def view(key: jax.Array, batch: dict, v: int = 0) -> jax.Array:

@@ -70,12 +70,15 @@ class Sampling:
       subset_size: None: batches are drawn from every training image; ``n``: from the ``n``
         training positions held in ``TrainState.subset`` (e.g. stage 2's current draw), which
         the feed is told of by ``set_population``.
+      drop_last: over a subset only: False keeps each epoch's last partial batch, its padding
+        rows weighted 0 in ``batch["weights"]`` (``sampler.epoch_batch``; in-memory data only).
     """
 
     kind: str
     key: jax.Array
     batch_size: int
     subset_size: int | None = None
+    drop_last: bool = True
 
     @property
     def over_subset(self) -> bool:
@@ -89,6 +92,8 @@ def key_to_seed(key: jax.Array) -> list[int]:
 
 
 def _check_sampling(sampling: Sampling) -> None:
+    if not sampling.drop_last and not sampling.over_subset:
+        raise ValueError("drop_last=False supports only sampling over a subset (probe, stage 2).")
     if sampling.over_subset and sampling.kind != "uniform":
         raise ValueError("Sampling from TrainState.subset supports only the uniform sampler.")
     if sampling.over_subset and sampling.subset_size < 1:
@@ -116,16 +121,18 @@ class _DeviceFeed:
 
     def __init__(self, data: InMemoryInput, sampling: Sampling, aug: Callable):
         self._data, self._mesh, self._aug = data, data.mesh, aug
-        self._over_subset = sampling.over_subset
+        self._over_subset, self._drop_last = sampling.over_subset, sampling.drop_last
         if sampling.over_subset:
             n = sampling.subset_size
-            self._sample = lambda step: sampler.uniform_batch(sampling.key, step, n,
-                                                              sampling.batch_size)  # fmt: skip
+            self._sample = lambda step: sampler.epoch_batch(sampling.key, step, n,
+                                                            sampling.batch_size,
+                                                            sampling.drop_last)  # fmt: skip
         else:
-            self._sample = samplers.make_batch_sampler(
+            sample = samplers.make_batch_sampler(
                 sampling.kind, sampling.key, data.train_labels, data.num_classes,
                 sampling.batch_size,
             )  # fmt: skip
+            self._sample = lambda step: (sample(step), None)
         self._device_data = None
 
     def data(self, step: int, state) -> dict:
@@ -135,10 +142,11 @@ class _DeviceFeed:
         return self._device_data
 
     def batch_fn(self, device_data: dict, state) -> dict:
-        positions = self._sample(state.step)
+        positions, weights = self._sample(state.step)
         if self._over_subset:
             positions = state.subset[positions]
-        return batches.gather(device_data, positions, self._mesh)
+        batch = batches.gather(device_data, positions, self._mesh)
+        return batch if self._drop_last else {**batch, "weights": weights}
 
     def view(self, key: jax.Array, batch: dict, v: int = 0) -> jax.Array:
         del v  # every view is a fresh on-device draw from the same image
@@ -209,6 +217,9 @@ class _StreamFeed:
 
     def __init__(self, data: StreamingInput, sampling: Sampling, augment_name: str,
                  aug: Callable, num_views: int):  # fmt: skip
+        if not sampling.drop_last:
+            raise ValueError("drop_last=False (probe.drop_last, stage2.drop_last) needs an "
+                             "in-memory dataset; set it True for streamed data.")  # fmt: skip
         self._data, self._sampling, self._aug = data, sampling, aug
         self._mode = augmentations.lookup(augment_name).host_crop
         self._num_views = num_views if self._mode == "train" else 1

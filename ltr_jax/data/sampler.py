@@ -30,6 +30,37 @@ def uniform_batch(key: jax.Array, step: jax.Array, num_examples: int, batch_size
     return jax.lax.dynamic_slice(perm, (offset * batch_size,), (batch_size,)).astype(jnp.int32)
 
 
+def steps_per_epoch(num_examples: int, batch_size: int, drop_last: bool = True) -> int:
+    """Steps of one epoch: the last partial batch dropped, or kept (``drop_last=False``)."""
+    if num_examples < batch_size:
+        raise ValueError(f"batch_size {batch_size} exceeds the {num_examples} training examples.")
+    return num_examples // batch_size if drop_last else -(-num_examples // batch_size)
+
+
+def epoch_batch(
+    key: jax.Array, step: jax.Array, num_examples: int, batch_size: int, drop_last: bool = True
+) -> tuple[jax.Array, jax.Array]:
+    """:func:`uniform_batch` with the choice of keeping each epoch's last partial batch.
+
+    ``drop_last=True`` is :func:`uniform_batch` (every row weighted 1). ``drop_last=False``
+    (PyTorch's ``DataLoader(drop_last=False)``, the released probe and stage 2) has
+    ceil(N / B) steps per epoch, so every example is seen once an epoch; the last step keeps
+    its fixed shape [B], its rows past the N-th repeat the last position with weight 0 (the
+    loss is the mean over real rows).
+
+    Returns:
+      (int32 [batch_size] positions, float32 [batch_size] row weights, 1 real / 0 padding).
+    """
+    if drop_last:
+        positions = uniform_batch(key, step, num_examples, batch_size)
+        return positions, jnp.ones(batch_size, jnp.float32)
+    epoch, offset = jnp.divmod(step, steps_per_epoch(num_examples, batch_size, False))
+    perm = jax.random.permutation(jax.random.fold_in(key, epoch), num_examples)
+    rows = offset * batch_size + jnp.arange(batch_size)  # [B] rows of the epoch's order
+    positions = perm[jnp.minimum(rows, num_examples - 1)].astype(jnp.int32)
+    return positions, (rows < num_examples).astype(jnp.float32)
+
+
 def class_balanced_batch(
     key: jax.Array, step: jax.Array, labels: np.ndarray, num_classes: int, batch_size: int
 ):

@@ -25,7 +25,10 @@ Loss = Callable[..., jax.Array]
 
 
 def cross_entropy(
-    logits: jax.Array, labels: jax.Array, class_weights: jax.Array | None = None
+    logits: jax.Array,
+    labels: jax.Array,
+    class_weights: jax.Array | None = None,
+    row_weights: jax.Array | None = None,
 ) -> jax.Array:
     """Softmax cross-entropy over the batch, computed in float32.
 
@@ -34,6 +37,8 @@ def cross_entropy(
       labels: int ``[B]`` labels.
       class_weights: optional float ``[C]`` per-class weights; the loss is then the weighted
         mean ``sum_i w_{y_i} l_i / sum_i w_{y_i}``.
+      row_weights: optional float ``[B]`` weights of the rows, e.g. 0 for the padding of an
+        epoch's last partial batch (``sampler.epoch_batch``); multiplies ``class_weights``.
 
     Returns:
       The scalar float32 loss.
@@ -41,9 +46,13 @@ def cross_entropy(
     per_example = optax.softmax_cross_entropy_with_integer_labels(
         logits.astype(jnp.float32), labels
     )  # [B]
-    if class_weights is None:
+    if class_weights is None and row_weights is None:
         return per_example.mean()
-    w = jnp.asarray(class_weights, jnp.float32)[labels]  # [B]
+    w = jnp.ones_like(per_example)
+    if class_weights is not None:
+        w = w * jnp.asarray(class_weights, jnp.float32)[labels]  # [B]
+    if row_weights is not None:
+        w = w * jnp.asarray(row_weights, jnp.float32)
     return jnp.sum(w * per_example) / jnp.sum(w)
 
 

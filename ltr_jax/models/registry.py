@@ -7,7 +7,7 @@ from collections.abc import Callable
 import jax.numpy as jnp
 from flax import nnx
 
-from ltr_jax.models import heads, init, resnet, resnet_imagenet, swin, vit
+from ltr_jax.models import batchnorm, heads, init, resnet, resnet_imagenet, swin, vit
 
 ENCODERS: dict[str, Callable[..., nnx.Module]] = {
     "cifar_resnet8": resnet.cifar_resnet8,
@@ -64,6 +64,7 @@ def make_classifier(
     encoder = make_encoder(model_config.encoder, dtype=model_config.dtype, rngs=rngs,
                            drop_path_rate=model_config.get("drop_path_rate"))  # fmt: skip
     model = heads.Classifier(encoder, HEADS[head](encoder.feature_dim, num_classes, rngs=rngs))
+    batchnorm.apply_running_var(model, model_config.get("bn_running_var", "biased"))
     return init.apply_init(model, model_config.get("init", "flax"), rngs.params())
 
 
@@ -76,4 +77,5 @@ def make_contrastive(model_config, *, rngs: nnx.Rngs) -> heads.ContrastiveNet:
         encoder.feature_dim, model_config.proj_hidden, model_config.proj_dim, dtype=dtype, rngs=rngs
     )
     model = heads.ContrastiveNet(encoder, projection)
+    batchnorm.apply_running_var(model, model_config.get("bn_running_var", "biased"))
     return init.apply_init(model, model_config.get("init", "flax"), rngs.params())

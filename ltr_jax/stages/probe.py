@@ -20,9 +20,9 @@ import numpy as np
 from flax import nnx
 
 from ltr_jax import metrics, runtime, train_lib, validation
-from ltr_jax.data import augment, feature_input
+from ltr_jax.data import augment, feature_input, sampler
 from ltr_jax.losses import classification
-from ltr_jax.models import heads, init, modes, registry
+from ltr_jax.models import batchnorm, heads, init, modes, registry
 from ltr_jax.stages import common
 
 STAGE = "probe"
@@ -88,6 +88,7 @@ def encoder_for_probe(ctx: common.StageContext, key: jax.Array) -> nnx.Module:
     encoder = registry.make_encoder(
         ctx.config.model.encoder, dtype=ctx.config.model.dtype, rngs=nnx.Rngs(key)
     )
+    batchnorm.apply_running_var(encoder, ctx.config.model.bn_running_var)  # encoder_bn=train
     if ctx.config.probe.encoder_from == "stage1":
         return common.load_module(ctx, "stage1", "encoder", encoder)
     return calibrate_batchnorm(encoder, ctx.data)
@@ -117,6 +118,7 @@ def head_on_features(ctx: common.StageContext, stage: str, cfg, features: tuple,
     (train_x, train_y, test_x), data, mesh = features, ctx.data, ctx.mesh
     head = new_head(ctx, train_x.shape[1], key)
     graphdef = train_lib.split_model(head)[0]
+    drop_last = cfg.get("drop_last", True) or sampler_kind != "uniform"  # crt has no key
     logits_fn = jax.jit(lambda state, x: train_lib.merge_model(graphdef, state)(x))
 
     def evaluate(state):
@@ -128,14 +130,15 @@ def head_on_features(ctx: common.StageContext, stage: str, cfg, features: tuple,
         )
 
     def loss_fn(model, batch, key, view):
-        return classification.cross_entropy(model(view(key, batch)), batch["labels"]), {}
+        logits, w = model(view(key, batch)), batch.get("weights")  # weights: drop_last=False
+        return classification.cross_entropy(logits, batch["labels"], row_weights=w), {}
 
     return train_lib.TrainSetup(
         stage=stage, model=head, optim=cfg.optim, batch_size=cfg.batch_size, epochs=cfg.epochs,
         num_examples=len(train_y), input=feature_input.FeatureInput(train_x, train_y,
                                                                     data.num_classes, mesh),
-        sampler=sampler_kind, loss=loss_fn, key=key, evaluate=evaluate,
-        eval_every_steps=train_lib.steps_per_epoch(len(train_y), cfg.batch_size),
+        sampler=sampler_kind, loss=loss_fn, key=key, evaluate=evaluate, drop_last=drop_last,
+        eval_every_steps=sampler.steps_per_epoch(len(train_y), cfg.batch_size, drop_last),
     )  # fmt: skip
 
 
@@ -161,14 +164,16 @@ def setup_through_encoder(ctx: common.StageContext, encoder: nnx.Module, subset:
     logits_fn = common.make_logits_fn(common.eval_graphdef(model, trainable))
 
     def loss_fn(model, batch, key, view):
-        return classification.cross_entropy(model(view(key, batch)), batch["labels"]), {}
+        logits, w = model(view(key, batch)), batch.get("weights")  # weights: drop_last=False
+        return classification.cross_entropy(logits, batch["labels"], row_weights=w), {}
 
     return train_lib.TrainSetup(
         stage=STAGE, model=model, optim=cfg.optim, batch_size=cfg.batch_size, epochs=cfg.epochs,
         num_examples=len(subset), input=ctx.data, sampler="uniform", loss=loss_fn, key=key,
         augment="simclr", augment_strength=cfg.augment_strength, trainable=trainable,
         subset=subset.astype(np.int32), evaluate=lambda s: common.evaluate(ctx, logits_fn, s),
-        eval_every_steps=train_lib.steps_per_epoch(len(subset), cfg.batch_size),
+        drop_last=cfg.drop_last,
+        eval_every_steps=sampler.steps_per_epoch(len(subset), cfg.batch_size, cfg.drop_last),
     )  # fmt: skip
 
 
@@ -182,6 +187,7 @@ CHECKS: dict[str, object] = {
     "augment": lambda: MODES,
     "augment_strength": validation.NON_NEG,
     "encoder_bn": validation.choices("eval", "train"),
+    "drop_last": validation.choices(True, False),
 }
 
 

@@ -22,7 +22,7 @@ import numpy as np
 from flax import nnx
 
 from ltr_jax import dpp, runtime, train_lib, validation, writers
-from ltr_jax.data import augment, augmentations
+from ltr_jax.data import augment, augmentations, sampler
 from ltr_jax.dpp import kernels as dpp_kernels
 from ltr_jax.dpp import sampling as dpp_sampling
 from ltr_jax.losses import classification
@@ -191,6 +191,7 @@ CHECKS: dict[str, object] = {
     "fixed_subset": validation.choices(True, False),
     "augment": lambda: augmentations.AUGMENTS,
     "augment_strength": validation.NON_NEG,
+    "drop_last": validation.choices(True, False),
 }
 
 
@@ -215,15 +216,17 @@ def make_setup(ctx: common.StageContext) -> train_lib.TrainSetup:
     k = k_per_class(cfg, data.class_counts)
     table, valid = class_table(data.train_labels, data.num_classes)
     subset_size = int(np.minimum(data.class_counts, k).sum())
-    spe = train_lib.steps_per_epoch(subset_size, cfg.batch_size)
+    spe = sampler.steps_per_epoch(subset_size, cfg.batch_size, cfg.drop_last)
     graphdef_eval = common.eval_graphdef(model, trainable)
     conf_fn = make_confidence_fn(graphdef_eval, cfg.p_source, cfg.augment_strength)
     logits_fn = common.make_logits_fn(graphdef_eval)
 
     def loss_fn(model, batch, key, view):
         logits = model(view(key, batch))
-        acc = jnp.mean(jnp.argmax(logits, -1) == batch["labels"])
-        return classification.cross_entropy(logits, batch["labels"]), {"train_acc": acc}
+        hit, w = jnp.argmax(logits, -1) == batch["labels"], batch.get("weights")  # w 0: padding
+        acc = jnp.mean(hit) if w is None else jnp.sum(w * hit) / jnp.sum(w)
+        loss = classification.cross_entropy(logits, batch["labels"], row_weights=w)
+        return loss, {"train_acc": acc}
 
     redraw = make_redraw(ctx, cfg, conf_fn, table, valid, k, spe, jax.random.fold_in(key, 3))
     return train_lib.TrainSetup(
@@ -231,7 +234,8 @@ def make_setup(ctx: common.StageContext) -> train_lib.TrainSetup:
         num_examples=subset_size, input=data, sampler="uniform", loss=loss_fn, key=key,
         augment=cfg.augment, augment_strength=cfg.augment_strength, trainable=trainable,
         subset=np.zeros(subset_size, np.int32),  # replaced by the draw before step 0
-        evaluate=lambda s: common.evaluate(ctx, logits_fn, s), hooks=(redraw,),
+        drop_last=cfg.drop_last, evaluate=lambda s: common.evaluate(ctx, logits_fn, s),
+        hooks=(redraw,),
     )  # fmt: skip
 
 
