@@ -84,6 +84,7 @@ def test_every_baseline_config_is_covered():
     assert names == covered
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", CE_FAMILY)
 def test_ce_family(name, root):
     config = _config(name)
@@ -101,6 +102,7 @@ def test_ldam_drw_switches_weights_on_in_the_last_fifth():
     assert (full.ce.drw_start_epoch, full.ce.epochs) == (160, 200)
 
 
+@pytest.mark.slow
 def test_crt(ce_workdir, root):
     config = _config("crt")
     assert config.pipeline == ("ce", "crt")
@@ -111,12 +113,14 @@ def test_crt(ce_workdir, root):
     assert os.path.isdir(os.path.join(workdir, "crt", "head"))
 
 
+@pytest.mark.slow
 def test_bns_uniform(bns_uniform_workdir):
     draws = [json.loads(line) for line in open(os.path.join(bns_uniform_workdir, "stage2",
                                                             "draws.jsonl"))]  # fmt: skip
     assert draws and max(draws[0]["counts"]) == 20
 
 
+@pytest.mark.slow
 def test_bns_alg1(bns_uniform_workdir, root):
     config = _config("bns_alg1")
     assert config.stage2.sampler == "paper_alg1"
@@ -126,6 +130,7 @@ def test_bns_alg1(bns_uniform_workdir, root):
     assert results["stage2"]["sampler"] == "paper_alg1"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", BNS_FAMILY)
 def test_bns_family(name, root):
     config = _config(name)
@@ -135,6 +140,7 @@ def test_bns_family(name, root):
     assert results["stage1"]["bns_form"] == config.stage1.bns.form
 
 
+@pytest.mark.slow
 def test_report_of_the_smoke_runs(root, ce_workdir):
     workdirs = [ce_workdir] + sorted(
         str(p) for p in root.iterdir() if (p / "config.json").exists() and p.name != "report"

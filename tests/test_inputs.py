@@ -48,6 +48,7 @@ def _losses(workdir):
     return {(r["stage"], r["step"]): r["loss"] for r in records if "loss" in r}
 
 
+@pytest.mark.slow
 def test_streamed_pipeline_resumes_exactly(tmp_path, monkeypatch):
     straight = str(tmp_path / "straight")
     pipeline.run(_config(), straight)
@@ -74,6 +75,7 @@ def test_streamed_pipeline_resumes_exactly(tmp_path, monkeypatch):
     assert load(crashed) == load(straight) and len(load(straight)) == 2
 
 
+@pytest.mark.slow
 def test_streamed_ce_and_crt_with_class_balanced_sampling(tmp_path):
     config = config_lib.load_config_file(SMOKE)
     config.data.format = "jpeg"  # the JPEG-per-epoch pipeline end to end
@@ -86,6 +88,7 @@ def test_streamed_ce_and_crt_with_class_balanced_sampling(tmp_path):
     assert results["ce"]["sampler"] == "class_balanced"
 
 
+@pytest.mark.slow
 def test_missing_dataset_is_a_clear_one_line_error(tmp_path):
     cmd = [sys.executable, os.path.join(ROOT, "run.py"), "--config=configs/imagenet_lt.py",
            "--prepare_data", f"--config.data.manual_dir={tmp_path}",

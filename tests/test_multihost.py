@@ -109,6 +109,7 @@ def _losses(workdir) -> dict:
     return {(r["stage"], r["step"]): r["loss"] for r in records if "loss" in r}
 
 
+@pytest.mark.slow
 def test_library_helpers_across_two_processes(tmp_path):
     worker, port = os.path.join(ROOT, "tests", "multihost_worker.py"), str(_free_port())
     commands = [[sys.executable, worker, str(i), "2", port, str(tmp_path)] for i in range(2)]

@@ -54,6 +54,7 @@ def _encoder_state(workdir):
     return jax.device_get(nnx.state(common.load_module(ctx, "stage1", "encoder", encoder)))
 
 
+@pytest.mark.slow
 def test_probe_results_and_frozen_encoder(pretrained, tmp_path):
     results = json.loads(open(os.path.join(pretrained, "probe", "results.json")).read())
     for key in ("top1", "many", "medium", "few", "per_class_acc", "max_over_epochs_top1"):
@@ -120,6 +121,7 @@ def straight(pretrained, tmp_path_factory):
     return workdir
 
 
+@pytest.mark.slow
 def test_stage2_logs_distinct_draws(straight):
     draws = writers.read_jsonl(os.path.join(straight, "stage2", "draws.jsonl"))
     assert [d["draw"] for d in draws] == [0, 1]
@@ -131,6 +133,7 @@ def test_stage2_logs_distinct_draws(straight):
     assert results["sampler"] == "structured" and results["k_per_class"] == 20
 
 
+@pytest.mark.slow
 def test_stage2_resume_after_crash_during_redraw(pretrained, straight, tmp_path, monkeypatch):
     workdir = _copy(pretrained, tmp_path / "crashed")
     calls = {"n": 0}
