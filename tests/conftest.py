@@ -25,12 +25,15 @@ jax.config.update("jax_enable_x64", False)
 # collection order, and a long file picked up last leaves the other worker idle at the end.
 _LONGEST_FIRST = (
     "test_multihost.py",
-    "test_user_data.py",
     "test_transformer_pipeline.py",
-    "test_inputs.py",
-    "test_stopping.py",
+    "test_user_data.py",
     "test_parity.py",
+    "test_stopping.py",
+    "test_multihost_streamed.py",
+    "test_inputs.py",
+    "test_pipeline.py",
     "test_baselines.py",
+    "test_stages.py",
 )
 
 
