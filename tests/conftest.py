@@ -30,6 +30,7 @@ _LONGEST_FIRST = (
     "test_parity.py",
     "test_stopping.py",
     "test_multihost_streamed.py",
+    "test_multihost_supervised.py",
     "test_inputs.py",
     "test_pipeline.py",
     "test_baselines.py",
