@@ -195,7 +195,7 @@ def _padded(counts, rng):
 @pytest.mark.parametrize("method", ["structured", "uniform"])
 def test_grouped_draw_equals_each_class_drawn_alone(method):
     rng = np.random.default_rng(0)
-    counts = [300, 7, 40, 12, 2, 64, 65]  # widths 128 (3 rows: 2 chunks) and 512; k=12 whole
+    counts = [300, 7, 40, 12, 2, 64, 65]  # widths 128 (3 rows: 2 chunks), 512
     p, valid = _padded(counts, rng)
     key, k = jax.random.key(3), 12
     sel = dpp.sample_ip_dpp_grouped(key, p, valid, k, method=method, max_rows=2)
