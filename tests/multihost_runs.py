@@ -44,6 +44,8 @@ def free_port() -> int:
 def _env(devices: int) -> dict:
     env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3")
     env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"  # not conftest's 8
+    # This checkout's ltr_jax, also for tests/multihost_worker.py (whose own folder is tests/).
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")]))
     return env
 
 
