@@ -84,7 +84,7 @@ def _debug() -> bool:
 
 def user_errors() -> tuple[type[BaseException], ...]:
     """Errors that are the user's to fix: reported in one line, without a traceback."""
-    from ltr_jax.data import imagenet_lt, sources, user_sources  # noqa: PLC0415
+    from ltr_jax.data import sources, split_lists, user_sources  # noqa: PLC0415
 
     return (
         validation.ConfigError,
@@ -92,7 +92,7 @@ def user_errors() -> tuple[type[BaseException], ...]:
         train_lib.DivergedError,
         sources.DatasetNotFoundError,
         sources.UnverifiedArchiveError,
-        imagenet_lt.SplitListError,
+        split_lists.SplitListError,
         user_sources.DatasetError,
     )
 

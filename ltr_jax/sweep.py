@@ -16,11 +16,20 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from absl import flags
 from ml_collections import FrozenConfigDict, config_flags
 
-from ltr_jax import pipeline
+from ltr_jax import pipeline, validation
+
+USAGE_ERROR = 2  # exit code of a user error, as run.py's
+
+
+def _fail(message: object) -> NoReturn:
+    """Exits with one ``sweep:`` line on stderr and exit code 2 (a user error)."""
+    sys.stderr.write(f"sweep: {' '.join(str(message).split())}\n")
+    sys.exit(USAGE_ERROR)
 
 
 def seed_workdir(workdir_root: str, seed: int) -> str:
@@ -64,9 +73,9 @@ def _parse(argv: Sequence[str]) -> flags.FlagValues:
     try:
         fv(argv)
     except (flags.Error, AttributeError, KeyError) as e:  # a misspelt --config.* override
-        sys.exit(f"sweep: {e}")
+        _fail(e)
     if fv.config is None or fv.workdir_root is None:
-        sys.exit("sweep: --config and --workdir_root are required.")
+        _fail("--config and --workdir_root are required.")
     return fv
 
 
@@ -81,7 +90,10 @@ def main(argv: Sequence[str] | None = None) -> dict[int, dict[str, dict]]:
     """The command line: ``argv`` as ``sys.argv`` (program name first)."""
     fv = _parse(sys.argv if argv is None else argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    results = run_sweep(fv.config, fv.seeds, fv.workdir_root, fv.stages)
+    try:
+        results = run_sweep(fv.config, fv.seeds, fv.workdir_root, fv.stages)
+    except validation.ConfigError as e:  # checked before any seed trains: one line, no traceback
+        _fail(f"{type(e).__name__}: {e}")
     for seed, stage_results in results.items():
         print(_summary_line(seed, stage_results))
     print(f"Report: python -m ltr_jax.report {seed_workdir(fv.workdir_root, '*')}")

@@ -24,13 +24,20 @@ jax.config.update("jax_enable_x64", False)
 # The longest test files first: CI distributes whole files over 2 workers (--dist loadfile) in
 # collection order, and a long file picked up last leaves the other worker idle at the end.
 _LONGEST_FIRST = (
-    "test_multihost.py",
-    "test_user_data.py",
-    "test_transformer_pipeline.py",
-    "test_inputs.py",
-    "test_stopping.py",
     "test_parity.py",
+    "test_inputs.py",
+    "test_multihost.py",
+    "test_multihost_streamed.py",
+    "test_stopping.py",
     "test_baselines.py",
+    "test_parity_runs.py",
+    "test_transformer_pipeline.py",
+    "test_user_data.py",
+    "test_mixed_precision.py",
+    "test_stages.py",
+    "test_multihost_supervised.py",
+    "test_transformers.py",
+    "test_pipeline.py",
 )
 
 

@@ -48,6 +48,7 @@ def _losses(workdir):
     return {(r["stage"], r["step"]): r["loss"] for r in records if "loss" in r}
 
 
+@pytest.mark.slow
 def test_streamed_pipeline_resumes_exactly(tmp_path, monkeypatch):
     straight = str(tmp_path / "straight")
     pipeline.run(_config(), straight)
@@ -75,6 +76,7 @@ def test_streamed_pipeline_resumes_exactly(tmp_path, monkeypatch):
     assert load(crashed) == load(straight) and len(load(straight)) == 2
 
 
+@pytest.mark.slow
 def test_streamed_ce_and_crt_with_class_balanced_sampling(tmp_path):
     config = config_lib.load_config_file(SMOKE)
     config.data.format = "jpeg"  # the JPEG-per-epoch pipeline end to end
@@ -87,6 +89,7 @@ def test_streamed_ce_and_crt_with_class_balanced_sampling(tmp_path):
     assert results["ce"]["sampler"] == "class_balanced"
 
 
+@pytest.mark.slow
 def test_missing_dataset_is_a_clear_one_line_error(tmp_path):
     cmd = [sys.executable, os.path.join(ROOT, "run.py"), "--config=configs/imagenet_lt.py",
            "--prepare_data", f"--config.data.manual_dir={tmp_path}",
@@ -195,7 +198,7 @@ def _padded(counts, rng):
 @pytest.mark.parametrize("method", ["structured", "uniform"])
 def test_grouped_draw_equals_each_class_drawn_alone(method):
     rng = np.random.default_rng(0)
-    counts = [300, 7, 129, 40, 12, 2, 1000, 64, 65]
+    counts = [300, 7, 40, 12, 2, 64, 65]  # widths 128 (3 rows: 2 chunks), 512
     p, valid = _padded(counts, rng)
     key, k = jax.random.key(3), 12
     sel = dpp.sample_ip_dpp_grouped(key, p, valid, k, method=method, max_rows=2)

@@ -71,6 +71,7 @@ def test_install_cell_asks_for_a_restart_when_pip_replaced_an_imported_package(
     assert cell["replaced_since"](before) == [f"numpy 0.0 -> {numpy.__version__}"]
 
 
+@pytest.mark.slow
 def test_smoke_path_runs_and_shows_the_report(tmp_path, monkeypatch):
     monkeypatch.setenv("LTR_JAX_NOTEBOOK_TEST", "1")  # skips the pip install
     monkeypatch.setenv("LTR_JAX_NOTEBOOK_WORKDIR", str(tmp_path / "runs"))

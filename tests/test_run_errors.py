@@ -263,3 +263,25 @@ def test_divergence_stops_the_run_in_one_line(capsys, tmp_path):
     saved = lines[0].split("(step ")[1].split(")")[0]
     assert int(saved) == step - 2  # the last checkpoint before the non-finite log step
     assert not os.path.exists(os.path.join(wd, "ce", "results.json"))
+
+
+@pytest.mark.parametrize(
+    "argv, match",
+    [
+        (["--config.data.imbalance_factor=0"], "data.imbalance_factor"),
+        (["--config.data.nme=cifar10"], "nme"),  # a misspelt override: absl's one-line error
+        ([], "--workdir_root"),
+    ],
+)
+def test_sweep_user_errors_are_one_line_exit_2(tmp_path, capsys, argv, match):
+    from ltr_jax import sweep  # noqa: PLC0415
+
+    root = tmp_path / "sweep_root"
+    workdir_root = [f"--workdir_root={root}"] if argv else []
+    with pytest.raises(SystemExit) as exit_info:
+        sweep.main(["sweep", f"--config={CE_SMOKE}", "--seeds=2", *workdir_root, *argv])
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("sweep:")]
+    assert exit_info.value.code == 2, err
+    assert len(lines) == 1 and "Traceback" not in err and match in lines[0], err
+    assert not root.exists()  # nothing trained, no workdir made

@@ -26,10 +26,21 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 SMOKE = os.path.join(ROOT, "configs", "cifar10_lt.py") + ":smoke"
+# The smoke sizes with a few steps per stage and two IP-DPP draws (stage 2: epochs 0 and 1), as
+# in tests/test_stopping.py: the same programs, so the compilation cache serves both files.
+SHORTEN = {
+    "stage1.epochs": 1,
+    "probe.epochs": 1,
+    "stage2.epochs": 2,
+    "stage2.redraw_every_epochs": 1,
+}
 
 
 def _config(**stage2):
     config = config_lib.load_config_file(SMOKE)
+    for dotted, value in SHORTEN.items():
+        section, key = dotted.split(".")
+        config[section][key] = value
     config.stage2.update(stage2)
     return FrozenConfigDict(config)
 
@@ -54,6 +65,7 @@ def _encoder_state(workdir):
     return jax.device_get(nnx.state(common.load_module(ctx, "stage1", "encoder", encoder)))
 
 
+@pytest.mark.slow
 def test_probe_results_and_frozen_encoder(pretrained, tmp_path):
     results = json.loads(open(os.path.join(pretrained, "probe", "results.json")).read())
     for key in ("top1", "many", "medium", "few", "per_class_acc", "max_over_epochs_top1"):
@@ -120,6 +132,7 @@ def straight(pretrained, tmp_path_factory):
     return workdir
 
 
+@pytest.mark.slow
 def test_stage2_logs_distinct_draws(straight):
     draws = writers.read_jsonl(os.path.join(straight, "stage2", "draws.jsonl"))
     assert [d["draw"] for d in draws] == [0, 1]
@@ -131,6 +144,7 @@ def test_stage2_logs_distinct_draws(straight):
     assert results["sampler"] == "structured" and results["k_per_class"] == 20
 
 
+@pytest.mark.slow
 def test_stage2_resume_after_crash_during_redraw(pretrained, straight, tmp_path, monkeypatch):
     workdir = _copy(pretrained, tmp_path / "crashed")
     calls = {"n": 0}
@@ -155,8 +169,9 @@ def test_stage2_resume_after_crash_during_redraw(pretrained, straight, tmp_path,
 @pytest.mark.slow
 def test_stage2_resume_after_sigkill(pretrained, straight, tmp_path):
     workdir = _copy(pretrained, tmp_path / "killed")
+    overrides = [f"--config.{k}={v}" for k, v in SHORTEN.items()]
     cmd = [sys.executable, os.path.join(ROOT, "run.py"), f"--config={SMOKE}",
-           f"--workdir={workdir}"]  # fmt: skip
+           f"--workdir={workdir}", *overrides]  # fmt: skip
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)  # fmt: skip
     ckpts = os.path.join(workdir, "stage2", "checkpoints")

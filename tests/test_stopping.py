@@ -131,7 +131,13 @@ def _losses(workdir) -> list:
 @pytest.fixture(scope="module")
 def compile_cache(tmp_path_factory):
     """A persistent compilation cache for this module: reruns and the rehearsal's processes
-    (same programs, same 8 CPU devices) load the executables instead of compiling again."""
+    (same programs, same 8 CPU devices) load the executables instead of compiling again. The
+    suite's shared cache when tests/conftest.py set one (tests/test_stages.py runs the same
+    shortened config, so each file loads what the other compiled), else one of our own."""
+    shared = os.environ.get("JAX_COMPILATION_CACHE_DIR")
+    if shared and jax.config.jax_compilation_cache_dir == shared:
+        yield shared
+        return
     from jax._src import compilation_cache
 
     path = str(tmp_path_factory.mktemp("jax_cache"))

@@ -377,8 +377,10 @@ def _run(args, env, cwd):
 
 @pytest.mark.slow
 def test_own_datasets_train_through_the_whole_pipeline(tmp_path):
-    """A 1-channel .npz, an image folder and a prepared TFDS dataset: ce, stage 1, probe and
-    stage 2 from the stock run.py, class names in every results.json and in the report."""
+    """A 1-channel .npz, an image folder and a prepared TFDS dataset from the stock run.py:
+    class names and counts in every results.json and in the report. The folder (the README's
+    example config) runs ce, stage 1, probe and stage 2; the .npz and TFDS sources run ce only,
+    since the stages after loading run the same code whatever the source."""
     write_npz(tmp_path / "train.npz", per_class=40, size=32, seed=0)
     write_npz(tmp_path / "test.npz", per_class=8, size=32, seed=1, names=False)
     write_folder(tmp_path / "folder", per_class=48, size=40, seed=2)
@@ -402,14 +404,15 @@ def test_own_datasets_train_through_the_whole_pipeline(tmp_path):
         path = tmp_path / f"{source}.py"
         path.write_text(CONFIG.format(data=repr(fields)))
         workdirs[source] = str(tmp_path / f"wd_{source}")
-        _run([f"--config={path}:smoke", f"--workdir={workdirs[source]}"], env, tmp_path)
+        args = [f"--config={path}:smoke", f"--workdir={workdirs[source]}", "--stages=ce"]
+        _run(args, env, tmp_path)
     workdirs["folder"] = str(tmp_path / "wd_folder")
     overrides = dict(train_path=tmp_path / "folder", test_fraction=0.167, imbalance_factor=4)
     _run([f"--config={EXAMPLE}:smoke", f"--workdir={workdirs['folder']}",
           *(f"--config.data.{k}={v}" for k, v in overrides.items()),
           "--stages=ce,stage1,probe,stage2"], env, ROOT)  # fmt: skip
     for source, workdir in workdirs.items():
-        for stage in ("ce", "stage1", "probe", "stage2"):
+        for stage in ("ce", "stage1", "probe", "stage2") if source == "folder" else ("ce",):
             with open(os.path.join(workdir, stage, "results.json")) as f:
                 results = json.load(f)
             assert results["class_names"] == list(NAMES), (source, stage)

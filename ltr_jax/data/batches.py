@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from typing import TYPE_CHECKING
 
 import jax
 import numpy as np
 
 from ltr_jax import runtime
 from ltr_jax.data import long_tail
-from ltr_jax.data.sources import Dataset
+
+if TYPE_CHECKING:  # a type only: importing sources at run time would import TFDS
+    from ltr_jax.data.sources import Dataset
 
 
 @dataclasses.dataclass(frozen=True)
