@@ -34,10 +34,21 @@ TRAIN = dict(steps=20, batch=4, epochs=4, steps_per_epoch=5, warmup_epochs=1, lr
 
 
 # Our path segment -> the released module's attribute name (for the state-dict keys).
-_LEAF = {"kernel": "weight", "scale": "weight", "bias": "bias", "mean": "running_mean",
-         "var": "running_var"}  # fmt: skip
-_SUB = {"conv1": "conv1", "bn1": "bn1", "conv2": "conv2", "bn2": "bn2", "proj_conv": "shortcut.0",
-        "proj_bn": "shortcut.1"}  # fmt: skip
+_LEAF = {
+    "kernel": "weight",
+    "scale": "weight",
+    "bias": "bias",
+    "mean": "running_mean",
+    "var": "running_var",
+}
+_SUB = {
+    "conv1": "conv1",
+    "bn1": "bn1",
+    "conv2": "conv2",
+    "bn2": "bn2",
+    "proj_conv": "shortcut.0",
+    "proj_bn": "shortcut.1",
+}
 BLOCKS = {"cifar_resnet18": [2, 2, 2, 2], "cifar_resnet34": [3, 4, 6, 3]}
 
 
@@ -129,14 +140,25 @@ def decayed_paths(model: nnx.Module) -> list[str]:
     return sorted("/".join(map(str, p)) for p, v in flat if bool(v.get_value()))
 
 
-def schedule(steps_per_epoch: int, epochs: int, warmup_epochs: float, lr: float, base: int,
-             batch: int) -> np.ndarray:  # fmt: skip
+def schedule(
+    steps_per_epoch: int, epochs: int, warmup_epochs: float, lr: float, base: int, batch: int
+) -> np.ndarray:
     """Our per-step learning rate over a whole run."""
-    optim = mlc.ConfigDict(dict(name="adamw", lr=lr, lr_base_batch=base, b1=0.9, b2=0.95,
-                                weight_decay=0.05, warmup_epochs=warmup_epochs))  # fmt: skip
+    optim = mlc.ConfigDict(
+        dict(
+            name="adamw",
+            lr=lr,
+            lr_base_batch=base,
+            b1=0.9,
+            b2=0.95,
+            weight_decay=0.05,
+            warmup_epochs=warmup_epochs,
+        )
+    )
     num_steps = epochs * steps_per_epoch
-    _, sched = train_lib.make_optimizer(optim, batch_size=batch, num_steps=num_steps,
-                                        steps_per_epoch=steps_per_epoch)  # fmt: skip
+    _, sched = train_lib.make_optimizer(
+        optim, batch_size=batch, num_steps=num_steps, steps_per_epoch=steps_per_epoch
+    )
     return np.asarray(jax.vmap(sched)(jnp.arange(num_steps)), np.float64)
 
 
@@ -158,8 +180,17 @@ class _ViewFeed:
 
 
 def _make_step(model, trainable, loss_fn, num_steps: int, warmup_steps: int, lr: float):
-    optim = mlc.ConfigDict(dict(name="adamw", lr=lr, lr_base_batch=1, b1=0.9, b2=0.95,
-                                weight_decay=TRAIN["wd"], warmup_epochs=warmup_steps))  # fmt: skip
+    optim = mlc.ConfigDict(
+        dict(
+            name="adamw",
+            lr=lr,
+            lr_base_batch=1,
+            b1=0.9,
+            b2=0.95,
+            weight_decay=TRAIN["wd"],
+            warmup_epochs=warmup_steps,
+        )
+    )
     tx, _ = train_lib.make_optimizer(optim, batch_size=1, num_steps=num_steps, steps_per_epoch=1)
     graphdef, state = train_lib.init_train_state(model, tx, trainable)
     mesh = jax.make_mesh((1,), ("data",), devices=jax.devices()[:1])
@@ -173,14 +204,24 @@ def stage1_run(views: np.ndarray, y: np.ndarray, seed: int = SEED) -> tuple[list
     Returns:
       (loss of every step, final parameters by path).
     """
-    cfg = mlc.ConfigDict(dict(loss="bns", views_through_bn="separate", augment_strength=2.0,
-                              bns=dict(form="reference", tau=0.5, m=4)))  # fmt: skip
+    cfg = mlc.ConfigDict(
+        dict(
+            loss="bns",
+            views_through_bn="separate",
+            augment_strength=2.0,
+            bns=dict(form="reference", tau=0.5, m=4),
+        )
+    )
     loss_fn = representation.make_loss_fn(cfg, _ViewFeed())
     t = TRAIN
     graphdef, state, step = _make_step(
-        contrastive_net(seed=seed), nnx.Param, loss_fn, t["epochs"] * t["steps_per_epoch"],
-        t["warmup_epochs"] * t["steps_per_epoch"], t["lr"],
-    )  # fmt: skip
+        contrastive_net(seed=seed),
+        nnx.Param,
+        loss_fn,
+        t["epochs"] * t["steps_per_epoch"],
+        t["warmup_epochs"] * t["steps_per_epoch"],
+        t["lr"],
+    )
     losses = []
     for i in range(len(views)):
         state, metrics = step(state, {"views": views[i], "labels": y}, jax.random.key(0))
@@ -208,8 +249,9 @@ def uniform_inclusion_counts(n: int, k: int, draws: int) -> np.ndarray:
     """How often each of ``n`` items is in our ``sampler="uniform"`` k-subset, over draws."""
     valid = jnp.ones(n, bool)
     keys = jax.random.split(jax.random.key(SEED), draws)
-    sel = jax.vmap(lambda key: dpp.sample_ip_dpp(key, jnp.ones(n), k, "reference", "uniform",
-                                                 mask=valid))(keys)  # fmt: skip
+    sel = jax.vmap(
+        lambda key: dpp.sample_ip_dpp(key, jnp.ones(n), k, "reference", "uniform", mask=valid)
+    )(keys)
     return np.asarray(sel).sum(0).astype(np.float64)
 
 
@@ -231,8 +273,9 @@ def classifier_grads(images_: np.ndarray, y: np.ndarray, head_only: bool, seed: 
     # the convolutions for tens of seconds.
     grad_fn = jax.value_and_grad(loss, argnums=(0, 1), has_aux=True)
     (value, after), (grads, _) = jax.jit(grad_fn)(params, stats, images_, y)
-    flat = lambda state: {"/".join(map(str, p)): np.asarray(v[...])
-                          for p, v in nnx.to_flat_state(state)}  # fmt: skip
+    flat = lambda state: {
+        "/".join(map(str, p)): np.asarray(v[...]) for p, v in nnx.to_flat_state(state)
+    }
     return float(value), flat(grads), flat(after)
 
 

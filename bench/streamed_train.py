@@ -55,10 +55,12 @@ def make_input(args, mesh) -> inputs.StreamingInput:
     labels = (np.arange(args.num_images) % args.num_classes).astype(np.int32)
     split = synthetic_jpeg.EncodedSplit(images, labels)
     counts = np.bincount(labels, minlength=args.num_classes)
-    options = inputs.StreamOptions(args.image_size, args.workers, prefetch_steps=args.prefetch,
-                                   num_processes=args.processes)  # fmt: skip
-    return inputs.StreamingInput(split, split, args.num_classes,
-                                 long_tail.shot_groups(counts, 100, 20), mesh, options)  # fmt: skip
+    options = inputs.StreamOptions(
+        args.image_size, args.workers, prefetch_steps=args.prefetch, num_processes=args.processes
+    )
+    return inputs.StreamingInput(
+        split, split, args.num_classes, long_tail.shot_groups(counts, 100, 20), mesh, options
+    )
 
 
 def make_store_input(args, mesh) -> inputs.DecodedInput:
@@ -78,8 +80,9 @@ def make_store_input(args, mesh) -> inputs.DecodedInput:
     split = decoded_store.DecodedSplit(np.load(path, mmap_mode="r"), labels)
     counts = np.bincount(labels, minlength=args.num_classes)
     options = inputs.StreamOptions(args.image_size, args.workers, prefetch_steps=args.prefetch)
-    return inputs.DecodedInput(split, split, args.num_classes,
-                               long_tail.shot_groups(counts, 100, 20), mesh, options)  # fmt: skip
+    return inputs.DecodedInput(
+        split, split, args.num_classes, long_tail.shot_groups(counts, 100, 20), mesh, options
+    )
 
 
 def make_step(stage: str, args, data: inputs.StreamingInput, mesh):
@@ -190,8 +193,10 @@ def main() -> None:
     print(bench_lib.markdown_table(rows, columns))
     slug = device.lower().replace(" ", "_")
     out = args.out or f"bench/results/streamed_train_{slug}.json"
-    bench_lib.write_json(out, {"machine": bench_lib.machine_info(), "device": device,
-                               "args": vars(args), "rows": rows})  # fmt: skip
+    bench_lib.write_json(
+        out,
+        {"machine": bench_lib.machine_info(), "device": device, "args": vars(args), "rows": rows},
+    )
 
 
 if __name__ == "__main__":

@@ -92,9 +92,14 @@ def synthetic_input(num_images: int, mesh, image_size: int = 32) -> inputs.InMem
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (len(labels), image_size, image_size, 3), dtype=np.uint8)
     lt = batches.LongTailData(
-        images, labels, images[:8], labels[:8], bench_lib.NUM_CLASSES, counts,
+        images,
+        labels,
+        images[:8],
+        labels[:8],
+        bench_lib.NUM_CLASSES,
+        counts,
         long_tail.shot_groups(counts, 100, 20),
-    )  # fmt: skip
+    )
     return inputs.InMemoryInput(lt, mesh)
 
 
@@ -179,7 +184,7 @@ def xla_flops(compiled) -> float | None:
     """``cost_analysis()['flops']`` of a compiled executable, where the backend reports it."""
     try:
         cost = compiled.cost_analysis()
-    except Exception:  # noqa: BLE001 - not every backend implements it
+    except Exception:
         return None
     if isinstance(cost, (list, tuple)):
         cost = cost[0] if cost else None
@@ -250,8 +255,9 @@ def control_flow_ops(compiled) -> dict:
 class JaxRunner:
     """One compiled case with its train state; ``run(n)`` runs and times ``n`` more steps."""
 
-    def __init__(self, stage: str, backbone: str, dtype: str, batch_size: int, num_images: int,
-                 mesh, data):  # fmt: skip
+    def __init__(
+        self, stage: str, backbone: str, dtype: str, batch_size: int, num_images: int, mesh, data
+    ):
         config = bench_config(backbone, dtype)
         config[stage].batch_size = batch_size
         loop = stage_loop(stage, config, data, mesh)
@@ -281,8 +287,13 @@ def run_case(stage: str, backbone: str, dtype: str, batch_size: int, args, data,
     runner = JaxRunner(stage, backbone, dtype, batch_size, args.num_images, mesh, data)
     runner.run(args.warmup)
     run = runner.run(args.steps)
-    row.update(runner.flops, trace_lower_s=runner.lower_s, compile_s=runner.compile_s,
-               final_loss=run["loss"], wall_s=run["wall"])  # fmt: skip
+    row.update(
+        runner.flops,
+        trace_lower_s=runner.lower_s,
+        compile_s=runner.compile_s,
+        final_loss=run["loss"],
+        wall_s=run["wall"],
+    )
     row.update(bench_lib.summarize(run["times"], batch_size))
     row["model_tflops_per_s"] = row["model_flops"] / row["step_s_median"] / 1e12
     return row
@@ -299,13 +310,19 @@ def add_peak_fractions(row: dict, peaks: dict) -> dict:
 # --- CLI -------------------------------------------------------------------------------------
 
 COLUMNS = [
-    ("stage", "stage", ""), ("backbone", "backbone", ""), ("dtype", "dtype", ""),
-    ("batch", "batch_size", "d"), ("images/s", "images_per_s", ",.0f"),
-    ("step ms (median)", "step_ms", ".1f"), ("compile s", "compile_s", ".1f"),
-    ("GFLOP/step", "model_gflop", ",.1f"), ("TFLOP/s", "model_tflops_per_s", ".3f"),
-    ("% bf16 peak", "pct_bf16_peak", ".1f"), ("% own-dtype peak", "pct_dtype_peak", ".1f"),
+    ("stage", "stage", ""),
+    ("backbone", "backbone", ""),
+    ("dtype", "dtype", ""),
+    ("batch", "batch_size", "d"),
+    ("images/s", "images_per_s", ",.0f"),
+    ("step ms (median)", "step_ms", ".1f"),
+    ("compile s", "compile_s", ".1f"),
+    ("GFLOP/step", "model_gflop", ",.1f"),
+    ("TFLOP/s", "model_tflops_per_s", ".3f"),
+    ("% bf16 peak", "pct_bf16_peak", ".1f"),
+    ("% own-dtype peak", "pct_dtype_peak", ".1f"),
     ("error", "error", ""),
-]  # fmt: skip
+]
 
 
 def table_row(row: dict) -> dict:
@@ -343,8 +360,11 @@ def parse_args(argv=None) -> argparse.Namespace:
         default=None,
         help="matmul size for the peak (default 8192, 1024 on CPU; 0: skip)",
     )
-    parser.add_argument("--out", default=None, help="JSON path (default results/throughput_"
-                        "<platform>.json next to this script)")  # fmt: skip
+    parser.add_argument(
+        "--out",
+        default=None,
+        help="JSON path (default results/throughput_<platform>.json next to this script)",
+    )
     args = parser.parse_args(argv)
     for stage in args.stages:
         if stage not in STAGES:
@@ -357,8 +377,12 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def device_info() -> dict:
     device = jax.devices()[0]
-    return {"platform": device.platform, "device_kind": device.device_kind,
-            "device_count": jax.device_count(), "jax": jax.__version__}  # fmt: skip
+    return {
+        "platform": device.platform,
+        "device_kind": device.device_kind,
+        "device_count": jax.device_count(),
+        "jax": jax.__version__,
+    }
 
 
 def run_all(args, mesh, peaks: dict) -> list[dict]:
@@ -371,13 +395,20 @@ def run_all(args, mesh, peaks: dict) -> list[dict]:
                 for batch_size in args.batch_sizes:
                     try:
                         row = run_case(stage, backbone, dtype, batch_size, args, data, mesh)
-                    except Exception as e:  # noqa: BLE001 - keep measuring the other cases
+                    except Exception as e:
                         error = f"{type(e).__name__}: {e}"[:300]
-                        row = dict(stage=stage, backbone=backbone, dtype=dtype,
-                                   batch_size=batch_size, error=error)  # fmt: skip
+                        row = dict(
+                            stage=stage,
+                            backbone=backbone,
+                            dtype=dtype,
+                            batch_size=batch_size,
+                            error=error,
+                        )
                     rows.append(add_peak_fractions(row, peaks))
-                    print(bench_lib.markdown_table([table_row(rows[-1])], COLUMNS).splitlines()[-1],
-                          flush=True)  # fmt: skip
+                    print(
+                        bench_lib.markdown_table([table_row(rows[-1])], COLUMNS).splitlines()[-1],
+                        flush=True,
+                    )
     return rows
 
 
@@ -392,9 +423,16 @@ def main(argv=None) -> dict:
     rows = run_all(args, mesh, peaks)
     print()
     print(bench_lib.markdown_table([table_row(r) for r in rows], COLUMNS))
-    payload = dict(benchmark="throughput", device=info, machine=bench_lib.machine_info(),
-                   nvidia_smi=bench_lib.nvidia_smi(), matmul_peak_tflops=peaks,
-                   peak_size=peak_size, args=vars(args), results=rows)  # fmt: skip
+    payload = dict(
+        benchmark="throughput",
+        device=info,
+        machine=bench_lib.machine_info(),
+        nvidia_smi=bench_lib.nvidia_smi(),
+        matmul_peak_tflops=peaks,
+        peak_size=peak_size,
+        args=vars(args),
+        results=rows,
+    )
     bench_lib.write_json(args.out or default_out(), payload)
     return payload
 

@@ -64,12 +64,14 @@ def run_sweep(
 def _parse(argv: Sequence[str]) -> flags.FlagValues:
     """Parses the command line into its own FlagValues (no global flags are defined)."""
     fv, argv = flags.FlagValues(), list(argv)
-    config_flags.DEFINE_config_file("config", None, "Experiment config file.", flag_values=fv,
-                                    lock_config=True, sys_argv=argv)  # fmt: skip
+    config_flags.DEFINE_config_file(
+        "config", None, "Experiment config file.", flag_values=fv, lock_config=True, sys_argv=argv
+    )
     flags.DEFINE_integer("seeds", 3, "Runs seeds 0..seeds-1.", lower_bound=1, flag_values=fv)
     flags.DEFINE_string("workdir_root", None, "Folder of the seed_<i> workdirs.", flag_values=fv)
-    flags.DEFINE_list("stages", None, "Only these stages (default: config.pipeline).",
-                      flag_values=fv)  # fmt: skip
+    flags.DEFINE_list(
+        "stages", None, "Only these stages (default: config.pipeline).", flag_values=fv
+    )
     try:
         fv(argv)
     except (flags.Error, AttributeError, KeyError) as e:  # a misspelt --config.* override
@@ -81,8 +83,11 @@ def _parse(argv: Sequence[str]) -> flags.FlagValues:
 
 def _summary_line(seed: int, stage_results: dict[str, dict]) -> str:
     cells = [f"seed {seed}:"]
-    cells += [f"{name} top1={res['top1']:.2f}" for name, res in stage_results.items()
-              if res.get("top1") is not None]  # fmt: skip
+    cells += [
+        f"{name} top1={res['top1']:.2f}"
+        for name, res in stage_results.items()
+        if res.get("top1") is not None
+    ]
     return " ".join(cells)
 
 

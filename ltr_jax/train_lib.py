@@ -122,9 +122,13 @@ def init_train_state(model: nnx.Module, tx, trainable=nnx.Param, subset=None):
     """Returns (graphdef, TrainState at step 0); ``subset``: positions of the training subset."""
     graphdef, params, batch_stats, frozen = split_model(model, trainable)
     state = TrainState(
-        step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats, frozen=frozen,
-        opt_state=tx.init(params), subset=subset,
-    )  # fmt: skip
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        batch_stats=batch_stats,
+        frozen=frozen,
+        opt_state=tx.init(params),
+        subset=subset,
+    )
     return graphdef, state
 
 
@@ -243,7 +247,7 @@ class TrainSetup:
 
     @property
     def steps_per_epoch(self) -> int:
-        from ltr_jax.data import sampler  # noqa: PLC0415 - data imports this module
+        from ltr_jax.data import sampler
 
         return sampler.steps_per_epoch(self.num_examples, self.batch_size, self.drop_last)
 
@@ -276,7 +280,7 @@ def build(setup: TrainSetup, mesh) -> Loop:
     run executes.
     """
     # Imported here: `ltr_jax.data.inputs` imports this module for `apply_in_batches`.
-    from ltr_jax.data import inputs  # noqa: PLC0415
+    from ltr_jax.data import inputs
 
     spe = setup.steps_per_epoch
     tx, schedule = make_optimizer(
@@ -285,8 +289,13 @@ def build(setup: TrainSetup, mesh) -> Loop:
     subset = None if setup.subset is None else np.asarray(setup.subset, np.int32)
     graphdef, state = init_train_state(setup.model, tx, setup.trainable, subset=subset)
     size = None if subset is None else len(subset)
-    sampling = inputs.Sampling(setup.sampler, jax.random.fold_in(setup.key, 1), setup.batch_size,
-                               subset_size=size, drop_last=setup.drop_last)  # fmt: skip
+    sampling = inputs.Sampling(
+        setup.sampler,
+        jax.random.fold_in(setup.key, 1),
+        setup.batch_size,
+        subset_size=size,
+        drop_last=setup.drop_last,
+    )
     feed = setup.input.train_feed(
         sampling, augment=setup.augment, strength=setup.augment_strength, num_views=setup.num_views
     )  # a streamed feed reads its subset from the state it is handed (a resume's too)
@@ -297,8 +306,9 @@ def build(setup: TrainSetup, mesh) -> Loop:
     return Loop(setup, graphdef, state, train_step, feed, schedule, root_key)
 
 
-def fit(setup: TrainSetup, *, workdir: str, mesh, train_config,
-        stopper: stopping.Stopper | None = None) -> tuple[TrainState, Any]:  # fmt: skip
+def fit(
+    setup: TrainSetup, *, workdir: str, mesh, train_config, stopper: stopping.Stopper | None = None
+) -> tuple[TrainState, Any]:
     """Trains a stage's setup to its last step, resuming from its latest checkpoint.
 
     Evaluates (``setup.evaluate``) every ``eval_every_steps`` but not at the last step, which
@@ -318,8 +328,9 @@ def fit(setup: TrainSetup, *, workdir: str, mesh, train_config,
         report = lambda done, state: {f"eval_{k}": v for k, v in setup.evaluate(state).items()}
         hooks.append(every(period, report, skip=num_steps))
     try:  # a clean stop (stopping.Stopped) must stop the decoding workers too
-        state = run_loop(loop, workdir=workdir, train_config=train_config, hooks=hooks,
-                         stopper=stopper)  # fmt: skip
+        state = run_loop(
+            loop, workdir=workdir, train_config=train_config, hooks=hooks, stopper=stopper
+        )
     finally:
         loop.close()
     return state, loop.graphdef
@@ -373,8 +384,7 @@ def run_loop(
                         subset, state = state.subset, hook.fn(step, state)
                         if state.subset is not subset:  # a new training subset from this step
                             loop.feed.set_population(runtime.to_host(state.subset), step)
-                state, metrics = loop.train_step(state, loop.feed.data(step, state),
-                                                 loop.root_key)  # fmt: skip
+                state, metrics = loop.train_step(state, loop.feed.data(step, state), loop.root_key)
                 done = step + 1
                 if done % train_config.log_every_steps == 0 or done == num_steps:
                     host = _host_metrics(metrics, done, spe, loop.schedule)
@@ -392,8 +402,13 @@ def run_loop(
                     clock.save(done)
                     saver.saved()
                 if reason is not None and done < num_steps:
-                    logging.warning("%s: stopped at step %d of %d (%s); checkpoint saved.",
-                                    stage, done, num_steps, reason)  # fmt: skip
+                    logging.warning(
+                        "%s: stopped at step %d of %d (%s); checkpoint saved.",
+                        stage,
+                        done,
+                        num_steps,
+                        reason,
+                    )
                     raise stopping.Stopped(stage, done, reason)
         finally:
             ckpt.close()
@@ -449,10 +464,16 @@ class _LoopClock:
         if jax.process_index() != 0:
             return
         this_run = time.perf_counter() - self.began
-        writers.write_json(self.path, dict(
-            step=step, loop_s=self.before + this_run, this_process_s=this_run,
-            processes=self.processes + 1, images_per_step=self.images_per_step,
-        ))  # fmt: skip
+        writers.write_json(
+            self.path,
+            dict(
+                step=step,
+                loop_s=self.before + this_run,
+                this_process_s=this_run,
+                processes=self.processes + 1,
+                images_per_step=self.images_per_step,
+            ),
+        )
 
 
 def loop_timing(workdir: str, stage: str) -> dict | None:
@@ -465,10 +486,12 @@ def loop_timing(workdir: str, stage: str) -> dict | None:
         return None
     images = record["step"] * record["images_per_step"]
     return dict(
-        steps=record["step"], loop_s=round(record["loop_s"], 3),
-        last_process_loop_s=round(record["this_process_s"], 3), processes=record["processes"],
+        steps=record["step"],
+        loop_s=round(record["loop_s"], 3),
+        last_process_loop_s=round(record["this_process_s"], 3),
+        processes=record["processes"],
         images_per_s=round(images / max(record["loop_s"], 1e-9), 1),
-    )  # fmt: skip
+    )
 
 
 class DivergedError(RuntimeError):

@@ -25,25 +25,25 @@ class ConfigError(ValueError):
 
 
 def _optim_names():
-    from ltr_jax import train_lib  # noqa: PLC0415
+    from ltr_jax import train_lib
 
     return tuple(train_lib.OPTIMIZERS)
 
 
 def _encoders():
-    from ltr_jax.models import registry  # noqa: PLC0415
+    from ltr_jax.models import registry
 
     return tuple(sorted(registry.ENCODERS))
 
 
 def _dtypes():
-    from ltr_jax.models import registry  # noqa: PLC0415
+    from ltr_jax.models import registry
 
     return tuple(registry.DTYPES)
 
 
 def _formats():
-    from ltr_jax.data import inputs  # noqa: PLC0415
+    from ltr_jax.data import inputs
 
     return inputs.FORMATS
 
@@ -100,6 +100,7 @@ CHECKS: dict[str, object] = {
     "train.eval_batch_size": POS_INT,
     "train.stop_on_nonfinite": choices(True, False),
 }
+
 
 def _get(config, dotted: str):
     node = config
@@ -162,7 +163,7 @@ def validate(config, stages: Sequence[str], num_devices: int) -> None:
     Raises:
       ConfigError: the first invalid value, in one line.
     """
-    from ltr_jax.data import datasets  # noqa: PLC0415
+    from ltr_jax.data import datasets
 
     try:
         datasets.lookup(config.data.name)
@@ -195,8 +196,9 @@ def validate(config, stages: Sequence[str], num_devices: int) -> None:
             )
 
 
-def check_earlier_stages(stages: Sequence[str], needs: dict[str, tuple[str, ...]],
-                         workdir: str) -> None:  # fmt: skip
+def check_earlier_stages(
+    stages: Sequence[str], needs: dict[str, tuple[str, ...]], workdir: str
+) -> None:
     """Refuses a stage whose earlier stage has neither finished nor been requested before it.
 
     Args:

@@ -28,9 +28,13 @@ CONFIGS = {  # in device memory; streamed (synthetic JPEGs through the Grain pip
     "streamed": os.path.join(ROOT, "configs", "imagenet_lt.py") + ":smoke",
 }
 SHORTEN = (  # a few steps per stage; two stage-2 draws
-    "--config.stage1.epochs=1", "--config.probe.epochs=1", "--config.stage2.epochs=2",
-    "--config.stage2.redraw_every_epochs=1", "--config.ce.epochs=1", "--config.crt.epochs=1",
-)  # fmt: skip
+    "--config.stage1.epochs=1",
+    "--config.probe.epochs=1",
+    "--config.stage2.epochs=2",
+    "--config.stage2.redraw_every_epochs=1",
+    "--config.ce.epochs=1",
+    "--config.crt.epochs=1",
+)
 TIMEOUT_S = 900
 LOSS_RTOL = 1e-3
 
@@ -72,8 +76,11 @@ def launch(config: str, workdir, stages: str, num_processes: int, devices: int) 
     ]
     if num_processes == 1:
         return run_processes([cmd], devices, workdir)
-    cmd += ["--multihost", f"--coordinator_address=localhost:{free_port()}",
-            f"--num_processes={num_processes}"]  # fmt: skip
+    cmd += [
+        "--multihost",
+        f"--coordinator_address=localhost:{free_port()}",
+        f"--num_processes={num_processes}",
+    ]
     commands = [cmd + [f"--process_id={i}"] for i in range(num_processes)]
     run_processes(commands, devices, workdir)
 

@@ -60,8 +60,9 @@ def root(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def ce_workdir(root):
-    results = sweep.main(["sweep", f"--config={_path('ce')}:smoke", "--seeds=1",
-                          f"--workdir_root={root / 'ce'}"])  # fmt: skip
+    results = sweep.main(
+        ["sweep", f"--config={_path('ce')}:smoke", "--seeds=1", f"--workdir_root={root / 'ce'}"]
+    )
     _check_results(results[0], "ce")
     workdir = sweep.seed_workdir(str(root / "ce"), 0)
     for what in ("encoder", "head"):  # exported for cRT
@@ -79,8 +80,10 @@ def bns_uniform_workdir(root):
 
 
 def test_every_baseline_config_is_covered():
-    names = {os.path.basename(p)[: -len("_cifar10_lt.py")]
-             for p in glob.glob(os.path.join(BASELINES, "*_cifar10_lt.py"))}  # fmt: skip
+    names = {
+        os.path.basename(p)[: -len("_cifar10_lt.py")]
+        for p in glob.glob(os.path.join(BASELINES, "*_cifar10_lt.py"))
+    }
     covered = {"ce", "crt", "bns_uniform", "bns_alg1", *CE_FAMILY, *BNS_FAMILY}
     assert names == covered
 
@@ -116,8 +119,10 @@ def test_crt(ce_workdir, root):
 
 @pytest.mark.slow
 def test_bns_uniform(bns_uniform_workdir):
-    draws = [json.loads(line) for line in open(os.path.join(bns_uniform_workdir, "stage2",
-                                                            "draws.jsonl"))]  # fmt: skip
+    draws = [
+        json.loads(line)
+        for line in open(os.path.join(bns_uniform_workdir, "stage2", "draws.jsonl"))
+    ]
     assert draws and max(draws[0]["counts"]) == 20
 
 

@@ -35,24 +35,42 @@ def test_train_step_matches_numpy_reference(rule):
     np.testing.assert_allclose(bn.mean[...], ref_mean, rtol=1e-6)
     np.testing.assert_allclose(bn.var[...], ref_var, rtol=1e-6)
     bn.eval()  # eval mode reads the statistics and leaves them alone
-    np.testing.assert_allclose(bn(jnp.asarray(x)), (x - ref_mean) / np.sqrt(ref_var + 1e-5)
-                               * scale + bias, rtol=1e-4, atol=1e-4)  # fmt: skip
+    np.testing.assert_allclose(
+        bn(jnp.asarray(x)),
+        (x - ref_mean) / np.sqrt(ref_var + 1e-5) * scale + bias,
+        rtol=1e-4,
+        atol=1e-4,
+    )
     np.testing.assert_allclose(bn.var[...], ref_var, rtol=1e-6)
 
 
 def test_registry_sets_the_rule_on_every_batchnorm_and_rejects_unknown_names():
-    config = mlc.ConfigDict(dict(encoder="cifar_resnet8", dtype="float32", proj_hidden=8,
-                                 proj_dim=4, init="flax", bn_running_var="unbiased"))  # fmt: skip
+    config = mlc.ConfigDict(
+        dict(
+            encoder="cifar_resnet8",
+            dtype="float32",
+            proj_hidden=8,
+            proj_dim=4,
+            init="flax",
+            bn_running_var="unbiased",
+        )
+    )
     model = registry.make_classifier(config, 3, rngs=nnx.Rngs(0))
     layers = [m for _, m in nnx.iter_modules(model) if isinstance(m, nnx.BatchNorm)]
     assert layers and all(isinstance(m, batchnorm.BatchNorm) for m in layers)
     assert all(m.unbiased_running_var for m in layers)
     merged = nnx.merge(*nnx.split(model))  # the rule is static: it survives split / merge (jit)
-    assert all(m.unbiased_running_var for _, m in nnx.iter_modules(merged)
-               if isinstance(m, batchnorm.BatchNorm))  # fmt: skip
+    assert all(
+        m.unbiased_running_var
+        for _, m in nnx.iter_modules(merged)
+        if isinstance(m, batchnorm.BatchNorm)
+    )
     config.bn_running_var = "biased"
     model = registry.make_contrastive(config, rngs=nnx.Rngs(0))
-    assert not any(m.unbiased_running_var for _, m in nnx.iter_modules(model)
-                   if isinstance(m, batchnorm.BatchNorm))  # fmt: skip
+    assert not any(
+        m.unbiased_running_var
+        for _, m in nnx.iter_modules(model)
+        if isinstance(m, batchnorm.BatchNorm)
+    )
     with pytest.raises(ValueError, match="valid: biased, unbiased"):
         batchnorm.apply_running_var(model, "pytorch")

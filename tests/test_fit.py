@@ -34,10 +34,18 @@ def _setup(mesh, hooks=(), epochs=4, evaluate=None, eval_every_steps=None):
     x, y = _features()
     optim = config_lib.optim("adamw", lr=0.05, lr_base_batch=32, warmup_epochs=0.0)
     return train_lib.TrainSetup(
-        stage="head", model=heads.LinearHead(DIM, NUM_CLASSES, rngs=nnx.Rngs(0)), optim=optim,
-        batch_size=32, epochs=epochs, num_examples=len(y),
-        input=feature_input.FeatureInput(x, y, NUM_CLASSES, mesh), sampler="uniform", loss=_ce,
-        key=jax.random.key(0), hooks=tuple(hooks), evaluate=evaluate,
+        stage="head",
+        model=heads.LinearHead(DIM, NUM_CLASSES, rngs=nnx.Rngs(0)),
+        optim=optim,
+        batch_size=32,
+        epochs=epochs,
+        num_examples=len(y),
+        input=feature_input.FeatureInput(x, y, NUM_CLASSES, mesh),
+        sampler="uniform",
+        loss=_ce,
+        key=jax.random.key(0),
+        hooks=tuple(hooks),
+        evaluate=evaluate,
         eval_every_steps=eval_every_steps,
     )
 
@@ -59,8 +67,9 @@ def test_fit_learns_and_logs_hooks(tmp_path):
     ]
     setup = _setup(mesh, hooks)
     assert (setup.steps_per_epoch, setup.num_steps) == (8, 32)
-    state, graphdef = train_lib.fit(setup, workdir=str(tmp_path), mesh=mesh,
-                                    train_config=_train_config())  # fmt: skip
+    state, graphdef = train_lib.fit(
+        setup, workdir=str(tmp_path), mesh=mesh, train_config=_train_config()
+    )
     assert int(state.step) == 32 and seen == [0, 16]
     records = writers.read_jsonl(str(tmp_path / "metrics.jsonl"))
     logged = [r["step"] for r in records if "probe_value" in r]
@@ -76,14 +85,15 @@ def test_fit_resumes_exactly(tmp_path):
     """Stopped after 16 of 32 steps (a checkpoint every 8), fit resumes to the same state."""
     mesh = runtime.make_mesh()
     config = _train_config(checkpoint_every_steps=8, checkpoint_every_minutes=0)
-    whole, _ = train_lib.fit(_setup(mesh), workdir=str(tmp_path / "a"), mesh=mesh,
-                             train_config=config)  # fmt: skip
+    whole, _ = train_lib.fit(
+        _setup(mesh), workdir=str(tmp_path / "a"), mesh=mesh, train_config=config
+    )
     partial = _setup(mesh, hooks=[train_lib.at_steps([16], _stop)])
     with pytest.raises(_Stop):
-        train_lib.fit(partial, workdir=str(tmp_path / "c"), mesh=mesh,
-                      train_config=config)  # fmt: skip
-    resumed, _ = train_lib.fit(_setup(mesh), workdir=str(tmp_path / "c"), mesh=mesh,
-                               train_config=config)  # fmt: skip
+        train_lib.fit(partial, workdir=str(tmp_path / "c"), mesh=mesh, train_config=config)
+    resumed, _ = train_lib.fit(
+        _setup(mesh), workdir=str(tmp_path / "c"), mesh=mesh, train_config=config
+    )
     assert int(resumed.step) == 32
     for a, b in zip(jax.tree.leaves(jax.device_get(whole)), jax.tree.leaves(resumed)):
         np.testing.assert_array_equal(a, jax.device_get(b))
@@ -124,8 +134,14 @@ def test_before_step_hook_that_replaces_the_subset_moves_the_feed(tmp_path):
 
     redraw = lambda step, state: state.replace(subset=jnp.full((4,), step, jnp.int32))
     setup = _setup(mesh, hooks=[train_lib.at_steps([0, 5], redraw)], epochs=1)
-    setup = setup.__class__(**{**setup.__dict__, "input": Input(), "num_examples": 256,
-                               "subset": np.zeros(256, np.int32)})  # fmt: skip
+    setup = setup.__class__(
+        **{
+            **setup.__dict__,
+            "input": Input(),
+            "num_examples": 256,
+            "subset": np.zeros(256, np.int32),
+        }
+    )
     train_lib.fit(setup, workdir=str(tmp_path), mesh=mesh, train_config=_train_config())
     assert calls == [(0, [0] * 4), (5, [5] * 4), "closed"]
 
@@ -139,11 +155,18 @@ def test_feature_input_refuses_augmentation():
 
 @pytest.mark.parametrize(
     "stage,key,value",
-    [("ce", "loss", "focal"), ("ce", "drw_start_epoch", 99), ("stage1", "views_through_bn", "x"),
-     ("probe", "augment", "mixup"), ("stage2", "p_source", "noisy"), ("stage2", "train", "half"),
-     ("crt", "sampler", "square_root"), ("stage2", "optim.name", "adam"),
-     ("stage1", "epochs", 0)],
-)  # fmt: skip
+    [
+        ("ce", "loss", "focal"),
+        ("ce", "drw_start_epoch", 99),
+        ("stage1", "views_through_bn", "x"),
+        ("probe", "augment", "mixup"),
+        ("stage2", "p_source", "noisy"),
+        ("stage2", "train", "half"),
+        ("crt", "sampler", "square_root"),
+        ("stage2", "optim.name", "adam"),
+        ("stage1", "epochs", 0),
+    ],
+)
 def test_each_stage_validates_its_own_section(stage, key, value):
     """Every declared stage refuses a bad value of its section in one line naming key and value."""
     config = config_lib.load_config_file("configs/cifar10_lt.py:smoke")
@@ -155,5 +178,6 @@ def test_each_stage_validates_its_own_section(stage, key, value):
     with pytest.raises(validation.ConfigError, match=rf"config\.{stage}\.{key}") as e:
         pipeline.STAGES[stage].validate(FrozenConfigDict(config))
     assert "\n" not in str(e.value) and str(value) in str(e.value)
-    pipeline.STAGES[stage].validate(FrozenConfigDict(config_lib.load_config_file(
-        "configs/cifar10_lt.py:smoke")))  # fmt: skip
+    pipeline.STAGES[stage].validate(
+        FrozenConfigDict(config_lib.load_config_file("configs/cifar10_lt.py:smoke"))
+    )

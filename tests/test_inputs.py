@@ -91,9 +91,14 @@ def test_streamed_ce_and_crt_with_class_balanced_sampling(tmp_path):
 
 @pytest.mark.slow
 def test_missing_dataset_is_a_clear_one_line_error(tmp_path):
-    cmd = [sys.executable, os.path.join(ROOT, "run.py"), "--config=configs/imagenet_lt.py",
-           "--prepare_data", f"--config.data.manual_dir={tmp_path}",
-           f"--config.data.data_dir={tmp_path / 'tfds'}"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        os.path.join(ROOT, "run.py"),
+        "--config=configs/imagenet_lt.py",
+        "--prepare_data",
+        f"--config.data.manual_dir={tmp_path}",
+        f"--config.data.data_dir={tmp_path / 'tfds'}",
+    ]
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 2  # run.py's exit code of every user error
     assert "Traceback" not in done.stderr
@@ -210,8 +215,9 @@ def test_grouped_draw_equals_each_class_drawn_alone(method):
         width = dpp.bucket_size(n, power_of_two=True)
         row_p = np.zeros(width, np.float32)
         row_p[:n] = p[c, :n]
-        alone = dpp.sample_ip_dpp(jax.random.fold_in(key, c), row_p, k, method=method,
-                                  mask=np.arange(width) < n)  # fmt: skip
+        alone = dpp.sample_ip_dpp(
+            jax.random.fold_in(key, c), row_p, k, method=method, mask=np.arange(width) < n
+        )
         np.testing.assert_array_equal(sel[c, :n], np.asarray(alone)[:n])
 
 

@@ -101,8 +101,9 @@ def test_unit_weights_equal_unweighted_and_unknown_loss():
     logits, labels = _batch(2)
     for name in classification.LOSSES:
         loss = classification.make_classification_loss(name, COUNTS)
-        np.testing.assert_allclose(loss(logits, labels, np.ones(C)), loss(logits, labels),
-                                   rtol=1e-6)  # fmt: skip
+        np.testing.assert_allclose(
+            loss(logits, labels, np.ones(C)), loss(logits, labels), rtol=1e-6
+        )
     with pytest.raises(ValueError, match="ce, balanced_softmax, logit_adjust, ldam"):
         classification.make_classification_loss("focal", COUNTS)
 

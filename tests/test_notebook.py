@@ -83,8 +83,10 @@ def test_smoke_path_runs_and_shows_the_report(tmp_path, monkeypatch):
     client.execute()
     last = [c for c in nb.cells if c.cell_type == "code"][-1]
     shown = _outputs(last, "display_data")
-    assert any("text/markdown" in o["data"] and "| bns_ipdpp | stage2 | 1 |" in
-               o["data"]["text/markdown"] for o in shown)  # fmt: skip
+    assert any(
+        "text/markdown" in o["data"] and "| bns_ipdpp | stage2 | 1 |" in o["data"]["text/markdown"]
+        for o in shown
+    )
     images = [o for o in shown if "image/png" in o["data"]]
     assert len(images) == 3  # per-class accuracy, training curves, IP-DPP confidence
     for name in ("report.md", "per_class_accuracy.png"):

@@ -27,12 +27,27 @@ from ltr_jax.losses import bns  # noqa: E402
 from ltr_jax.models import init  # noqa: E402
 from ltr_jax.stages import rebalance  # noqa: E402
 
-FIXTURES = ["split.json", "bns.json", "bns_grads.npy", "decay_groups.json", "metrics.json",
-            "stage1_train.json", "classifier_steps.json", "table.json", "sampler.json",
-            "augment.json"] + [
-    f"lr_{n}.npy" for n in ("stage1_cifar10", "probe_cifar10", "stage2_cifar10")] + [
-    f"forward_{e}_{m}_{w}.npy" for e in pl.BLOCKS for m in ("eval", "train")
-    for w in ("features", "projection")]  # fmt: skip
+FIXTURES = (
+    [
+        "split.json",
+        "bns.json",
+        "bns_grads.npy",
+        "decay_groups.json",
+        "metrics.json",
+        "stage1_train.json",
+        "classifier_steps.json",
+        "table.json",
+        "sampler.json",
+        "augment.json",
+    ]
+    + [f"lr_{n}.npy" for n in ("stage1_cifar10", "probe_cifar10", "stage2_cifar10")]
+    + [
+        f"forward_{e}_{m}_{w}.npy"
+        for e in pl.BLOCKS
+        for m in ("eval", "train")
+        for w in ("features", "projection")
+    ]
+)
 
 
 def test_every_fixture_exists_and_the_harness_table_passed():
@@ -75,8 +90,10 @@ def test_bns_value_and_gradients_match_released_loss():
 
 
 def test_weight_decay_groups_match_released():
-    ours = {pl.torch_name(p, pl.BLOCKS["cifar_resnet18"]) for p in pl.decayed_paths(
-        pl.contrastive_net())}  # fmt: skip
+    ours = {
+        pl.torch_name(p, pl.BLOCKS["cifar_resnet18"])
+        for p in pl.decayed_paths(pl.contrastive_net())
+    }
     assert ours == set(pl.load_json("decay_groups.json"))
 
 
@@ -116,14 +133,18 @@ def test_many_medium_few_match_released_metrics():
     counts = long_tail.long_tail_counts(5000, 10, 100)
     rng = np.random.default_rng(pl.SEED + 5)
     labels = np.repeat(np.arange(10), 1000)
-    preds = np.where(rng.uniform(size=10000) < np.linspace(0.9, 0.3, 10)[labels], labels,
-                     rng.integers(0, 10, 10000))  # fmt: skip
+    preds = np.where(
+        rng.uniform(size=10000) < np.linspace(0.9, 0.3, 10)[labels],
+        labels,
+        rng.integers(0, 10, 10000),
+    )
     groups = long_tail.shot_groups(counts, 500, 200)
     report = metrics.classification_report(preds, labels, 10, groups)
     ref = pl.load_json("metrics.json")
     assert [sorted(map(int, g)) for g in (groups.many, groups.medium, groups.few)] == ref["groups"]
-    np.testing.assert_allclose([report[g] for g in ("many", "medium", "few")],
-                               ref["many_medium_few"], rtol=1e-12)  # fmt: skip
+    np.testing.assert_allclose(
+        [report[g] for g in ("many", "medium", "few")], ref["many_medium_few"], rtol=1e-12
+    )
 
 
 def test_uniform_sampler_matches_released_sampler_in_distribution():

@@ -108,9 +108,16 @@ def test_draw_subset_counts_and_preference():
     log = rebalance.draw_log(p, table, valid, sel, cfg)
     assert log["counts"] == [20, 20, 10] and np.isfinite(log["log_det"]).all()
     # Low-confidence images are favoured: over several draws, drawn mean p < class mean p.
-    drawn = [rebalance.draw_log(p, table, valid, rebalance.draw_subset(
-        jax.random.key(s), p, table, valid, 20, cfg)[1], cfg)["mean_p_drawn"][0]
-        for s in range(10)]  # fmt: skip
+    drawn = [
+        rebalance.draw_log(
+            p,
+            table,
+            valid,
+            rebalance.draw_subset(jax.random.key(s), p, table, valid, 20, cfg)[1],
+            cfg,
+        )["mean_p_drawn"][0]
+        for s in range(10)
+    ]
     assert np.mean(drawn) < log["mean_p_class"][0]
 
 
@@ -170,10 +177,16 @@ def test_stage2_resume_after_crash_during_redraw(pretrained, straight, tmp_path,
 def test_stage2_resume_after_sigkill(pretrained, straight, tmp_path):
     workdir = _copy(pretrained, tmp_path / "killed")
     overrides = [f"--config.{k}={v}" for k, v in SHORTEN.items()]
-    cmd = [sys.executable, os.path.join(ROOT, "run.py"), f"--config={SMOKE}",
-           f"--workdir={workdir}", *overrides]  # fmt: skip
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)  # fmt: skip
+    cmd = [
+        sys.executable,
+        os.path.join(ROOT, "run.py"),
+        f"--config={SMOKE}",
+        f"--workdir={workdir}",
+        *overrides,
+    ]
+    proc = subprocess.Popen(
+        cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
     ckpts = os.path.join(workdir, "stage2", "checkpoints")
     deadline = time.time() + 240
     while not (os.path.isdir(ckpts) and any(d.isdigit() for d in os.listdir(ckpts))):

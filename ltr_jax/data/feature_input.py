@@ -24,8 +24,9 @@ class FeatureInput:
         self.train_labels = np.asarray(labels, np.int32)
         self.num_classes, self.mesh = num_classes, mesh
 
-    def train_feed(self, sampling, *, augment: str = "none", strength: float = 1.0,
-                   num_views: int = 1) -> _FeatureFeed:  # fmt: skip
+    def train_feed(
+        self, sampling, *, augment: str = "none", strength: float = 1.0, num_views: int = 1
+    ) -> _FeatureFeed:
         """A feed of batches of features (``augment`` must be ``none``)."""
         del strength, num_views
         if augment != "none":
@@ -41,9 +42,12 @@ class _FeatureFeed:
         self._drop_last = sampling.drop_last
         if sampling.drop_last:
             self._sample = samplers.make_batch_sampler(
-                sampling.kind, sampling.key, data.train_labels, data.num_classes,
+                sampling.kind,
+                sampling.key,
+                data.train_labels,
+                data.num_classes,
                 sampling.batch_size,
-            )  # fmt: skip
+            )
         elif sampling.kind == "uniform":  # the same order, the last partial batch kept
             n, size = len(data.train_labels), sampling.batch_size
             self._sample = lambda step: sampler.epoch_batch(sampling.key, step, n, size, False)

@@ -124,14 +124,17 @@ class _DeviceFeed:
         self._over_subset, self._drop_last = sampling.over_subset, sampling.drop_last
         if sampling.over_subset:
             n = sampling.subset_size
-            self._sample = lambda step: sampler.epoch_batch(sampling.key, step, n,
-                                                            sampling.batch_size,
-                                                            sampling.drop_last)  # fmt: skip
+            self._sample = lambda step: sampler.epoch_batch(
+                sampling.key, step, n, sampling.batch_size, sampling.drop_last
+            )
         else:
             sample = samplers.make_batch_sampler(
-                sampling.kind, sampling.key, data.train_labels, data.num_classes,
+                sampling.kind,
+                sampling.key,
+                data.train_labels,
+                data.num_classes,
                 sampling.batch_size,
-            )  # fmt: skip
+            )
             self._sample = lambda step: (sample(step), None)
         self._device_data = None
 
@@ -171,18 +174,27 @@ class InMemoryInput:
         self.groups = long_tail_data.groups
         self.class_names = long_tail_data.class_names or _index_names(self.num_classes)
 
-    def train_feed(self, sampling: Sampling, *, augment: str = "none", strength: float = 1.0,
-                   num_views: int = 1) -> _DeviceFeed:  # fmt: skip
+    def train_feed(
+        self,
+        sampling: Sampling,
+        *,
+        augment: str = "none",
+        strength: float = 1.0,
+        num_views: int = 1,
+    ) -> _DeviceFeed:
         del num_views
         _check_sampling(sampling)
         return _DeviceFeed(self, sampling, device_augment(augment, strength))
 
-    def map_split(self, fn: Callable, split: str, positions: np.ndarray | None = None,
-                  batch_size: int = 512) -> Any:  # fmt: skip
+    def map_split(
+        self, fn: Callable, split: str, positions: np.ndarray | None = None, batch_size: int = 512
+    ) -> Any:
         """``fn(images uint8, labels int32, positions int32)`` over ``split`` in padded batches."""
         lt = self.long_tail
-        images, labels = {"train": (lt.train_images, lt.train_labels),
-                          "test": (lt.test_images, lt.test_labels)}[split]  # fmt: skip
+        images, labels = {
+            "train": (lt.train_images, lt.train_labels),
+            "test": (lt.test_images, lt.test_labels),
+        }[split]
         if positions is None:  # the whole split: no host copy of its images
             positions = np.arange(len(labels), dtype=np.int32)
         else:
@@ -215,11 +227,19 @@ class StreamOptions:
 class _StreamFeed:
     """Host-decoded batches from Grain worker threads (`StreamingInput`)."""
 
-    def __init__(self, data: StreamingInput, sampling: Sampling, augment_name: str,
-                 aug: Callable, num_views: int):  # fmt: skip
+    def __init__(
+        self,
+        data: StreamingInput,
+        sampling: Sampling,
+        augment_name: str,
+        aug: Callable,
+        num_views: int,
+    ):
         if not sampling.drop_last:
-            raise ValueError("drop_last=False (probe.drop_last, stage2.drop_last) needs an "
-                             "in-memory dataset; set it True for streamed data.")  # fmt: skip
+            raise ValueError(
+                "drop_last=False (probe.drop_last, stage2.drop_last) needs an "
+                "in-memory dataset; set it True for streamed data."
+            )
         self._data, self._sampling, self._aug = data, sampling, aug
         self._mode = augmentations.lookup(augment_name).host_crop
         self._num_views = num_views if self._mode == "train" else 1
@@ -243,9 +263,13 @@ class _StreamFeed:
         if self._iterator is None or step != self._next_step:
             _close(self._iterator)
             self._iterator = self._data.iterator(
-                self._data.train, plan=self._plan(), start_step=step, mode=self._mode,
-                num_views=self._num_views, global_batch_size=self._sampling.batch_size,
-            )  # fmt: skip
+                self._data.train,
+                plan=self._plan(),
+                start_step=step,
+                mode=self._mode,
+                num_views=self._num_views,
+                global_batch_size=self._sampling.batch_size,
+            )
         self._next_step = step + 1
         local = next(self._iterator)
         return streaming.make_global_batch(self._data.mesh, _without_positions(local))
@@ -286,9 +310,16 @@ def _without_positions(local: dict) -> dict:
 class StreamingInput:
     """A long-tailed training source and a test source of encoded images, streamed."""
 
-    def __init__(self, train, test, num_classes: int, groups: long_tail.ShotGroups,
-                 mesh: jax.sharding.Mesh, options: StreamOptions,
-                 class_names: tuple[str, ...] = ()):  # fmt: skip
+    def __init__(
+        self,
+        train,
+        test,
+        num_classes: int,
+        groups: long_tail.ShotGroups,
+        mesh: jax.sharding.Mesh,
+        options: StreamOptions,
+        class_names: tuple[str, ...] = (),
+    ):
         self.train, self.test, self.mesh, self.options = train, test, mesh, options
         self.num_classes = num_classes
         self.class_names = tuple(class_names) or _index_names(num_classes)
@@ -297,8 +328,17 @@ class StreamingInput:
         self.class_counts = np.bincount(self.train_labels, minlength=num_classes)
         self.groups = groups
 
-    def iterator(self, split, *, plan, start_step: int = 0, num_steps: int | None = None,
-                 mode: str = "train", num_views: int = 1, global_batch_size: int):  # fmt: skip
+    def iterator(
+        self,
+        split,
+        *,
+        plan,
+        start_step: int = 0,
+        num_steps: int | None = None,
+        mode: str = "train",
+        num_views: int = 1,
+        global_batch_size: int,
+    ):
         """This process's host batches of ``split`` (an `image_lists.ImageSplit`-like pair)."""
         spec = streaming.IteratorSpec(
             global_batch_size=global_batch_size,
@@ -317,13 +357,20 @@ class StreamingInput:
         )
         return streaming.make_iterator(split.source, spec)
 
-    def train_feed(self, sampling: Sampling, *, augment: str = "none", strength: float = 1.0,
-                   num_views: int = 1) -> _StreamFeed:  # fmt: skip
+    def train_feed(
+        self,
+        sampling: Sampling,
+        *,
+        augment: str = "none",
+        strength: float = 1.0,
+        num_views: int = 1,
+    ) -> _StreamFeed:
         _check_sampling(sampling)
         return _StreamFeed(self, sampling, augment, host_augment(augment, strength), num_views)
 
-    def map_split(self, fn: Callable, split: str, positions: np.ndarray | None = None,
-                  batch_size: int = 512) -> Any:  # fmt: skip
+    def map_split(
+        self, fn: Callable, split: str, positions: np.ndarray | None = None, batch_size: int = 512
+    ) -> Any:
         """``fn(images uint8, labels int32, positions int32)`` over ``split``, centre crops."""
         source = {"train": self.train, "test": self.test}[split]
         if positions is None:
@@ -331,8 +378,9 @@ class StreamingInput:
         plan, num_batches = streaming.eval_plan(
             positions, batch_size, jax.process_index(), jax.process_count()
         )
-        local_batches = self.iterator(source, plan=plan, num_steps=num_batches, mode="eval",
-                                      global_batch_size=batch_size)  # fmt: skip
+        local_batches = self.iterator(
+            source, plan=plan, num_steps=num_batches, mode="eval", global_batch_size=batch_size
+        )
         outs, left = [], len(positions)
         for local in local_batches:
             batch = streaming.make_global_batch(self.mesh, local)
@@ -363,24 +411,44 @@ class DecodedInput(StreamingInput):
     [B, S, S, 3] gathered on the host by the streaming `StepPlan`s, cropped on device.
     """
 
-    def iterator(self, split, *, plan, start_step: int = 0, num_steps: int | None = None,
-                 mode: str = "train", num_views: int = 1, global_batch_size: int):  # fmt: skip
+    def iterator(
+        self,
+        split,
+        *,
+        plan,
+        start_step: int = 0,
+        num_steps: int | None = None,
+        mode: str = "train",
+        num_views: int = 1,
+        global_batch_size: int,
+    ):
         """This process's uint8 store rows of each step (views and crops are made on device)."""
         del mode, num_views, global_batch_size  # one copy per image; the plan knows the batch
         threads = max(1, min(self.options.num_workers, 4))  # a gather is a memcpy per image
         return decoded_store.make_iterator(
-            split, plan=plan, start_step=start_step, num_steps=num_steps, num_threads=threads,
+            split,
+            plan=plan,
+            start_step=start_step,
+            num_steps=num_steps,
+            num_threads=threads,
             prefetch_steps=max(self.options.prefetch_steps, threads),
-        )  # fmt: skip
+        )
 
-    def train_feed(self, sampling: Sampling, *, augment: str = "none", strength: float = 1.0,
-                   num_views: int = 1) -> _StreamFeed:  # fmt: skip
+    def train_feed(
+        self,
+        sampling: Sampling,
+        *,
+        augment: str = "none",
+        strength: float = 1.0,
+        num_views: int = 1,
+    ) -> _StreamFeed:
         _check_sampling(sampling)
         aug = store_augment(augment, strength, self.options.image_size, self.train.size)
         return _StreamFeed(self, sampling, augment, aug, num_views)
 
-    def map_split(self, fn: Callable, split: str, positions: np.ndarray | None = None,
-                  batch_size: int = 512) -> Any:  # fmt: skip
+    def map_split(
+        self, fn: Callable, split: str, positions: np.ndarray | None = None, batch_size: int = 512
+    ) -> Any:
         """``fn(images uint8, labels int32, positions int32)`` over ``split``: centre crops
         made on device from the store (uint8 [B, image_size, image_size, 3], as streamed)."""
         crop = self._centre_crop({"train": self.train, "test": self.test}[split].size)
@@ -428,7 +496,7 @@ def load(data_config, mesh: jax.sharding.Mesh):
 
 
 def _load(data_config, mesh: jax.sharding.Mesh):
-    from ltr_jax.data import datasets, sources  # noqa: PLC0415 (TFDS import only when loading)
+    from ltr_jax.data import datasets, sources
 
     loaded = datasets.load(data_config)
     if isinstance(loaded, sources.Dataset):
@@ -450,9 +518,15 @@ def _load(data_config, mesh: jax.sharding.Mesh):
     groups = long_tail.shot_groups(counts, data_config.many_threshold, data_config.few_threshold)
     logging.info(
         "%s: %d training images (%d..%d per class), %d test images; many/medium/few %d/%d/%d.",
-        data_config.name, len(train.labels), counts.min(), counts.max(), len(test.labels),
-        len(groups.many), len(groups.medium), len(groups.few),
-    )  # fmt: skip
+        data_config.name,
+        len(train.labels),
+        counts.min(),
+        counts.max(),
+        len(test.labels),
+        len(groups.many),
+        len(groups.medium),
+        len(groups.few),
+    )
     return input_cls(train, test, num_classes, groups, mesh, options, loaded.class_names)
 
 
@@ -480,19 +554,28 @@ def store_directory(data_config, source_fingerprint: str) -> str:
 
 def _decoded_splits(data_config, train, test) -> tuple[Any, Any]:
     """The store of (train, test), prepared first if it is not yet complete."""
-    facts = dict(name=data_config.name, test_split=data_config.test_split,
-                 train=train.labels, test=test.labels)  # fmt: skip
+    facts = dict(
+        name=data_config.name,
+        test_split=data_config.test_split,
+        train=train.labels,
+        test=test.labels,
+    )
     if data_config.name == "synthetic_jpeg":  # the labels alone do not identify its images
-        facts.update(synthetic=data_config.synthetic.to_dict(),
-                     imbalance_factor=data_config.imbalance_factor)  # fmt: skip
+        facts.update(
+            synthetic=data_config.synthetic.to_dict(), imbalance_factor=data_config.imbalance_factor
+        )
     source_fingerprint = decoded_store.fingerprint(**facts)
     directory = store_directory(data_config, source_fingerprint)
     size = data_config.decoded_size
     if not decoded_store.is_complete(directory):
         logging.info("Preparing the decoded store of %s in %s.", data_config.name, directory)
         splits = {"train": train, "test": test}
-        decoded_store.prepare_store(directory, splits, size=size,
-                                    source_fingerprint=source_fingerprint,
-                                    num_processes=data_config.prepare_processes)  # fmt: skip
+        decoded_store.prepare_store(
+            directory,
+            splits,
+            size=size,
+            source_fingerprint=source_fingerprint,
+            num_processes=data_config.prepare_processes,
+        )
     store = decoded_store.open_store(directory, size, source_fingerprint)
     return store["train"], store["test"]

@@ -140,8 +140,9 @@ class StepPlan:
     def locate(self, element: int) -> tuple[int, int, int]:
         """Maps this process's flat element index to (step, global row, source position)."""
         step, local_row = divmod(element, self.local_batch_size)
-        local = sampler.process_slice(self.global_positions(step), self.process_index,
-                                      self.process_count)  # fmt: skip
+        local = sampler.process_slice(
+            self.global_positions(step), self.process_index, self.process_count
+        )
         row = self.process_index * self.local_batch_size + local_row
         return step, row, int(local[local_row])
 

@@ -44,8 +44,10 @@ def make_encoder(
     if drop_path_rate is None:
         return ENCODERS[name](dtype=compute_dtype(dtype), rngs=rngs)
     if name not in STOCHASTIC_DEPTH:
-        raise ValueError(f"model.drop_path_rate is for transformer encoders; {name!r} has none: "
-                         "leave it unset (None).")  # fmt: skip
+        raise ValueError(
+            f"model.drop_path_rate is for transformer encoders; {name!r} has none: "
+            "leave it unset (None)."
+        )
     return ENCODERS[name](dtype=compute_dtype(dtype), rngs=rngs, drop_path_rate=drop_path_rate)
 
 
@@ -61,8 +63,12 @@ def make_classifier(
     """Encoder + classifier head (``linear`` or ``cosine``) from ``config.model``."""
     if head not in HEADS:
         raise ValueError(f"Unknown head {head!r}; valid: {', '.join(HEADS)}.")
-    encoder = make_encoder(model_config.encoder, dtype=model_config.dtype, rngs=rngs,
-                           drop_path_rate=model_config.get("drop_path_rate"))  # fmt: skip
+    encoder = make_encoder(
+        model_config.encoder,
+        dtype=model_config.dtype,
+        rngs=rngs,
+        drop_path_rate=model_config.get("drop_path_rate"),
+    )
     model = heads.Classifier(encoder, HEADS[head](encoder.feature_dim, num_classes, rngs=rngs))
     batchnorm.apply_running_var(model, model_config.get("bn_running_var", "biased"))
     return init.apply_init(model, model_config.get("init", "flax"), rngs.params())
@@ -71,8 +77,12 @@ def make_classifier(
 def make_contrastive(model_config, *, rngs: nnx.Rngs) -> heads.ContrastiveNet:
     """Encoder + projection head from ``config.model`` (``proj_hidden``, ``proj_dim``)."""
     dtype = compute_dtype(model_config.dtype)
-    encoder = make_encoder(model_config.encoder, dtype=model_config.dtype, rngs=rngs,
-                           drop_path_rate=model_config.get("drop_path_rate"))  # fmt: skip
+    encoder = make_encoder(
+        model_config.encoder,
+        dtype=model_config.dtype,
+        rngs=rngs,
+        drop_path_rate=model_config.get("drop_path_rate"),
+    )
     projection = heads.ProjectionHead(
         encoder.feature_dim, model_config.proj_hidden, model_config.proj_dim, dtype=dtype, rngs=rngs
     )

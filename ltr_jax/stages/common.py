@@ -104,9 +104,10 @@ def evaluate(ctx: StageContext, logits_fn, state: train_lib.TrainState) -> dict:
     """Top-1, Many/Medium/Few and per-class accuracy on the test set (percent)."""
     data = ctx.data
     preds = data.map_split(
-        lambda x, y, i: jnp.argmax(logits_fn(state, x), -1), "test",
+        lambda x, y, i: jnp.argmax(logits_fn(state, x), -1),
+        "test",
         batch_size=ctx.config.train.eval_batch_size,
-    )  # fmt: skip
+    )
     return metrics.classification_report(preds, data.test_labels, data.num_classes, data.groups)
 
 

@@ -63,8 +63,14 @@ def run(ctx: common.StageContext) -> dict:
     """Re-trains a new linear head on the frozen ``ce`` encoder; exports it to WORKDIR/crt/head."""
     cfg = ctx.config[STAGE]
     setup = make_setup(ctx)
-    logging.info("%s: %d epochs of batch %d, %s sampling, on frozen %s features.", STAGE,
-                 cfg.epochs, cfg.batch_size, cfg.sampler, ENCODER_FROM)  # fmt: skip
+    logging.info(
+        "%s: %d epochs of batch %d, %s sampling, on frozen %s features.",
+        STAGE,
+        cfg.epochs,
+        cfg.batch_size,
+        cfg.sampler,
+        ENCODER_FROM,
+    )
     state, graphdef = common.fit(ctx, setup)
     probe.save_head(ctx, STAGE, graphdef, state)
     results = common.evaluated_results(ctx, setup, state)

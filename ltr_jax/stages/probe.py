@@ -55,8 +55,9 @@ def make_features_fn(encoder: nnx.Module, mesh=None):
     return lambda images: features(state, images)
 
 
-def calibrate_batchnorm(encoder: nnx.Module, data, batch_size: int = 256,
-                        num_batches: int = 40) -> nnx.Module:  # fmt: skip
+def calibrate_batchnorm(
+    encoder: nnx.Module, data, batch_size: int = 256, num_batches: int = 40
+) -> nnx.Module:
     """Re-estimates BatchNorm running statistics with train-mode passes over training images.
 
     An untrained encoder's statistics are the initial (0, 1), under which eval-mode features
@@ -100,8 +101,9 @@ def new_head(ctx: common.StageContext, in_dim: int, key: jax.Array) -> heads.Lin
     return init.apply_init(head, ctx.config.model.get("init", "flax"), jax.random.fold_in(key, 7))
 
 
-def head_on_features(ctx: common.StageContext, stage: str, cfg, features: tuple,
-                     sampler_kind: str, key: jax.Array) -> train_lib.TrainSetup:  # fmt: skip
+def head_on_features(
+    ctx: common.StageContext, stage: str, cfg, features: tuple, sampler_kind: str, key: jax.Array
+) -> train_lib.TrainSetup:
     """A fresh linear head trained on precomputed features (the probe and cRT).
 
     Args:
@@ -134,28 +136,39 @@ def head_on_features(ctx: common.StageContext, stage: str, cfg, features: tuple,
         return classification.cross_entropy(logits, batch["labels"], row_weights=w), {}
 
     return train_lib.TrainSetup(
-        stage=stage, model=head, optim=cfg.optim, batch_size=cfg.batch_size, epochs=cfg.epochs,
-        num_examples=len(train_y), input=feature_input.FeatureInput(train_x, train_y,
-                                                                    data.num_classes, mesh),
-        sampler=sampler_kind, loss=loss_fn, key=key, evaluate=evaluate, drop_last=drop_last,
+        stage=stage,
+        model=head,
+        optim=cfg.optim,
+        batch_size=cfg.batch_size,
+        epochs=cfg.epochs,
+        num_examples=len(train_y),
+        input=feature_input.FeatureInput(train_x, train_y, data.num_classes, mesh),
+        sampler=sampler_kind,
+        loss=loss_fn,
+        key=key,
+        evaluate=evaluate,
+        drop_last=drop_last,
         eval_every_steps=sampler.steps_per_epoch(len(train_y), cfg.batch_size, drop_last),
-    )  # fmt: skip
+    )
 
 
-def setup_on_features(ctx: common.StageContext, encoder: nnx.Module, subset: np.ndarray,
-                      key: jax.Array) -> train_lib.TrainSetup:  # fmt: skip
+def setup_on_features(
+    ctx: common.StageContext, encoder: nnx.Module, subset: np.ndarray, key: jax.Array
+) -> train_lib.TrainSetup:
     """``probe.augment="none"``: features of the clean images once, then the head on them."""
     cfg, data = ctx.config[STAGE], ctx.data
     features = make_features_fn(encoder, ctx.mesh)
     eval_batch = ctx.config.train.eval_batch_size
     train_x = data.map_split(lambda x, y, i: features(x), "train", subset, eval_batch)
     test_x = data.map_split(lambda x, y, i: features(x), "test", batch_size=eval_batch)
-    return head_on_features(ctx, STAGE, cfg, (train_x, data.train_labels[subset], test_x),
-                            "uniform", key)  # fmt: skip
+    return head_on_features(
+        ctx, STAGE, cfg, (train_x, data.train_labels[subset], test_x), "uniform", key
+    )
 
 
-def setup_through_encoder(ctx: common.StageContext, encoder: nnx.Module, subset: np.ndarray,
-                          key: jax.Array) -> train_lib.TrainSetup:  # fmt: skip
+def setup_through_encoder(
+    ctx: common.StageContext, encoder: nnx.Module, subset: np.ndarray, key: jax.Array
+) -> train_lib.TrainSetup:
     """``probe.augment="simclr"``: a fresh view per step through the frozen encoder."""
     cfg = ctx.config[STAGE]
     model = heads.Classifier(encoder, new_head(ctx, encoder.feature_dim, key))
@@ -168,13 +181,24 @@ def setup_through_encoder(ctx: common.StageContext, encoder: nnx.Module, subset:
         return classification.cross_entropy(logits, batch["labels"], row_weights=w), {}
 
     return train_lib.TrainSetup(
-        stage=STAGE, model=model, optim=cfg.optim, batch_size=cfg.batch_size, epochs=cfg.epochs,
-        num_examples=len(subset), input=ctx.data, sampler="uniform", loss=loss_fn, key=key,
-        augment="simclr", augment_strength=cfg.augment_strength, trainable=trainable,
-        subset=subset.astype(np.int32), evaluate=lambda s: common.evaluate(ctx, logits_fn, s),
+        stage=STAGE,
+        model=model,
+        optim=cfg.optim,
+        batch_size=cfg.batch_size,
+        epochs=cfg.epochs,
+        num_examples=len(subset),
+        input=ctx.data,
+        sampler="uniform",
+        loss=loss_fn,
+        key=key,
+        augment="simclr",
+        augment_strength=cfg.augment_strength,
+        trainable=trainable,
+        subset=subset.astype(np.int32),
+        evaluate=lambda s: common.evaluate(ctx, logits_fn, s),
         drop_last=cfg.drop_last,
         eval_every_steps=sampler.steps_per_epoch(len(subset), cfg.batch_size, cfg.drop_last),
-    )  # fmt: skip
+    )
 
 
 # probe.augment: how the head meets the training images.
@@ -222,12 +246,16 @@ def run(ctx: common.StageContext) -> dict:
     state, graphdef = common.fit(ctx, setup)
     save_head(ctx, STAGE, graphdef, state)
     results = common.evaluated_results(ctx, setup, state)
-    results.update(encoder_from=cfg.encoder_from, probe_train_size=int(setup.num_examples),
-                   augment=cfg.augment)  # fmt: skip
+    results.update(
+        encoder_from=cfg.encoder_from, probe_train_size=int(setup.num_examples), augment=cfg.augment
+    )
     return results
 
 
 DECLARATION = common.Stage(
-    STAGE, validate=validate, run=run, make_setup=make_setup,
+    STAGE,
+    validate=validate,
+    run=run,
+    make_setup=make_setup,
     needs=lambda config: ("stage1",) if config.probe.encoder_from == "stage1" else (),
-)  # fmt: skip
+)

@@ -153,26 +153,45 @@ def make_redraw(ctx, cfg, conf_fn, table, valid, k: int, steps_per_epoch: int, k
     def redraw(step: int, state: train_lib.TrainState) -> train_lib.TrainState:
         n = draw_index[step]
         draw_key = jax.random.fold_in(key, 0 if cfg.fixed_subset else n)
-        p = data.map_split(lambda *a: conf_fn(state, *a, draw_key), "train",
-                           batch_size=ctx.config.train.eval_batch_size)  # fmt: skip
+        p = data.map_split(
+            lambda *a: conf_fn(state, *a, draw_key),
+            "train",
+            batch_size=ctx.config.train.eval_batch_size,
+        )
         positions, sel = draw_subset(draw_key, p, table, valid, k, cfg)
         # Every process draws from the same gathered p and key; a mismatch would silently
         # train each process on a different subset.
         runtime.check_same_on_all_processes(positions, f"{STAGE} draw {n}")
         log = draw_log(p, table, valid, sel, cfg)
         if jax.process_index() == 0:
-            _append_draw(draws_path, {"draw": n, "step": step, "epoch": step // steps_per_epoch,
-                                      "subset_crc32": zlib.crc32(positions.tobytes()),
-                                      **log})  # fmt: skip
+            _append_draw(
+                draws_path,
+                {
+                    "draw": n,
+                    "step": step,
+                    "epoch": step // steps_per_epoch,
+                    "subset_crc32": zlib.crc32(positions.tobytes()),
+                    **log,
+                },
+            )
             summary.truncate_after(step - 1)
-            summary.write(step, {
-                "mean_p_drawn": float(np.mean(log["mean_p_drawn"])),
-                "mean_p_class": float(np.mean(log["mean_p_class"])),
-                "log_det_sum": float(np.sum(log["log_det"])),
-            })  # fmt: skip
-        logging.info("%s: draw %d at step %d, %d images, mean p drawn %.3f vs class %.3f.",
-                     STAGE, n, step, len(positions), np.mean(log["mean_p_drawn"]),
-                     np.mean(log["mean_p_class"]))  # fmt: skip
+            summary.write(
+                step,
+                {
+                    "mean_p_drawn": float(np.mean(log["mean_p_drawn"])),
+                    "mean_p_class": float(np.mean(log["mean_p_class"])),
+                    "log_det_sum": float(np.sum(log["log_det"])),
+                },
+            )
+        logging.info(
+            "%s: draw %d at step %d, %d images, mean p drawn %.3f vs class %.3f.",
+            STAGE,
+            n,
+            step,
+            len(positions),
+            np.mean(log["mean_p_drawn"]),
+            np.mean(log["mean_p_class"]),
+        )
         return state.replace(subset=runtime.put_replicated(mesh, positions))
 
     return train_lib.at_steps(draw_index, redraw)
@@ -230,13 +249,24 @@ def make_setup(ctx: common.StageContext) -> train_lib.TrainSetup:
 
     redraw = make_redraw(ctx, cfg, conf_fn, table, valid, k, spe, jax.random.fold_in(key, 3))
     return train_lib.TrainSetup(
-        stage=STAGE, model=model, optim=cfg.optim, batch_size=cfg.batch_size, epochs=cfg.epochs,
-        num_examples=subset_size, input=data, sampler="uniform", loss=loss_fn, key=key,
-        augment=cfg.augment, augment_strength=cfg.augment_strength, trainable=trainable,
+        stage=STAGE,
+        model=model,
+        optim=cfg.optim,
+        batch_size=cfg.batch_size,
+        epochs=cfg.epochs,
+        num_examples=subset_size,
+        input=data,
+        sampler="uniform",
+        loss=loss_fn,
+        key=key,
+        augment=cfg.augment,
+        augment_strength=cfg.augment_strength,
+        trainable=trainable,
         subset=np.zeros(subset_size, np.int32),  # replaced by the draw before step 0
-        drop_last=cfg.drop_last, evaluate=lambda s: common.evaluate(ctx, logits_fn, s),
+        drop_last=cfg.drop_last,
+        evaluate=lambda s: common.evaluate(ctx, logits_fn, s),
         hooks=(redraw,),
-    )  # fmt: skip
+    )
 
 
 def run(ctx: common.StageContext) -> dict:
@@ -244,19 +274,34 @@ def run(ctx: common.StageContext) -> dict:
     cfg = ctx.config[STAGE]
     setup = make_setup(ctx)
     k = k_per_class(cfg, ctx.data.class_counts)
-    logging.info("%s: k=%d per class, %d images per draw, %d epochs x %d steps.", STAGE, k,
-                 setup.num_examples, cfg.epochs, setup.steps_per_epoch)  # fmt: skip
+    logging.info(
+        "%s: k=%d per class, %d images per draw, %d epochs x %d steps.",
+        STAGE,
+        k,
+        setup.num_examples,
+        cfg.epochs,
+        setup.steps_per_epoch,
+    )
     state, _ = common.fit(ctx, setup)
     results = common.evaluated_results(ctx, setup, state)
     results.update(
-        k_per_class=k, subset_size=setup.num_examples, sampler=cfg.sampler,
-        kernel_scale=cfg.kernel_scale, head_init=cfg.head_init, train=cfg.train,
-        p_source=cfg.p_source, redraw_rule=cfg.redraw_rule, fixed_subset=cfg.fixed_subset,
-    )  # fmt: skip
+        k_per_class=k,
+        subset_size=setup.num_examples,
+        sampler=cfg.sampler,
+        kernel_scale=cfg.kernel_scale,
+        head_init=cfg.head_init,
+        train=cfg.train,
+        p_source=cfg.p_source,
+        redraw_rule=cfg.redraw_rule,
+        fixed_subset=cfg.fixed_subset,
+    )
     return results
 
 
 DECLARATION = common.Stage(
-    STAGE, validate=validate, run=run, make_setup=make_setup,
+    STAGE,
+    validate=validate,
+    run=run,
+    make_setup=make_setup,
     needs=lambda c: ("stage1", "probe") if c.stage2.head_init == "probe" else ("stage1",),
-)  # fmt: skip
+)

@@ -91,24 +91,45 @@ def make_setup(ctx: common.StageContext) -> train_lib.TrainSetup:
     model = registry.make_contrastive(ctx.config.model, rngs=nnx.Rngs(key))
     model = common.init_from_pretrained(ctx, STAGE, model)
     return train_lib.TrainSetup(
-        stage=STAGE, model=model, optim=cfg.optim, batch_size=cfg.batch_size, epochs=cfg.epochs,
-        num_examples=len(data.train_labels), input=data, sampler="uniform", loss=make_loss(cfg),
-        key=key, augment="simclr", augment_strength=cfg.augment_strength, num_views=2,
-    )  # fmt: skip
+        stage=STAGE,
+        model=model,
+        optim=cfg.optim,
+        batch_size=cfg.batch_size,
+        epochs=cfg.epochs,
+        num_examples=len(data.train_labels),
+        input=data,
+        sampler="uniform",
+        loss=make_loss(cfg),
+        key=key,
+        augment="simclr",
+        augment_strength=cfg.augment_strength,
+        num_views=2,
+    )
 
 
 def run(ctx: common.StageContext) -> dict:
     """Trains encoder + projection head with BNS (or SupCon); exports the encoder."""
     cfg = ctx.config[STAGE]
     setup = make_setup(ctx)
-    logging.info("%s: %d epochs x %d steps of batch %d (2 views).", STAGE, cfg.epochs,
-                 setup.steps_per_epoch, cfg.batch_size)  # fmt: skip
+    logging.info(
+        "%s: %d epochs x %d steps of batch %d (2 views).",
+        STAGE,
+        cfg.epochs,
+        setup.steps_per_epoch,
+        cfg.batch_size,
+    )
     state, graphdef = common.fit(ctx, setup)
     model = train_lib.merge_model(graphdef, jax.device_get(state))
     common.save_module(ctx, STAGE, "encoder", model.encoder)
-    return {"epoch": cfg.epochs, "num_steps": setup.num_steps, "loss": cfg.loss,
-            "bns_form": cfg.bns.form, "encoder": ctx.config.model.encoder,
-            "views_through_bn": cfg.views_through_bn, **common.dataset_facts(ctx)}  # fmt: skip
+    return {
+        "epoch": cfg.epochs,
+        "num_steps": setup.num_steps,
+        "loss": cfg.loss,
+        "bns_form": cfg.bns.form,
+        "encoder": ctx.config.model.encoder,
+        "views_through_bn": cfg.views_through_bn,
+        **common.dataset_facts(ctx),
+    }
 
 
 DECLARATION = common.Stage(STAGE, validate=validate, run=run, make_setup=make_setup)

@@ -80,26 +80,41 @@ def make_setup(ctx: common.StageContext, stage: str = "ce") -> train_lib.TrainSe
         return loss(logits, batch["labels"], batch["step"]), {"train_acc": acc}
 
     return train_lib.TrainSetup(
-        stage=stage, model=model, optim=cfg.optim, batch_size=cfg.batch_size, epochs=cfg.epochs,
-        num_examples=len(data.train_labels), input=data, sampler=cfg.sampler, loss=loss_fn,
-        key=key, augment=cfg.augment, augment_strength=cfg.augment_strength,
+        stage=stage,
+        model=model,
+        optim=cfg.optim,
+        batch_size=cfg.batch_size,
+        epochs=cfg.epochs,
+        num_examples=len(data.train_labels),
+        input=data,
+        sampler=cfg.sampler,
+        loss=loss_fn,
+        key=key,
+        augment=cfg.augment,
+        augment_strength=cfg.augment_strength,
         evaluate=lambda s: common.evaluate(ctx, logits_fn, s),
-    )  # fmt: skip
+    )
 
 
 def run(ctx: common.StageContext, stage: str = "ce") -> dict:
     """Trains encoder + head on the long-tailed set, exports both; returns the test metrics."""
     cfg = ctx.config[stage]
     setup = make_setup(ctx, stage)
-    logging.info("%s: %d epochs x %d steps of batch %d.", stage, cfg.epochs,
-                 setup.steps_per_epoch, cfg.batch_size)  # fmt: skip
+    logging.info(
+        "%s: %d epochs x %d steps of batch %d.",
+        stage,
+        cfg.epochs,
+        setup.steps_per_epoch,
+        cfg.batch_size,
+    )
     state, graphdef = common.fit(ctx, setup)
     trained = train_lib.merge_model(graphdef, jax.device_get(state))
     common.save_module(ctx, stage, "encoder", trained.encoder)
     common.save_module(ctx, stage, "head", trained.head)
     results = common.evaluated_results(ctx, setup, state)
-    results.update(loss=cfg.loss, sampler=cfg.sampler, head=cfg.head,
-                   drw_start_epoch=cfg.drw_start_epoch)  # fmt: skip
+    results.update(
+        loss=cfg.loss, sampler=cfg.sampler, head=cfg.head, drw_start_epoch=cfg.drw_start_epoch
+    )
     return results
 
 
