@@ -84,7 +84,7 @@ def _debug() -> bool:
 
 def user_errors() -> tuple[type[BaseException], ...]:
     """Errors that are the user's to fix: reported in one line, without a traceback."""
-    from ltr_jax.data import imagenet_lt, sources, user_sources  # noqa: PLC0415
+    from ltr_jax.data import sources, split_lists, user_sources
 
     return (
         validation.ConfigError,
@@ -92,7 +92,7 @@ def user_errors() -> tuple[type[BaseException], ...]:
         train_lib.DivergedError,
         sources.DatasetNotFoundError,
         sources.UnverifiedArchiveError,
-        imagenet_lt.SplitListError,
+        split_lists.SplitListError,
         user_sources.DatasetError,
     )
 
@@ -151,15 +151,19 @@ def report_hint(config_arg: str, workdir: str) -> str | None:
 
 def prepare_data(config) -> None:
     """Prepares the configured dataset (if needed) and logs what a run would train on."""
-    from ltr_jax.data import inputs  # noqa: PLC0415
+    from ltr_jax.data import inputs
 
     data = inputs.load(config.data, runtime.make_mesh())
     counts = data.class_counts
     logging.info(
         "%s ready: %d classes, %d training images (%d..%d per class), %d test images.",
-        config.data.name, data.num_classes, counts.sum(), counts.min(), counts.max(),
+        config.data.name,
+        data.num_classes,
+        counts.sum(),
+        counts.min(),
+        counts.max(),
         len(data.test_labels),
-    )  # fmt: skip
+    )
 
 
 def check_overrides(argv: list[str]) -> str | None:

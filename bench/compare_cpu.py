@@ -26,15 +26,15 @@ import os
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")  # before JAX starts
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch starts: torch_reference.py
 
-import argparse  # noqa: E402
-import statistics  # noqa: E402
+import argparse
+import statistics
 
-import bench_lib  # noqa: E402
-import jax  # noqa: E402
-import throughput  # noqa: E402
-import torch_reference  # noqa: E402
+import bench_lib
+import jax
+import throughput
+import torch_reference
 
-from ltr_jax import runtime  # noqa: E402
+from ltr_jax import runtime
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -52,14 +52,18 @@ def parse_args(argv=None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def make_contenders(backbone: str, dtype: str, batch_size: int, args, data: dict) -> dict:
-    """{name: runner} for JAX and each torch variant, compiled / started and warmed up."""
-    mesh = runtime.make_mesh()
-    device_data = runtime.put_replicated(mesh, data)
-    contenders = {"jax": throughput.JaxRunner("stage1", backbone, dtype, batch_size,
-                                              args.num_images, mesh, device_data)}  # fmt: skip
+def make_contenders(backbone: str, dtype: str, batch_size: int, args, data) -> dict:
+    """{name: runner} for JAX and each torch variant, compiled / started and warmed up.
+
+    ``data`` is the `throughput.synthetic_input`; torch gets the same images and labels.
+    """
+    contenders = {
+        "jax": throughput.JaxRunner(
+            "stage1", backbone, dtype, batch_size, args.num_images, data.mesh, data
+        )
+    }
     device = torch_reference.default_device()
-    torch_data = dict(data, labels=data["labels"].astype("int64"))
+    torch_data = dict(images=data.long_tail.train_images, labels=data.train_labels.astype("int64"))
     for variant in args.variants:
         contenders[f"torch_{variant}"] = torch_reference.TorchRunner(
             backbone, dtype, batch_size, variant, torch_data, args.num_workers, device
@@ -88,10 +92,15 @@ def summarize(runs: dict, batch_size: int) -> list[dict]:
     for name, blocks in runs.items():
         times = [t for b in blocks for t in b["times"]]
         wall = sum(b["wall"] for b in blocks)
-        rows.append(dict(contender=name, images_per_s=batch_size * len(times) / wall,
-                         step_s_median=statistics.median(times), steps=len(times),
-                         round_images_per_s=[batch_size * len(b["times"]) / b["wall"]
-                                             for b in blocks]))  # fmt: skip
+        rows.append(
+            dict(
+                contender=name,
+                images_per_s=batch_size * len(times) / wall,
+                step_s_median=statistics.median(times),
+                steps=len(times),
+                round_images_per_s=[batch_size * len(b["times"]) / b["wall"] for b in blocks],
+            )
+        )
     jax_row = rows[0]
     for row in rows:
         row["jax_over_this"] = jax_row["images_per_s"] / row["images_per_s"]
@@ -115,21 +124,29 @@ def run_case(backbone: str, dtype: str, batch_size: int, args, data: dict) -> li
 
 
 COLUMNS = [
-    ("contender", "contender", ""), ("backbone", "backbone", ""), ("dtype", "dtype", ""),
-    ("batch", "batch_size", "d"), ("timed steps", "steps", "d"),
-    ("images/s", "images_per_s", ",.1f"), ("step ms (median)", "step_ms", ".0f"),
-    ("JAX / this", "jax_over_this", ".2f"), ("per-round JAX / this", "rounds", ""),
-]  # fmt: skip
+    ("contender", "contender", ""),
+    ("backbone", "backbone", ""),
+    ("dtype", "dtype", ""),
+    ("batch", "batch_size", "d"),
+    ("timed steps", "steps", "d"),
+    ("images/s", "images_per_s", ",.1f"),
+    ("step ms (median)", "step_ms", ".0f"),
+    ("JAX / this", "jax_over_this", ".2f"),
+    ("per-round JAX / this", "rounds", ""),
+]
 
 
 def table_row(row: dict) -> dict:
-    return dict(row, step_ms=1e3 * row["step_s_median"],
-                rounds=" ".join(f"{r:.2f}" for r in row["round_ratios"]))  # fmt: skip
+    return dict(
+        row,
+        step_ms=1e3 * row["step_s_median"],
+        rounds=" ".join(f"{r:.2f}" for r in row["round_ratios"]),
+    )
 
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    data = throughput.synthetic_data(args.num_images)
+    data = throughput.synthetic_input(args.num_images, runtime.make_mesh())
     rows = []
     for backbone in args.backbones:
         for dtype in args.dtypes:
@@ -140,9 +157,14 @@ def main(argv=None) -> dict:
     platform = jax.devices()[0].platform
     here = os.path.dirname(os.path.abspath(__file__))
     out = args.out or os.path.join(here, "results", f"compare_{platform}.json")
-    payload = dict(benchmark="compare_jax_torch", device=throughput.device_info(),
-                   torch=torch_reference.torch_info(torch_reference.default_device()),
-                   machine=bench_lib.machine_info(), args=vars(args), results=rows)  # fmt: skip
+    payload = dict(
+        benchmark="compare_jax_torch",
+        device=throughput.device_info(),
+        torch=torch_reference.torch_info(torch_reference.default_device()),
+        machine=bench_lib.machine_info(),
+        args=vars(args),
+        results=rows,
+    )
     bench_lib.write_json(out, payload)
     return payload
 

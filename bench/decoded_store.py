@@ -57,13 +57,18 @@ def rss_mb() -> float:
 
 def time_prepare(split: _Split, directory: str, args, processes: int) -> dict:
     start = time.perf_counter()
-    decoded_store.prepare_store(directory, {"train": split}, size=args.store_size,
-                                num_processes=processes)  # fmt: skip
+    decoded_store.prepare_store(
+        directory, {"train": split}, size=args.store_size, num_processes=processes
+    )
     seconds = time.perf_counter() - start
     cores = min(processes, os.cpu_count())
-    return {"case": "prepare", "variant": f"{processes} process(es)", "cores_used": cores,
-            "images_per_s": len(split.labels) / seconds,
-            "s_per_1000_images": 1000 * seconds / len(split.labels)}  # fmt: skip
+    return {
+        "case": "prepare",
+        "variant": f"{processes} process(es)",
+        "cores_used": cores,
+        "images_per_s": len(split.labels) / seconds,
+        "s_per_1000_images": 1000 * seconds / len(split.labels),
+    }
 
 
 def _rate(batches, args, warm: int) -> float:
@@ -73,11 +78,15 @@ def _rate(batches, args, warm: int) -> float:
 
 def time_store(store: decoded_store.DecodedSplit, args, threads: int) -> dict:
     plan = jpeg_stream.BatchPlan(len(store.labels), args.batch_size, seed=0)
-    batches = decoded_store.make_iterator(store, plan=plan, num_threads=threads,
-                                          prefetch_steps=2)  # fmt: skip
+    batches = decoded_store.make_iterator(store, plan=plan, num_threads=threads, prefetch_steps=2)
     rate = _rate(batches, args, warm=1)
-    return {"case": "store", "variant": f"{threads} thread(s)", "views": "any",
-            "cores_used": min(threads, os.cpu_count()), "images_per_s": rate}  # fmt: skip
+    return {
+        "case": "store",
+        "variant": f"{threads} thread(s)",
+        "views": "any",
+        "cores_used": min(threads, os.cpu_count()),
+        "images_per_s": rate,
+    }
 
 
 def time_jpeg(source, args, views: int, draft: bool, threads: int = 0, processes: int = 0):
@@ -87,11 +96,18 @@ def time_jpeg(source, args, views: int, draft: bool, threads: int = 0, processes
     batches instead (their start-up included: a lower bound), start-up also given apart."""
     num_steps = args.repeats * (args.batches + 1) if threads else 3 * args.batches
     start = time.perf_counter()
-    batches = jpeg_stream.make_iterator(
-        source, seed=0, global_batch_size=args.batch_size, image_size=args.image_size,
-        num_workers=threads, num_steps=num_steps, num_views=views, num_processes=processes,
-        prefetch_steps=2, draft=draft,
-    )  # fmt: skip
+    spec = jpeg_stream.IteratorSpec(
+        seed=0,
+        global_batch_size=args.batch_size,
+        image_size=args.image_size,
+        num_workers=threads,
+        num_steps=num_steps,
+        num_views=views,
+        num_processes=processes,
+        prefetch_steps=2,
+        draft=draft,
+    )
+    batches = jpeg_stream.make_iterator(source, spec)
     row = {"case": "jpeg" + (" draft" if draft else ""), "views": views}
     if threads:
         row.update(variant=f"{threads} thread(s)", images_per_s=_rate(batches, args, warm=1))
@@ -110,8 +126,12 @@ def time_jpeg(source, args, views: int, draft: bool, threads: int = 0, processes
 def time_device_ops(args, views: int) -> dict:
     """The store's on-device work (SimCLR views cropped from S), jitted, on this CPU."""
     size, out = args.store_size, args.image_size
-    fn = jax.jit(lambda key, x: [augment.simclr(jax.random.fold_in(key, v), augment.to_float(x),
-                                                size=out) for v in range(views)])  # fmt: skip
+    fn = jax.jit(
+        lambda key, x: [
+            augment.simclr(jax.random.fold_in(key, v), augment.to_float(x), size=out)
+            for v in range(views)
+        ]
+    )
     images = np.random.default_rng(0).integers(0, 256, (args.batch_size, size, size, 3), np.uint8)
     images = jax.device_put(images)
     jax.block_until_ready(fn(jax.random.key(0), images))
@@ -120,8 +140,13 @@ def time_device_ops(args, views: int) -> dict:
         start = time.perf_counter()
         jax.block_until_ready(fn(jax.random.key(i), images))
         times.append(time.perf_counter() - start)
-    return {"case": "device ops on CPU", "variant": "jit, all cores", "views": views,
-            "cores_used": os.cpu_count(), "images_per_s": args.batch_size / min(times)}  # fmt: skip
+    return {
+        "case": "device ops on CPU",
+        "variant": "jit, all cores",
+        "views": views,
+        "cores_used": os.cpu_count(),
+        "images_per_s": args.batch_size / min(times),
+    }
 
 
 def parse_args() -> argparse.Namespace:
@@ -146,9 +171,11 @@ def main() -> None:
     source = jpeg_bench.make_source(args)
     split = _Split(source)
     jpeg_kb = statistics.fmean(len(r["image"]) for r in source) / 1024
-    print(f"{len(source)} JPEGs {args.width}x{args.height}, mean {jpeg_kb:.0f} KB; store "
-          f"S={args.store_size}; crops {args.image_size}; load average "
-          f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")  # fmt: skip
+    print(
+        f"{len(source)} JPEGs {args.width}x{args.height}, mean {jpeg_kb:.0f} KB; store "
+        f"S={args.store_size}; crops {args.image_size}; load average "
+        f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores"
+    )
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for processes in (1, args.processes):
@@ -167,9 +194,15 @@ def main() -> None:
             rows.append(time_device_ops(args, views) | {"rss_mb": rss_mb()})
     for row in rows:
         row["images_per_s_per_core"] = row["images_per_s"] / row["cores_used"]
-    columns = [("case", "case", "s"), ("workers", "variant", "s"), ("views", "views", "s"),
-               ("images/s", "images_per_s", ".0f"), ("per core", "images_per_s_per_core", ".0f"),
-               ("RSS MB", "rss_mb", ".0f"), ("first batch s", "first_batch_s", ".1f")]  # fmt: skip
+    columns = [
+        ("case", "case", "s"),
+        ("workers", "variant", "s"),
+        ("views", "views", "s"),
+        ("images/s", "images_per_s", ".0f"),
+        ("per core", "images_per_s_per_core", ".0f"),
+        ("RSS MB", "rss_mb", ".0f"),
+        ("first batch s", "first_batch_s", ".1f"),
+    ]
     for row in rows:
         row.setdefault("views", "-")
         row["views"] = str(row["views"])
@@ -178,9 +211,16 @@ def main() -> None:
     print(markdown_table(rows, columns))
     bytes_per_image = {"jpeg": jpeg_kb * 1024, "store": args.store_size**2 * 3}
     print(f"Bytes per image: JPEG {bytes_per_image['jpeg']:.0f}, store {bytes_per_image['store']}")
-    write_json(args.out, {"machine": machine_info(), "args": vars(args), "rows": rows,
-                          "bytes_per_image": bytes_per_image,
-                          "load_average_start": os.getloadavg()})  # fmt: skip
+    write_json(
+        args.out,
+        {
+            "machine": machine_info(),
+            "args": vars(args),
+            "rows": rows,
+            "bytes_per_image": bytes_per_image,
+            "load_average_start": os.getloadavg(),
+        },
+    )
 
 
 if __name__ == "__main__":

@@ -68,16 +68,43 @@ STAGES = ("stage1", "probe", "stage2")
 DATA = "CIFAR-10 (JPEG copy)-LT IF100"
 STOPPED = 75  # ltr_jax.stopping.EXIT_CODE (this script imports nothing of the library)
 QUICK_OVERRIDES = [
-    "model.encoder=cifar_resnet8", "model.proj_hidden=64", "model.proj_dim=32",
-    "stage1.epochs=1", "stage1.batch_size=1024",
-    "probe.epochs=2", "probe.per_class=20", "probe.batch_size=64",
-    "stage2.epochs=2", "stage2.batch_size=128", "stage2.k_per_class=50",
-    "stage2.redraw_every_epochs=1", "train.eval_every_epochs=0", "train.log_every_steps=5",
-]  # fmt: skip
-QUICK_BENCH = ["--backbones", "cifar_resnet8", "--batch_sizes", "64", "--steps", "2",
-               "--warmup", "1", "--num_images", "1024"]  # fmt: skip
-FULL_BENCH = ["--backbones", "cifar_resnet18", "--batch_sizes", "1024", "--steps", "20",
-              "--warmup", "3"]  # fmt: skip
+    "model.encoder=cifar_resnet8",
+    "model.proj_hidden=64",
+    "model.proj_dim=32",
+    "stage1.epochs=1",
+    "stage1.batch_size=1024",
+    "probe.epochs=2",
+    "probe.per_class=20",
+    "probe.batch_size=64",
+    "stage2.epochs=2",
+    "stage2.batch_size=128",
+    "stage2.k_per_class=50",
+    "stage2.redraw_every_epochs=1",
+    "train.eval_every_epochs=0",
+    "train.log_every_steps=5",
+]
+QUICK_BENCH = [
+    "--backbones",
+    "cifar_resnet8",
+    "--batch_sizes",
+    "64",
+    "--steps",
+    "2",
+    "--warmup",
+    "1",
+    "--num_images",
+    "1024",
+]
+FULL_BENCH = [
+    "--backbones",
+    "cifar_resnet18",
+    "--batch_sizes",
+    "1024",
+    "--steps",
+    "20",
+    "--warmup",
+    "3",
+]
 IMPORTS = "import flax, grain, jax, ml_collections, optax, orbax.checkpoint, tensorflow_datasets"
 COPIED = {  # OUT name -> path in the run folder
     **{f"{s}_results.json": os.path.join(s, "results.json") for s in STAGES},
@@ -92,7 +119,7 @@ class Driver:
 
     def __init__(self, out_dir: str, work: str, env: dict):
         self.out_dir, self.work, self.env = out_dir, work, env
-        self.log = open(os.path.join(out_dir, "log.txt"), "a")  # noqa: SIM115 - closed in main
+        self.log = open(os.path.join(out_dir, "log.txt"), "a")
         self.summary: dict = {"started": time.ctime(), "phases_s": {}}
         self.child: subprocess.Popen | None = None
         self._lock = threading.Lock()
@@ -118,8 +145,9 @@ class Driver:
         """Runs ``cmd``, its output to the console and log.txt; returns (exit code, output)."""
         self.say(f"=== {name}: {' '.join(cmd)}")
         start = time.perf_counter()
-        self.child = subprocess.Popen(cmd, cwd=cwd, env=self.env, stdout=subprocess.PIPE,
-                                      stderr=subprocess.STDOUT, text=True)  # fmt: skip
+        self.child = subprocess.Popen(
+            cmd, cwd=cwd, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
         lines = []
         for line in self.child.stdout:
             for part in line.replace("\r", "\n").splitlines():  # a bar's \r updates, if any
@@ -151,8 +179,12 @@ class Driver:
 
 
 def imports_ok(driver: Driver) -> bool:
-    return subprocess.run([sys.executable, "-c", IMPORTS], env=driver.env, cwd=REPO,
-                          capture_output=True).returncode == 0  # fmt: skip
+    return (
+        subprocess.run(
+            [sys.executable, "-c", IMPORTS], env=driver.env, cwd=REPO, capture_output=True
+        ).returncode
+        == 0
+    )
 
 
 def packages_found(paths: list[str]) -> bool:
@@ -182,8 +214,19 @@ def install_wheels(driver: Driver, wheels: str, site: str) -> None:
     found = sorted(glob.glob(os.path.join(wheels, "*.whl"))) if wheels else []
     if not found:
         raise RuntimeError(f"packages missing and no wheels in {wheels!r}: see the docstring")
-    pip = [sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps",
-           "--no-compile", "--no-cache-dir", "--upgrade", "--target"]  # fmt: skip
+    pip = [
+        sys.executable,
+        "-m",
+        "pip",
+        "install",
+        "-q",
+        "--no-index",
+        "--no-deps",
+        "--no-compile",
+        "--no-cache-dir",
+        "--upgrade",
+        "--target",
+    ]
     driver.run("install_wheels", pip + [site] + found)
     driver.env["PYTHONPATH"] = os.pathsep.join([site, REPO])
     fallback = sorted(glob.glob(os.path.join(wheels, "fallback", "*.whl")))
@@ -206,8 +249,10 @@ def build_archive(driver: Driver, data_dir: str) -> str:
     maker = os.path.join(data_dir, "make_cifar10_archive.py")
     for path in (npz, maker):
         if not os.path.exists(path):
-            raise FileNotFoundError(f"{path} is missing: copy it from ../shared/data/ into "
-                                    f"{data_dir}/ (see the module docstring)")  # fmt: skip
+            raise FileNotFoundError(
+                f"{path} is missing: copy it from ../shared/data/ into "
+                f"{data_dir}/ (see the module docstring)"
+            )
     code, _ = driver.run("build_archive", [sys.executable, maker, manual])
     if code:
         raise RuntimeError(f"make_cifar10_archive.py failed with exit code {code}")
@@ -218,8 +263,17 @@ def run_benchmarks(driver: Driver, args) -> dict:
     """The JAX stage-1 step benchmark and, where torch is installed, the PyTorch reference."""
     bench = QUICK_BENCH if args.quick or args.smoke else FULL_BENCH
     jax_out = os.path.join(driver.work, "throughput.json")
-    cmd = [sys.executable, "bench/throughput.py", "--stages", "stage1", "--dtypes", args.dtype,
-           *bench, "--out", jax_out]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "bench/throughput.py",
+        "--stages",
+        "stage1",
+        "--dtypes",
+        args.dtype,
+        *bench,
+        "--out",
+        jax_out,
+    ]
     if args.quick or args.smoke:
         cmd += ["--peak_size", "256"]
     driver.run("bench_jax", cmd)
@@ -229,8 +283,17 @@ def run_benchmarks(driver: Driver, args) -> dict:
         return results
     torch_out = os.path.join(driver.work, "torch_reference.json")
     backbone = "cifar_resnet32" if args.quick or args.smoke else "cifar_resnet18"
-    cmd = [sys.executable, "bench/torch_reference.py", "--backbones", backbone,
-           "--dtypes", args.dtype, *bench[2:], "--out", torch_out]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "bench/torch_reference.py",
+        "--backbones",
+        backbone,
+        "--dtypes",
+        args.dtype,
+        *bench[2:],
+        "--out",
+        torch_out,
+    ]
     code, _ = driver.run("bench_torch", cmd)
     results["torch_reference"] = read_json(torch_out) if code == 0 else None
     return results
@@ -241,8 +304,9 @@ def gpu_name() -> str | None:
     nvidia = shutil.which("nvidia-smi")
     if nvidia is None:
         return None
-    out = subprocess.run([nvidia, "--query-gpu=name", "--format=csv,noheader"],
-                         capture_output=True, text=True).stdout  # fmt: skip
+    out = subprocess.run(
+        [nvidia, "--query-gpu=name", "--format=csv,noheader"], capture_output=True, text=True
+    ).stdout
     return out.strip().splitlines()[0] if out.strip() else None
 
 
@@ -271,8 +335,9 @@ def training_speed(run_dir: str) -> dict:
         records = [json.loads(line) for line in f if line.strip()]
     speed = {}
     for stage in STAGES:
-        values = [r["images_per_s"] for r in records if r.get("stage") == stage
-                  and "images_per_s" in r][1:]  # fmt: skip
+        values = [
+            r["images_per_s"] for r in records if r.get("stage") == stage and "images_per_s" in r
+        ][1:]
         if values:
             speed[stage] = statistics.median(values)
     return speed
@@ -300,9 +365,13 @@ def headline(results: dict) -> dict:
     next to the paper's."""
     pick = lambda r: {k: (r or {}).get(k) for k in ("top1", "many", "medium", "few")}
     wall = {s: ((results.get(s) or {}).get("timing") or {}).get("wall_s") for s in STAGES}
-    return {"stage2": pick(results.get("stage2")), "probe": pick(results.get("probe")),
-            "stage_wall_s": wall, "paper": PAPER,
-            "data": DATA}  # fmt: skip
+    return {
+        "stage2": pick(results.get("stage2")),
+        "probe": pick(results.get("probe")),
+        "stage_wall_s": wall,
+        "paper": PAPER,
+        "data": DATA,
+    }
 
 
 def run_flags(args, manual: str | None, workdir: str | None = None) -> list[str]:
@@ -310,9 +379,12 @@ def run_flags(args, manual: str | None, workdir: str | None = None) -> list[str]
     config = "configs/cifar10_lt.py:smoke" if args.smoke else "configs/cifar10_lt.py"
     flags = ["train.tensorboard=False"]  # its exit handler delays a stop by about 25 s
     if manual is not None:
-        flags += [f"data.manual_dir={manual}", "data.download=False",
-                  "data.allow_unverified_archive=True",
-                  f"data.data_dir={os.path.join(args.work, 'tensorflow_datasets')}"]  # fmt: skip
+        flags += [
+            f"data.manual_dir={manual}",
+            "data.download=False",
+            "data.allow_unverified_archive=True",
+            f"data.data_dir={os.path.join(args.work, 'tensorflow_datasets')}",
+        ]
     if not args.smoke:
         flags.append(f"model.dtype={args.dtype}")
     if args.quick:
@@ -320,8 +392,13 @@ def run_flags(args, manual: str | None, workdir: str | None = None) -> list[str]
     if args.stage1_epochs:
         flags.append(f"stage1.epochs={args.stage1_epochs}")
     workdir = workdir or os.path.join(args.work, "run")
-    return ["run.py", f"--config={config}", f"--workdir={workdir}",
-            *[f"--config.{f}" for f in flags], *args.run_args]  # fmt: skip
+    return [
+        "run.py",
+        f"--config={config}",
+        f"--workdir={workdir}",
+        *[f"--config.{f}" for f in flags],
+        *args.run_args,
+    ]
 
 
 def run_pipeline(driver: Driver, args, manual: str | None) -> int:
@@ -341,8 +418,10 @@ def run_pipeline(driver: Driver, args, manual: str | None) -> int:
                 last_copy = time.monotonic()
             child = driver.child
             if time.time() > kill_at and child is not None and child.poll() is None:
-                driver.say(f"watchdog: run.py still running {args.grace_s:.0f} s after the "
-                           "deadline: killed (it resumes from its last checkpoint)")  # fmt: skip
+                driver.say(
+                    f"watchdog: run.py still running {args.grace_s:.0f} s after the "
+                    "deadline: killed (it resumes from its last checkpoint)"
+                )
                 child.kill()
 
     watcher = threading.Thread(target=watch, daemon=True)
@@ -396,10 +475,16 @@ def parse_args(argv=None) -> argparse.Namespace:
         default=os.environ.get("LTR_DATA", os.path.join(REPO, ".data")),
         help="folder with the .npz and make_cifar10_archive.py ($LTR_DATA)",
     )
-    parser.add_argument("--wheels", default=os.path.join(REPO, ".whl"),
-                        help="wheel folder; --wheels= uses the installed packages")  # fmt: skip
-    parser.add_argument("--work", default="/tmp/ltr_gpu_reproduce",
-                        help="archive, TFDS data, compilation cache, the run")  # fmt: skip
+    parser.add_argument(
+        "--wheels",
+        default=os.path.join(REPO, ".whl"),
+        help="wheel folder; --wheels= uses the installed packages",
+    )
+    parser.add_argument(
+        "--work",
+        default="/tmp/ltr_gpu_reproduce",
+        help="archive, TFDS data, compilation cache, the run",
+    )
     parser.add_argument(
         "--grace_s",
         type=float,
@@ -431,10 +516,14 @@ def reproduce(args, driver: Driver) -> int:
     run_dir = os.path.join(args.work, "run")
     results = {s: read_json(os.path.join(run_dir, s, "results.json")) for s in STAGES}
     driver.summary.update(
-        run_exit_code=code, results=results, training_images_per_s=training_speed(run_dir),
-        status={0: "done", STOPPED: "stopped at the deadline: issue the same command again "
-                "to resume"}.get(code, f"run.py failed (exit {code})"),
-    )  # fmt: skip
+        run_exit_code=code,
+        results=results,
+        training_images_per_s=training_speed(run_dir),
+        status={
+            0: "done",
+            STOPPED: "stopped at the deadline: issue the same command again to resume",
+        }.get(code, f"run.py failed (exit {code})"),
+    )
     driver.summary["stage1_estimates"] = stage1_estimates(driver.summary)
     driver.summary["headline"] = headline(results)
     driver.summary["headline"]["data"] = "synthetic (smoke)" if args.smoke else DATA
@@ -454,9 +543,14 @@ def main(argv=None) -> int:
     args.out_dir, args.work = os.path.abspath(args.out_dir), os.path.abspath(args.work)
     os.makedirs(args.out_dir, exist_ok=True)
     os.makedirs(args.work, exist_ok=True)
-    env = dict(os.environ, PYTHONUNBUFFERED="1", TQDM_DISABLE="1", JAX_LOG_COMPILES="1",
-               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-               JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")  # fmt: skip
+    env = dict(
+        os.environ,
+        PYTHONUNBUFFERED="1",
+        TQDM_DISABLE="1",
+        JAX_LOG_COMPILES="1",
+        JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+        JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
+    )
     env.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(args.work, "jax_cache"))
     if args.deadline_s > 0:
         env["LTR_DEADLINE_UNIX"] = str(time.time() + args.deadline_s)
@@ -472,14 +566,28 @@ def main(argv=None) -> int:
     start, status = time.perf_counter(), 1
     try:
         status = reproduce(args, driver)
-    except Exception as e:  # noqa: BLE001 - the summary records how far it got
+    except Exception as e:
         driver.summary["error"] = f"{type(e).__name__}: {e}"
         driver.say(f"FAILED: {driver.summary['error']}")
     driver.phase("total", time.perf_counter() - start)
-    driver.say(json.dumps({k: driver.summary.get(k) for k in
-                           ("device", "status", "headline", "training_images_per_s",
-                            "stage1_estimates", "phases_s", "error")}, indent=1,
-                          default=str))  # fmt: skip
+    driver.say(
+        json.dumps(
+            {
+                k: driver.summary.get(k)
+                for k in (
+                    "device",
+                    "status",
+                    "headline",
+                    "training_images_per_s",
+                    "stage1_estimates",
+                    "phases_s",
+                    "error",
+                )
+            },
+            indent=1,
+            default=str,
+        )
+    )
     driver.log.close()
     return status
 

@@ -45,47 +45,169 @@ def steps(out: str, quick: bool) -> list[tuple[str, list[str]]]:
     """(name, command) of every step after the installation."""
     j = lambda name: os.path.join(out, name)
     if quick:
-        streamed = ["--encoder", "cifar_resnet8", "--image_size", "64", "--batch_size", "16",
-                    "--dtype", "float32", "--steps", "3", "--num_images", "64"]  # fmt: skip
+        streamed = [
+            "--encoder",
+            "cifar_resnet8",
+            "--image_size",
+            "64",
+            "--batch_size",
+            "16",
+            "--dtype",
+            "float32",
+            "--steps",
+            "3",
+            "--num_images",
+            "64",
+        ]
         stream = ["--workers", "1,2", "--batches", "2", "--num_images", "64"]
         stream_p = ["--workers", "", "--processes", "2", "--batches", "8", "--num_images", "64"]
-        cifar = ["--backbones", "cifar_resnet8", "--batch_sizes", "64", "--steps", "2",
-                 "--warmup", "1", "--num_images", "1024", "--peak_size", "256"]  # fmt: skip
+        cifar = [
+            "--backbones",
+            "cifar_resnet8",
+            "--batch_sizes",
+            "64",
+            "--steps",
+            "2",
+            "--warmup",
+            "1",
+            "--num_images",
+            "1024",
+            "--peak_size",
+            "256",
+        ]
         dpp = ["--datasets", "imagenet_lt", "--repeats", "1"]
     else:
-        streamed = ["--encoder", "resnet50", "--image_size", "224", "--batch_size", "128",
-                    "--dtype", "bfloat16", "--steps", "15", "--warmup", "3"]  # fmt: skip
-        stream = ["--workers", "4,8,16", "--batches", "6", "--num_images", "512",
-                  "--batch_size", "64"]  # fmt: skip
-        stream_p = ["--workers", "", "--processes", "4,8,15", "--batches", "100",
-                    "--num_images", "512", "--batch_size", "64", "--repeats", "2"]  # fmt: skip
-        cifar = ["--backbones", "cifar_resnet18", "--batch_sizes", "1024", "--steps", "10",
-                 "--warmup", "3"]  # fmt: skip
+        streamed = [
+            "--encoder",
+            "resnet50",
+            "--image_size",
+            "224",
+            "--batch_size",
+            "128",
+            "--dtype",
+            "bfloat16",
+            "--steps",
+            "15",
+            "--warmup",
+            "3",
+        ]
+        stream = [
+            "--workers",
+            "4,8,16",
+            "--batches",
+            "6",
+            "--num_images",
+            "512",
+            "--batch_size",
+            "64",
+        ]
+        stream_p = [
+            "--workers",
+            "",
+            "--processes",
+            "4,8,15",
+            "--batches",
+            "100",
+            "--num_images",
+            "512",
+            "--batch_size",
+            "64",
+            "--repeats",
+            "2",
+        ]
+        cifar = [
+            "--backbones",
+            "cifar_resnet18",
+            "--batch_sizes",
+            "1024",
+            "--steps",
+            "10",
+            "--warmup",
+            "3",
+        ]
         dpp = []
     store = ["--store_rows", "256", "--store_size", "80"] if quick else []
     return [
-        ("decoded_train", [PY, "bench/streamed_train.py", *streamed, "--format", "decoded",
-                           *store, "--out", j("decoded_train.json")]),
-        ("streamed_train", [PY, "bench/streamed_train.py", *streamed,
-                            "--out", j("streamed_train.json")]),
-        ("streaming_1view", [PY, "bench/streaming.py", *stream,
-                             "--out", j("streaming_1view.json")]),
-        ("streaming_2views", [PY, "bench/streaming.py", *stream, "--num_views", "2",
-                              "--out", j("streaming_2views.json")]),
-        ("streamed_train_processes", [PY, "bench/streamed_train.py", *streamed, "--processes",
-                                      "2" if quick else "15", "--prefetch", "2",
-                                      "--out", j("streamed_train_processes.json")]),
-        ("streaming_processes", [PY, "bench/streaming.py", *stream_p,
-                                 "--out", j("streaming_processes.json")]),
-        ("imagenet_lt_smoke", [PY, "run.py", "--config=configs/imagenet_lt.py:smoke",
-                               "--workdir=/tmp/ltr_gpu_scale_smoke",
-                               "--config.data.num_workers=8"]),
-        ("dpp_many_classes", [PY, "bench/dpp_many_classes.py", *dpp,
-                              "--out", j("dpp_many_classes.json")]),
-        ("cifar_stage1", [PY, "bench/throughput.py", "--stages", "stage1", "--dtypes",
-                          "float32" if quick else "bfloat16", *cifar,
-                          "--out", j("throughput_cifar.json")]),
-    ]  # fmt: skip
+        (
+            "decoded_train",
+            [
+                PY,
+                "bench/streamed_train.py",
+                *streamed,
+                "--format",
+                "decoded",
+                *store,
+                "--out",
+                j("decoded_train.json"),
+            ],
+        ),
+        (
+            "streamed_train",
+            [PY, "bench/streamed_train.py", *streamed, "--out", j("streamed_train.json")],
+        ),
+        (
+            "streaming_1view",
+            [PY, "bench/streaming.py", *stream, "--out", j("streaming_1view.json")],
+        ),
+        (
+            "streaming_2views",
+            [
+                PY,
+                "bench/streaming.py",
+                *stream,
+                "--num_views",
+                "2",
+                "--out",
+                j("streaming_2views.json"),
+            ],
+        ),
+        (
+            "streamed_train_processes",
+            [
+                PY,
+                "bench/streamed_train.py",
+                *streamed,
+                "--processes",
+                "2" if quick else "15",
+                "--prefetch",
+                "2",
+                "--out",
+                j("streamed_train_processes.json"),
+            ],
+        ),
+        (
+            "streaming_processes",
+            [PY, "bench/streaming.py", *stream_p, "--out", j("streaming_processes.json")],
+        ),
+        (
+            "imagenet_lt_smoke",
+            [
+                PY,
+                "run.py",
+                "--config=configs/imagenet_lt.py:smoke",
+                "--workdir=/tmp/ltr_gpu_scale_smoke",
+                "--config.data.num_workers=8",
+            ],
+        ),
+        (
+            "dpp_many_classes",
+            [PY, "bench/dpp_many_classes.py", *dpp, "--out", j("dpp_many_classes.json")],
+        ),
+        (
+            "cifar_stage1",
+            [
+                PY,
+                "bench/throughput.py",
+                "--stages",
+                "stage1",
+                "--dtypes",
+                "float32" if quick else "bfloat16",
+                *cifar,
+                "--out",
+                j("throughput_cifar.json"),
+            ],
+        ),
+    ]
 
 
 def main() -> int:
@@ -115,7 +237,7 @@ def main() -> int:
                 continue
             code, _ = runner.run(name, cmd)
             summary["steps"][name] = code
-    except Exception as e:  # noqa: BLE001 - the summary records how far it got
+    except Exception as e:
         summary["error"] = f"{type(e).__name__}: {e}"
         runner.say(f"FAILED: {summary['error']}")
     runner.phase("total", time.perf_counter() - start)

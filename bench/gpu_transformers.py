@@ -35,8 +35,19 @@ def check_fused_attention() -> float:
 
 
 def throughput(args: list[str], out: str) -> None:
-    cmd = [sys.executable, os.path.join(HERE, "throughput.py"), "--dtypes", "bfloat16",
-           "--steps", "10", "--warmup", "3", "--out", out, *args]  # fmt: skip
+    cmd = [
+        sys.executable,
+        os.path.join(HERE, "throughput.py"),
+        "--dtypes",
+        "bfloat16",
+        "--steps",
+        "10",
+        "--warmup",
+        "3",
+        "--out",
+        out,
+        *args,
+    ]
     env = dict(os.environ, PYTHONPATH=os.path.dirname(HERE))
     subprocess.run(cmd, check=True, env=env)
 
@@ -48,10 +59,21 @@ def main() -> None:
         ["--backbones", "vit_small_patch4_32,swin_tiny_patch2_window4_32", "--batch_sizes", "512"],
         os.path.join(results, "throughput_transformers.json"),
     )
-    throughput(["--backbones", "vit_base_patch16_224,swin_base_patch4_window7_224",
-                "--image_size", "224", "--num_images", "2048", "--batch_sizes", "256",
-                "--stages", "stage2"],
-               os.path.join(results, "throughput_transformers_224.json"))  # fmt: skip
+    throughput(
+        [
+            "--backbones",
+            "vit_base_patch16_224,swin_base_patch4_window7_224",
+            "--image_size",
+            "224",
+            "--num_images",
+            "2048",
+            "--batch_sizes",
+            "256",
+            "--stages",
+            "stage2",
+        ],
+        os.path.join(results, "throughput_transformers_224.json"),
+    )
 
 
 if __name__ == "__main__":

@@ -8,12 +8,14 @@ parity table (max relative difference vs tolerance); the fixtures that
 ``tests/test_parity.py`` replays without torch go to ``tests/fixtures/parity/``.
 
     python bench/parity.py --reference_dir PATH/TO/BNS_IPDPP --data_dir PATH/TO/data
-    # with the bench extra installed; prints the table, writes the fixtures (~8 min, 2 cores)
+    # with the bench extra installed; prints the table, writes the fixtures (~9 min, 2 cores)
+    python bench/parity.py --only f  # one row (letters), fixtures left alone
 
 Rows: a. LT split, b. encoder + projection forward (ResNet-18/34, train and eval mode),
 c. BNS loss and gradients, d. optimiser (decay groups, learning rate over whole runs, 20
-stage-1 steps), e. one probe step and one stage-2 step, g. Many/Medium/Few metrics, h. the
-released IP-DPP sampler vs ``sampler="uniform"`` (needs DPPy).
+stage-1 steps), e. one probe step and one stage-2 step, f. the SimCLR augmentation by
+distribution on real CIFAR-10 (JPEG copy) images (two-sample tests), g. Many/Medium/Few
+metrics, h. the released IP-DPP sampler vs ``sampler="uniform"`` (needs DPPy).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import argparse
 import math
 import os
 import sys
+import tempfile
 import types
 
 import numpy as np
@@ -35,8 +38,16 @@ from ltr_jax import metrics  # noqa: E402
 from ltr_jax.data import long_tail  # noqa: E402
 from ltr_jax.losses import bns  # noqa: E402
 
-TOL = {"forward": 1e-5, "bns": 1e-5, "lr": 1e-6, "train_loss": 1e-4, "step": 1e-5,
-       "grad": 1e-3, "flipped": 1e-3, "update_l2": 5e-2}  # fmt: skip
+TOL = {
+    "forward": 1e-5,
+    "bns": 1e-5,
+    "lr": 1e-6,
+    "train_loss": 1e-4,
+    "step": 1e-5,
+    "grad": 1e-3,
+    "flipped": 1e-3,
+    "update_l2": 5e-2,
+}
 # Adam's first steps move every entry by about lr * sign(g): an entry whose gradient is float
 # noise (|g| ~ 1e-6 max|g|, e.g. a direction BatchNorm cancels) moves +-lr on one side and -+lr
 # on the other. Parameters are compared by the share of entries more than FLIP apart and the
@@ -48,10 +59,17 @@ def param_rows(rows: list, label: str, ours: dict, theirs: dict, init: dict) -> 
     """Rows for parameters after training: share of flipped entries, worst update L2."""
     total = sum(v.size for v in theirs.values())
     flipped = sum(int((np.abs(ours[p] - theirs[p]) > FLIP).sum()) for p in theirs)
-    l2 = max(np.linalg.norm(ours[p] - theirs[p]) / max(np.linalg.norm(theirs[p] - init[p]), 1e-30)
-             for p in theirs)  # fmt: skip
-    row(rows, f"{label}: share of entries > {FLIP:.0e} apart", flipped / total, TOL["flipped"],
-        f"{flipped} of {total}")  # fmt: skip
+    l2 = max(
+        np.linalg.norm(ours[p] - theirs[p]) / max(np.linalg.norm(theirs[p] - init[p]), 1e-30)
+        for p in theirs
+    )
+    row(
+        rows,
+        f"{label}: share of entries > {FLIP:.0e} apart",
+        flipped / total,
+        TOL["flipped"],
+        f"{flipped} of {total}",
+    )
     row(rows, f"{label}: worst tensor's L2 difference / its update", float(l2), TOL["update_l2"])
 
 
@@ -62,9 +80,14 @@ def load_reference(reference_dir: str) -> types.SimpleNamespace:
     from models import models_linprob, models_resnet, models_simclr
     from utils import lr_sched, lt_metrics
 
-    return types.SimpleNamespace(bns_loss=bns_loss, linprob=models_linprob,
-                                 resnet=models_resnet, simclr=models_simclr,
-                                 lr_sched=lr_sched, lt_metrics=lt_metrics)  # fmt: skip
+    return types.SimpleNamespace(
+        bns_loss=bns_loss,
+        linprob=models_linprob,
+        resnet=models_resnet,
+        simclr=models_simclr,
+        lr_sched=lr_sched,
+        lt_metrics=lt_metrics,
+    )
 
 
 def to_torch_layout(value) -> torch.Tensor:
@@ -81,8 +104,10 @@ def load_into_torch(model: torch.nn.Module, ours, blocks: list[int]) -> None:
     import flax.nnx as nnx
 
     flat = nnx.to_flat_state(nnx.state(ours))
-    state = {pl.torch_name("/".join(map(str, p)), blocks): to_torch_layout(v.get_value())
-             for p, v in flat}  # fmt: skip
+    state = {
+        pl.torch_name("/".join(map(str, p)), blocks): to_torch_layout(v.get_value())
+        for p, v in flat
+    }
     missing, unexpected = model.load_state_dict(state, strict=False)
     missing = [k for k in missing if not k.endswith("num_batches_tracked")]
     if missing or unexpected:
@@ -109,8 +134,15 @@ def row(rows: list, name: str, err: float, tol: float, note: str = "") -> None:
 def check_split(ref_dir: str, data_dir: str, rows: list) -> None:
     path = os.path.join(data_dir, "cifar10_jpeg_bytes.npz")
     if not os.path.exists(path):
-        rows.append(dict(check="a. LT split (CIFAR-10 JPEG copy)", max_rel_diff=float("nan"),
-                         tolerance=0.0, ok=False, note=f"{path} missing"))  # fmt: skip
+        rows.append(
+            dict(
+                check="a. LT split (CIFAR-10 JPEG copy)",
+                max_rel_diff=float("nan"),
+                tolerance=0.0,
+                ok=False,
+                note=f"{path} missing",
+            )
+        )
         return
     labels = np.load(path)["train_labels"].astype(np.int64)
     from datasets.imbalance_cifar import ImbalanceCIFAR10
@@ -123,8 +155,13 @@ def check_split(ref_dir: str, data_dir: str, rows: list) -> None:
     ours = long_tail.ldam_subset(labels, np.arange(len(labels)), 10, 100)
     same = len(theirs) == len(ours) and bool(np.all(theirs == ours))
     pl.save_json("split.json", {"cifar10_jpeg_if100_indices": theirs.tolist()})
-    row(rows, "a. LT split CIFAR-10 (JPEG copy) IF 100: indices", 0.0 if same else 1.0, 0.0,
-        f"{len(theirs)} images, identical: {same}")  # fmt: skip
+    row(
+        rows,
+        "a. LT split CIFAR-10 (JPEG copy) IF 100: indices",
+        0.0 if same else 1.0,
+        0.0,
+        f"{len(theirs)} images, identical: {same}",
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -200,8 +237,13 @@ def released_decay_groups(model: torch.nn.Module) -> set[str]:
 def released_lrs(ref, lr: float, epochs: int, warmup: int, spe: int) -> np.ndarray:
     args = types.SimpleNamespace(lr=lr, epochs=epochs, warmup_epochs=warmup, min_lr=0.0)
     opt = types.SimpleNamespace(param_groups=[{}])
-    return np.array([ref.lr_sched.adjust_learning_rate(opt, it / spe + e, args)
-                     for e in range(epochs) for it in range(spe)])  # fmt: skip
+    return np.array(
+        [
+            ref.lr_sched.adjust_learning_rate(opt, it / spe + e, args)
+            for e in range(epochs)
+            for it in range(spe)
+        ]
+    )
 
 
 # (name, peak lr, epochs, warm-up epochs, released steps per epoch, batch, base batch)
@@ -219,14 +261,23 @@ def check_optimizer(ref, rows: list) -> None:
     blocks = pl.BLOCKS["cifar_resnet18"]
     our_decay = {pl.torch_name(p, blocks) for p in pl.decayed_paths(ours)}
     their_decay = released_decay_groups(theirs)
-    row(rows, "d. weight-decay groups (ResNet-18 + projection)",
-        float(len(our_decay ^ their_decay)), 0.0, f"{len(their_decay)} decayed")  # fmt: skip
+    row(
+        rows,
+        "d. weight-decay groups (ResNet-18 + projection)",
+        float(len(our_decay ^ their_decay)),
+        0.0,
+        f"{len(their_decay)} decayed",
+    )
     pl.save_json("decay_groups.json", sorted(their_decay))
     for name, (lr, epochs, warmup, spe, batch, base) in SCHEDULES.items():
         theirs_lr = released_lrs(ref, lr, epochs, warmup, spe)
         ours_lr = pl.schedule(spe, epochs, warmup, lr * base / batch, base, batch)
-        row(rows, f"d. learning rate every step, {name} ({len(theirs_lr)} steps)",
-            pl.rel_err(ours_lr, theirs_lr), TOL["lr"])  # fmt: skip
+        row(
+            rows,
+            f"d. learning rate every step, {name} ({len(theirs_lr)} steps)",
+            pl.rel_err(ours_lr, theirs_lr),
+            TOL["lr"],
+        )
         pl.save_npy(f"lr_{name}.npy", theirs_lr)
     check_training(ref, rows)
 
@@ -239,11 +290,13 @@ def check_training(ref, rows: list) -> None:
     load_into_torch(model, ours0, pl.BLOCKS["cifar_resnet18"])
     from timm.optim import param_groups_weight_decay
 
-    opt = torch.optim.AdamW(param_groups_weight_decay(model, t["wd"]), lr=t["lr"],
-                            betas=(0.9, 0.95))  # fmt: skip
+    opt = torch.optim.AdamW(
+        param_groups_weight_decay(model, t["wd"]), lr=t["lr"], betas=(0.9, 0.95)
+    )
     crit = ref.bns_loss.BNSLoss(t["batch"], temperature=0.5)
-    args = types.SimpleNamespace(lr=t["lr"], epochs=t["epochs"], warmup_epochs=t["warmup_epochs"],
-                                 min_lr=0.0)  # fmt: skip
+    args = types.SimpleNamespace(
+        lr=t["lr"], epochs=t["epochs"], warmup_epochs=t["warmup_epochs"], min_lr=0.0
+    )
     ty, losses = torch.from_numpy(y.astype(np.int64)), []
     model.train()
     for i in range(t["steps"]):
@@ -257,12 +310,17 @@ def check_training(ref, rows: list) -> None:
         opt.step()
         losses.append(loss.item())
     our_losses, our_params = pl.stage1_run(views, y)
-    row(rows, f"d. stage-1 loss at each of {t['steps']} steps (ResNet-18, B={t['batch']})",
-        pl.rel_err(our_losses, losses), TOL["train_loss"])  # fmt: skip
+    row(
+        rows,
+        f"d. stage-1 loss at each of {t['steps']} steps (ResNet-18, B={t['batch']})",
+        pl.rel_err(our_losses, losses),
+        TOL["train_loss"],
+    )
     blocks, sd = pl.BLOCKS["cifar_resnet18"], model.state_dict()
     theirs = {p: from_torch(sd[pl.torch_name(p, blocks)]) for p in our_params}
-    param_rows(rows, "d. parameters after 20 stage-1 steps", our_params, theirs,
-               pl.flat_params(ours0))  # fmt: skip
+    param_rows(
+        rows, "d. parameters after 20 stage-1 steps", our_params, theirs, pl.flat_params(ours0)
+    )
     pl.save_json("stage1_train.json", {"losses": losses, "params": pl.param_digest(theirs)})
 
 
@@ -302,25 +360,226 @@ def check_classifier_steps(ref, rows: list) -> None:
         grads = {n: from_torch(p.grad) for n, p in names.items()}
         opt.step()
         our_loss, our_params, our_stats = pl.classifier_step(x, y, head_only)
-        _, our_grads = pl.classifier_grads(x, y, head_only)
+        _, our_grads, _ = pl.classifier_grads(x, y, head_only)
         their_grads = {p: grads[pl.torch_name(p, blocks)] for p in our_grads}
         err = max(pl.rel_err(our_grads[p], their_grads[p]) for p in our_grads)
-        row(rows, f"e. {kind} step: gradients (worst tensor)", err, TOL["grad"],
-            f"{len(our_grads)} tensors")  # fmt: skip
+        row(
+            rows,
+            f"e. {kind} step: gradients (worst tensor)",
+            err,
+            TOL["grad"],
+            f"{len(our_grads)} tensors",
+        )
         sd = model.state_dict()
         theirs = {p: from_torch(sd[pl.torch_name(p, blocks)]) for p in our_params}
-        means = {
-            p: from_torch(sd[pl.torch_name(p, blocks)]) for p in our_stats if p.endswith("mean")
-        }
+        stats = {p: from_torch(sd[pl.torch_name(p, blocks)]) for p in our_stats}
+        means = {p: v for p, v in stats.items() if p.endswith("mean")}
+        variances = {p: v for p, v in stats.items() if p.endswith("var")}
         row(rows, f"e. {kind} step: loss", pl.rel_err(our_loss, loss.item()), TOL["step"])
-        param_rows(rows, f"e. {kind} step: parameters after", our_params, theirs,
-                   pl.flat_params(ours0))  # fmt: skip
+        param_rows(
+            rows, f"e. {kind} step: parameters after", our_params, theirs, pl.flat_params(ours0)
+        )
         err = max(pl.rel_err(our_stats[p], means[p]) for p in means)
         row(rows, f"e. {kind} step: BatchNorm running means after", err, TOL["step"])
-        out[kind] = {"loss": loss.item(), "params": pl.param_digest(theirs),
-                     "grads": pl.param_digest(their_grads),
-                     "running_mean": pl.param_digest(means)}  # fmt: skip
+        err = max(pl.rel_err(our_stats[p], variances[p]) for p in variances)
+        row(rows, f"e. {kind} step: BatchNorm running variances after (unbiased)", err, TOL["step"])
+        out[kind] = {
+            "loss": loss.item(),
+            "params": pl.param_digest(theirs),
+            "grads": pl.param_digest(their_grads),
+            "running_mean": pl.param_digest(means),
+            "running_var": pl.param_digest(variances),
+        }
     pl.save_json("classifier_steps.json", out)
+
+
+# ---------------------------------------------------------------------------------------------
+# f. The SimCLR augmentation, by distribution.
+
+# A statistic passes when its two-sample test does not reject at P_MIN (KS for distributions,
+# two-proportion z for rates, chi-square for the op order). The tolerance column shows the
+# effect that rejects at 2,000 draws a side (the resolution: smaller differences pass).
+P_MIN = 1e-3
+C_MIN = math.sqrt(-math.log(P_MIN / 2) / 2)  # asymptotic KS coefficient: D_crit = C sqrt(2/n)
+
+
+def cifar_images(data_dir: str, n: int, seed: int) -> np.ndarray | None:
+    """``n`` training images of the CIFAR-10 JPEG copy (seeded pick), uint8 [n, 32, 32, 3]."""
+    import io
+
+    from PIL import Image
+
+    path = os.path.join(data_dir, "cifar10_jpeg_bytes.npz")
+    if not os.path.exists(path):
+        return None
+    data = np.load(path)
+    blob, offsets = data["train_jpeg"], data["train_offsets"]
+    pick = np.random.default_rng(seed).choice(len(offsets) - 1, n, replace=False)
+    return np.stack(
+        [
+            np.asarray(
+                Image.open(io.BytesIO(blob[offsets[i] : offsets[i + 1]].tobytes())).convert("RGB")
+            )
+            for i in pick
+        ]
+    )
+
+
+def _recording(store: list, fn):
+    def call(*args):
+        out = fn(*args)
+        store.append(out)
+        return out
+
+    return call
+
+
+def released_simclr(images: np.ndarray, strength: float) -> tuple[dict, np.ndarray]:
+    """The released SimCLR pipeline (``datasets/data_augmentation.py``) on every image, with
+    its crop and colour-jitter parameter draws recorded as they are made.
+
+    Returns:
+      (draws as in ``parity_lib.our_simclr_params``, outputs [N, 32, 32, 3] in [0, 1]).
+    """
+    from datasets import data_augmentation
+    from PIL import Image
+
+    pipeline = data_augmentation.get_simclr_pipeline_transform(images.shape[1], strength)
+    crop, jitter = pipeline.transforms[0], pipeline.transforms[2].transforms[0]
+    boxes, colours = [], []
+    crop.get_params = _recording(boxes, type(crop).get_params)
+    jitter.get_params = _recording(colours, type(jitter).get_params)
+    views = np.stack([pipeline(Image.fromarray(im)).numpy().transpose(1, 2, 0) for im in images])
+    box = np.asarray([b[2:] for b in boxes], np.float64)  # (h, w)
+    order = [pl.ORDERS.index(tuple(c[0].tolist())) for c in colours]
+    factors = np.asarray([[float(v) for v in c[1:]] for c in colours])
+    return dict(
+        area=box[:, 0] * box[:, 1] / images.shape[1] ** 2,
+        aspect=box[:, 1] / box[:, 0],
+        jitter_rate=len(colours) / len(images),
+        brightness=factors[:, 0],
+        contrast=factors[:, 1],
+        saturation=factors[:, 2],
+        hue=factors[:, 3],
+        order=np.asarray(order),
+    ), views
+
+
+def ks_row(rows: list, name: str, ours, theirs) -> None:
+    from scipy import stats
+
+    ours, theirs = np.asarray(ours), np.asarray(theirs)
+    if ours.ndim == 2:  # one test per channel: the worst channel is the row
+        tests = [stats.ks_2samp(ours[:, c], theirs[:, c]) for c in range(ours.shape[1])]
+    else:
+        tests = [stats.ks_2samp(ours, theirs)]
+    worst = min(tests, key=lambda t: t.pvalue)
+    crit = C_MIN * math.sqrt(1 / len(ours) + 1 / len(theirs))
+    rows.append(
+        dict(
+            check=f"{name}: KS distance",
+            max_rel_diff=float(worst.statistic),
+            tolerance=crit,
+            ok=bool(worst.pvalue >= P_MIN),
+            note=f"p = {worst.pvalue:.3g}",
+        )
+    )
+
+
+def rate_row(rows: list, name: str, ours: np.ndarray, theirs: np.ndarray) -> None:
+    from scipy import stats
+
+    n1, n2, k1, k2 = len(ours), len(theirs), int(ours.sum()), int(theirs.sum())
+    pooled = (k1 + k2) / (n1 + n2)
+    se = math.sqrt(pooled * (1 - pooled) * (1 / n1 + 1 / n2)) or 1.0
+    diff = k1 / n1 - k2 / n2
+    p = float(2 * stats.norm.sf(abs(diff) / se))
+    crit = float(stats.norm.isf(P_MIN / 2) * se)
+    rows.append(
+        dict(
+            check=f"{name}: rate difference",
+            max_rel_diff=abs(diff),
+            tolerance=crit,
+            ok=bool(p >= P_MIN),
+            note=f"ours {k1 / n1:.3f}, released {k2 / n2:.3f}, z-test p = {p:.3g}",
+        )
+    )
+
+
+def order_row(rows: list, name: str, ours: np.ndarray, theirs: np.ndarray) -> None:
+    from scipy import stats
+
+    counts = np.stack([np.bincount(x, minlength=len(pl.ORDERS)) for x in (ours, theirs)])
+    test = stats.chi2_contingency(counts)
+    rows.append(
+        dict(
+            check=f"{name}: chi-square statistic",
+            max_rel_diff=float(test.statistic),
+            tolerance=float(stats.chi2.isf(P_MIN, test.dof)),
+            ok=bool(test.pvalue >= P_MIN),
+            note=f"p = {test.pvalue:.3g} (24 orders)",
+        )
+    )
+
+
+def check_augment(data_dir: str, rows: list) -> None:
+    import jax
+
+    from ltr_jax.data import augment
+
+    a = pl.AUGMENT
+    images = cifar_images(data_dir, a["draws"], a["seed"])
+    if images is None:
+        rows.append(
+            dict(
+                check="f. SimCLR augmentation",
+                max_rel_diff=float("nan"),
+                tolerance=0.0,
+                ok=False,
+                note=f"{data_dir}/cifar10_jpeg_bytes.npz missing",
+            )
+        )
+        return
+    np.random.seed(a["seed"])  # the released blur draws sigma from NumPy's global generator
+    fixture, source_gray = {}, pl.output_stats(augment.to_float(images))["gray"]
+    for s in a["strengths"]:
+        theirs, their_views = released_simclr(images, s)
+        ours = pl.our_simclr_params(s, a["draws"], a["seed"])
+        our_views = augment.simclr(jax.random.key(a["seed"]), augment.to_float(images), s)
+        mine, them = pl.output_stats(np.asarray(our_views)), pl.output_stats(their_views)
+        tag = f"f. s = {s:g}"
+        ks_row(rows, f"{tag} crop area / image area", ours["area"], theirs["area"])
+        ks_row(rows, f"{tag} crop aspect ratio (w / h)", ours["aspect"], theirs["aspect"])
+        rate_row(
+            rows,
+            f"{tag} colour jitter applied",
+            ours["jitter"],
+            np.arange(a["draws"]) < round(theirs["jitter_rate"] * a["draws"]),
+        )
+        for k in ("brightness", "contrast", "saturation", "hue"):
+            ks_row(
+                rows,
+                f"{tag} {k} {'shift' if k == 'hue' else 'factor'} drawn",
+                ours[k][ours["jitter"]],
+                theirs[k],
+            )
+        order_row(
+            rows,
+            f"{tag} order of the four jitter ops",
+            ours["order"][ours["jitter"]],
+            theirs["order"],
+        )
+        rate_row(rows, f"{tag} grayscale outputs (R = G = B)", mine["gray"], them["gray"])
+        for k in ("mean", "std"):
+            ks_row(rows, f"{tag} output per-channel {k} (worst of R, G, B)", mine[k], them[k])
+        for k in ("saturation", "value"):
+            ks_row(rows, f"{tag} output mean HSV {k}", mine[k], them[k])
+        theirs["jitter"] = np.ones(len(theirs["hue"]), bool)  # their factors: jittered views only
+        colour = ~source_gray  # views made gray by the pipeline, not gray to begin with
+        fixture[f"s{s:g}"] = pl.augment_fixture_stats(
+            theirs, theirs["jitter_rate"], float(them["gray"][colour].mean())
+        )
+    pl.save_json("augment.json", fixture)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -331,8 +590,11 @@ def check_metrics(ref, rows: list) -> None:
     counts = long_tail.long_tail_counts(5000, 10, 100)
     rng = np.random.default_rng(pl.SEED + 5)
     test_labels = np.repeat(np.arange(10), 1000)
-    preds = np.where(rng.uniform(size=10000) < np.linspace(0.9, 0.3, 10)[test_labels],
-                     test_labels, rng.integers(0, 10, 10000))  # fmt: skip
+    preds = np.where(
+        rng.uniform(size=10000) < np.linspace(0.9, 0.3, 10)[test_labels],
+        test_labels,
+        rng.integers(0, 10, 10000),
+    )
     lt = ref.lt_metrics
     groups_theirs = lt.categorize_classes({c: int(n) for c, n in enumerate(counts)}, 500, 200)
     tp, tl = torch.from_numpy(preds), torch.from_numpy(test_labels)
@@ -343,10 +605,16 @@ def check_metrics(ref, rows: list) -> None:
     same_groups = [sorted(g) for g in groups_theirs] == [
         sorted(map(int, g)) for g in (groups.many, groups.medium, groups.few)
     ]
-    row(rows, "g. Many/Medium/Few accuracy (CIFAR-10-LT groups, balanced test set)",
-        pl.rel_err(ours, theirs), 1e-12, f"same class groups: {same_groups}")  # fmt: skip
-    pl.save_json("metrics.json", {"groups": [sorted(g) for g in groups_theirs],
-                                  "many_medium_few": theirs})  # fmt: skip
+    row(
+        rows,
+        "g. Many/Medium/Few accuracy (CIFAR-10-LT groups, balanced test set)",
+        pl.rel_err(ours, theirs),
+        1e-12,
+        f"same class groups: {same_groups}",
+    )
+    pl.save_json(
+        "metrics.json", {"groups": [sorted(g) for g in groups_theirs], "many_medium_few": theirs}
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -373,12 +641,20 @@ def check_sampler(ref_dir: str, rows: list) -> None:
 
     n, k, seeds = SAMPLER["n"], SAMPLER["k"], SAMPLER["seeds"]
     rng = np.random.default_rng(pl.SEED + 6)
-    confidences = {"all 0.99": np.full(n, 0.99), "uniform": rng.uniform(0, 1, n),
-                   "bimodal": np.where(rng.uniform(size=n) < 0.5, 0.01, 0.99)}  # fmt: skip
+    confidences = {
+        "all 0.99": np.full(n, 0.99),
+        "uniform": rng.uniform(0, 1, n),
+        "bimodal": np.where(rng.uniform(size=n) < 0.5, 0.01, 0.99),
+    }
     subsets = {name: released_draw(ref_dir, p, k, 42) for name, p in confidences.items()}
     same = all(np.array_equal(s, subsets["all 0.99"]) for s in subsets.values())
-    row(rows, "h. released subset (seed 42) for 3 confidence profiles: identical",
-        0.0 if same else 1.0, 0.0, "the subset ignores p")  # fmt: skip
+    row(
+        rows,
+        "h. released subset (seed 42) for 3 confidence profiles: identical",
+        0.0 if same else 1.0,
+        0.0,
+        "the subset ignores p",
+    )
     p = confidences["bimodal"]
     counts = np.zeros(n)
     for seed in range(seeds):
@@ -388,20 +664,30 @@ def check_sampler(ref_dir: str, rows: list) -> None:
     # Inclusion of low- vs high-confidence items: the IP-DPP would favour low p.
     low = counts[p < 0.5].sum() / max((p < 0.5).sum(), 1) / seeds
     high = counts[p >= 0.5].sum() / max((p >= 0.5).sum(), 1) / seeds
-    row(rows, f"h. inclusion counts, released vs ours (uniform), {seeds} draws: chi2 p-value",
-        float(chi2.pvalue < 0.01), 0.0,
+    row(
+        rows,
+        f"h. inclusion counts, released vs ours (uniform), {seeds} draws: chi2 p-value",
+        float(chi2.pvalue < 0.01),
+        0.0,
         f"p-value {chi2.pvalue:.3f} (>= 0.01 passes); inclusion low-p {low:.3f} vs high-p "
-        f"{high:.3f} (k/n {k / n:.3f})")  # fmt: skip
-    pl.save_json("sampler.json", {"subset_seed42": subsets["all 0.99"].tolist(),
-                                  "inclusion_counts": counts.tolist(), **SAMPLER})  # fmt: skip
+        f"{high:.3f} (k/n {k / n:.3f})",
+    )
+    pl.save_json(
+        "sampler.json",
+        {
+            "subset_seed42": subsets["all 0.99"].tolist(),
+            "inclusion_counts": counts.tolist(),
+            **SAMPLER,
+        },
+    )
 
 
 def print_table(rows: list) -> None:
-    print("| check | max rel. diff | tolerance | within | note |")
+    print("| check | max rel. diff (f: test statistic) | tolerance | within | note |")
     print("|---|---|---|---|---|")
     for r in rows:
         ok = "yes" if r["ok"] else "**NO**"
-        err, tol = f"{r['max_rel_diff']:.2e}", f"{r['tolerance']:.0e}"
+        err, tol = f"{r['max_rel_diff']:.2e}", f"{r['tolerance']:.2g}"
         print(f"| {r['check']} | {err} | {tol} | {ok} | {r['note']} |")
 
 
@@ -412,17 +698,33 @@ def main(argv=None) -> int:
         "--reference_dir", default=os.path.join(here, "shared", "reference", "BNS_IPDPP")
     )
     parser.add_argument("--data_dir", default=os.path.join(here, "shared", "data"))
+    parser.add_argument(
+        "--only",
+        default="abcdefgh",
+        help="rows to run (letters); fixtures and table.json are written only when every row runs",
+    )
     args = parser.parse_args(argv)
     torch.manual_seed(0)
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     ref = load_reference(args.reference_dir)
     rows: list = []
-    for check in (lambda: check_split(args.reference_dir, args.data_dir, rows),
-                  lambda: check_forward(ref, rows), lambda: check_bns(ref, rows),
-                  lambda: check_optimizer(ref, rows), lambda: check_classifier_steps(ref, rows),
-                  lambda: check_metrics(ref, rows),
-                  lambda: check_sampler(args.reference_dir, rows)):  # fmt: skip
-        check()
+    checks = {
+        "a": lambda: check_split(args.reference_dir, args.data_dir, rows),
+        "b": lambda: check_forward(ref, rows),
+        "c": lambda: check_bns(ref, rows),
+        "d": lambda: check_optimizer(ref, rows),
+        "e": lambda: check_classifier_steps(ref, rows),
+        "f": lambda: check_augment(args.data_dir, rows),
+        "g": lambda: check_metrics(ref, rows),
+        "h": lambda: check_sampler(args.reference_dir, rows),
+    }
+    every = set(checks) <= set(args.only)
+    if not every:
+        pl.FIXTURES = tempfile.mkdtemp(prefix="parity_partial_")  # the fixtures stay as they are
+        print(f"partial run (--only {args.only}): fixtures written to {pl.FIXTURES}")
+    for letter, check in checks.items():
+        if letter in args.only:
+            check()
     print_table(rows)
     pl.save_json("table.json", rows)
     return 0 if all(r["ok"] for r in rows) else 1

@@ -8,6 +8,7 @@ model and into ``ltr_jax``'s, and the test rebuilds them to replay our side. Fix
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import zlib
@@ -33,10 +34,21 @@ TRAIN = dict(steps=20, batch=4, epochs=4, steps_per_epoch=5, warmup_epochs=1, lr
 
 
 # Our path segment -> the released module's attribute name (for the state-dict keys).
-_LEAF = {"kernel": "weight", "scale": "weight", "bias": "bias", "mean": "running_mean",
-         "var": "running_var"}  # fmt: skip
-_SUB = {"conv1": "conv1", "bn1": "bn1", "conv2": "conv2", "bn2": "bn2", "proj_conv": "shortcut.0",
-        "proj_bn": "shortcut.1"}  # fmt: skip
+_LEAF = {
+    "kernel": "weight",
+    "scale": "weight",
+    "bias": "bias",
+    "mean": "running_mean",
+    "var": "running_var",
+}
+_SUB = {
+    "conv1": "conv1",
+    "bn1": "bn1",
+    "conv2": "conv2",
+    "bn2": "bn2",
+    "proj_conv": "shortcut.0",
+    "proj_bn": "shortcut.1",
+}
 BLOCKS = {"cifar_resnet18": [2, 2, 2, 2], "cifar_resnet34": [3, 4, 6, 3]}
 
 
@@ -60,7 +72,14 @@ def torch_name(path: str, blocks: list[int]) -> str:
 def model_config(encoder: str = "cifar_resnet18") -> mlc.ConfigDict:
     """The released networks: feature -> 2048 -> 128 projection head."""
     return mlc.ConfigDict(
-        dict(encoder=encoder, dtype="float32", proj_hidden=2048, proj_dim=128, init="flax")
+        dict(
+            encoder=encoder,
+            dtype="float32",
+            proj_hidden=2048,
+            proj_dim=128,
+            init="flax",
+            bn_running_var="unbiased",
+        )  # PyTorch's running-variance update, as released
     )
 
 
@@ -121,14 +140,25 @@ def decayed_paths(model: nnx.Module) -> list[str]:
     return sorted("/".join(map(str, p)) for p, v in flat if bool(v.get_value()))
 
 
-def schedule(steps_per_epoch: int, epochs: int, warmup_epochs: float, lr: float, base: int,
-             batch: int) -> np.ndarray:  # fmt: skip
+def schedule(
+    steps_per_epoch: int, epochs: int, warmup_epochs: float, lr: float, base: int, batch: int
+) -> np.ndarray:
     """Our per-step learning rate over a whole run."""
-    optim = mlc.ConfigDict(dict(name="adamw", lr=lr, lr_base_batch=base, b1=0.9, b2=0.95,
-                                weight_decay=0.05, warmup_epochs=warmup_epochs))  # fmt: skip
+    optim = mlc.ConfigDict(
+        dict(
+            name="adamw",
+            lr=lr,
+            lr_base_batch=base,
+            b1=0.9,
+            b2=0.95,
+            weight_decay=0.05,
+            warmup_epochs=warmup_epochs,
+        )
+    )
     num_steps = epochs * steps_per_epoch
-    _, sched = train_lib.make_optimizer(optim, batch_size=batch, num_steps=num_steps,
-                                        steps_per_epoch=steps_per_epoch)  # fmt: skip
+    _, sched = train_lib.make_optimizer(
+        optim, batch_size=batch, num_steps=num_steps, steps_per_epoch=steps_per_epoch
+    )
     return np.asarray(jax.vmap(sched)(jnp.arange(num_steps)), np.float64)
 
 
@@ -150,8 +180,17 @@ class _ViewFeed:
 
 
 def _make_step(model, trainable, loss_fn, num_steps: int, warmup_steps: int, lr: float):
-    optim = mlc.ConfigDict(dict(name="adamw", lr=lr, lr_base_batch=1, b1=0.9, b2=0.95,
-                                weight_decay=TRAIN["wd"], warmup_epochs=warmup_steps))  # fmt: skip
+    optim = mlc.ConfigDict(
+        dict(
+            name="adamw",
+            lr=lr,
+            lr_base_batch=1,
+            b1=0.9,
+            b2=0.95,
+            weight_decay=TRAIN["wd"],
+            warmup_epochs=warmup_steps,
+        )
+    )
     tx, _ = train_lib.make_optimizer(optim, batch_size=1, num_steps=num_steps, steps_per_epoch=1)
     graphdef, state = train_lib.init_train_state(model, tx, trainable)
     mesh = jax.make_mesh((1,), ("data",), devices=jax.devices()[:1])
@@ -165,14 +204,24 @@ def stage1_run(views: np.ndarray, y: np.ndarray, seed: int = SEED) -> tuple[list
     Returns:
       (loss of every step, final parameters by path).
     """
-    cfg = mlc.ConfigDict(dict(loss="bns", views_through_bn="separate", augment_strength=2.0,
-                              bns=dict(form="reference", tau=0.5, m=4)))  # fmt: skip
+    cfg = mlc.ConfigDict(
+        dict(
+            loss="bns",
+            views_through_bn="separate",
+            augment_strength=2.0,
+            bns=dict(form="reference", tau=0.5, m=4),
+        )
+    )
     loss_fn = representation.make_loss_fn(cfg, _ViewFeed())
     t = TRAIN
     graphdef, state, step = _make_step(
-        contrastive_net(seed=seed), nnx.Param, loss_fn, t["epochs"] * t["steps_per_epoch"],
-        t["warmup_epochs"] * t["steps_per_epoch"], t["lr"],
-    )  # fmt: skip
+        contrastive_net(seed=seed),
+        nnx.Param,
+        loss_fn,
+        t["epochs"] * t["steps_per_epoch"],
+        t["warmup_epochs"] * t["steps_per_epoch"],
+        t["lr"],
+    )
     losses = []
     for i in range(len(views)):
         state, metrics = step(state, {"views": views[i], "labels": y}, jax.random.key(0))
@@ -200,24 +249,34 @@ def uniform_inclusion_counts(n: int, k: int, draws: int) -> np.ndarray:
     """How often each of ``n`` items is in our ``sampler="uniform"`` k-subset, over draws."""
     valid = jnp.ones(n, bool)
     keys = jax.random.split(jax.random.key(SEED), draws)
-    sel = jax.vmap(lambda key: dpp.sample_ip_dpp(key, jnp.ones(n), k, "reference", "uniform",
-                                                 mask=valid))(keys)  # fmt: skip
+    sel = jax.vmap(
+        lambda key: dpp.sample_ip_dpp(key, jnp.ones(n), k, "reference", "uniform", mask=valid)
+    )(keys)
     return np.asarray(sel).sum(0).astype(np.float64)
 
 
 def classifier_grads(images_: np.ndarray, y: np.ndarray, head_only: bool, seed: int = SEED):
-    """(loss, gradients by path) of the cross-entropy of :func:`classifier_step` (train mode)."""
+    """The cross-entropy of :func:`classifier_step` (train mode) and what it computes.
+
+    Returns:
+      (loss, gradients by path, BatchNorm statistics after the forward pass by path).
+    """
     model = classifier(seed)
     trainable = nnx.All(nnx.Param, nnx.PathContains("head")) if head_only else nnx.Param
     graphdef, params, stats, rest = nnx.split(model, trainable, nnx.BatchStat, ...)
 
-    def loss(params, stats):  # stats differentiated too: BatchNorm mutates them in this trace
+    def loss(params, stats, x, labels):  # stats differentiated too: BatchNorm mutates them
         m = nnx.merge(graphdef, params, stats, rest)
-        return classification.cross_entropy(m(images_), y)
+        return classification.cross_entropy(m(x), labels), nnx.state(m, nnx.BatchStat)
 
-    value, (grads, _) = jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))(params, stats)
-    flat = nnx.to_flat_state(grads)
-    return float(value), {"/".join(map(str, p)): np.asarray(v[...]) for p, v in flat}
+    # The images are arguments, not constants: XLA constant-folds a closed-over batch through
+    # the convolutions for tens of seconds.
+    grad_fn = jax.value_and_grad(loss, argnums=(0, 1), has_aux=True)
+    (value, after), (grads, _) = jax.jit(grad_fn)(params, stats, images_, y)
+    flat = lambda state: {
+        "/".join(map(str, p)): np.asarray(v[...]) for p, v in nnx.to_flat_state(state)
+    }
+    return float(value), flat(grads), flat(after)
 
 
 def fixture_path(name: str) -> str:
@@ -259,3 +318,83 @@ def param_digest(params: dict[str, np.ndarray], n: int = 64) -> dict[str, list[f
         pick = _path_rng(0, (name,)).choice(flat.size, min(n, flat.size), replace=False)
         out[name] = [float(flat.sum()), float(np.linalg.norm(flat))] + flat[pick].tolist()
     return out
+
+
+# --------------------------------------------------------------------------------------------
+# Row f: the SimCLR augmentation by distribution (the two sides' RNGs differ).
+
+# Draws per strength; strengths of the released configs (CIFAR-10 s = 2, CIFAR-100 s = 1).
+AUGMENT = dict(draws=2000, strengths=(1.0, 2.0), seed=SEED + 7)
+# Quantile levels the fixture stores for every continuous statistic.
+LEVELS = np.linspace(0.0, 1.0, 21)
+# The 24 orders of the colour-jitter ops (0 brightness, 1 contrast, 2 saturation, 3 hue).
+ORDERS = list(itertools.permutations(range(4)))
+
+
+def our_simclr_params(strength: float, draws: int, seed: int, size: int = 32) -> dict:
+    """The crop, jitter and grayscale draws of ``draws`` SimCLR views (``augment.simclr``'s keys).
+
+    Returns:
+      dict of NumPy arrays: ``area`` and ``aspect`` (crop area / image area, width / height),
+      ``jitter`` and ``gray`` (bool), ``brightness``, ``contrast``, ``saturation``, ``hue``
+      (the factors and shift a view would apply) and ``order`` (index into ``ORDERS``).
+    """
+    from ltr_jax.data import augment
+
+    keys = jax.random.split(jax.random.key(seed), draws)  # the per-example keys of simclr()
+    p = jax.device_get(jax.vmap(lambda k: augment.sample_simclr(k, size, size, strength))(keys))
+    box, color = np.asarray(p.box), p.color
+    hue_at, blends = np.asarray(color.hue_position), np.asarray(color.blend_order)
+    orders = [tuple(b[:h].tolist()) + (3,) + tuple(b[h:].tolist()) for h, b in zip(hue_at, blends)]
+    factors = np.asarray(color.factors)
+    return dict(
+        area=box[:, 2] * box[:, 3] / size**2,
+        aspect=box[:, 3] / box[:, 2],
+        jitter=np.asarray(p.jitter),
+        gray=np.asarray(p.gray),
+        brightness=factors[:, 0],
+        contrast=factors[:, 1],
+        saturation=factors[:, 2],
+        hue=np.asarray(color.hue),
+        order=np.array([ORDERS.index(o) for o in orders]),
+    )
+
+
+def output_stats(views: np.ndarray) -> dict:
+    """Per-view statistics of [N, H, W, 3] outputs in [0, 1]: channel ``mean`` and ``std``
+    ([N, 3]), mean HSV ``saturation`` and ``value`` ([N]) and ``gray`` (R = G = B everywhere)."""
+    views = np.asarray(views, np.float64)
+    maxc, minc = views.max(-1), views.min(-1)
+    sat = np.where(maxc > 0, (maxc - minc) / np.where(maxc > 0, maxc, 1.0), 0.0)
+    return dict(
+        mean=views.mean((1, 2)),
+        std=views.std((1, 2)),
+        saturation=sat.mean((1, 2)),
+        value=maxc.mean((1, 2)),
+        gray=np.all(maxc == minc, axis=(1, 2)),
+    )
+
+
+def augment_fixture_stats(params: dict, jitter_rate: float, gray_rate: float) -> dict:
+    """What ``augment.json`` holds for one strength: quantiles of every continuous draw
+    (jitter factors over the views that were jittered), the share of views jittered and the
+    share of views of colour images made gray."""
+    on = params["jitter"]
+    q = lambda x: np.quantile(np.asarray(x, np.float64), LEVELS).tolist()
+    return dict(
+        area=q(params["area"]),
+        aspect=q(params["aspect"]),
+        **{k: q(params[k][on]) for k in ("brightness", "contrast", "saturation", "hue")},
+        jitter_rate=float(jitter_rate),
+        gray_rate=float(gray_rate),
+        draws=int(len(params["area"])),
+    )
+
+
+def cdf_gap(sample: np.ndarray, quantiles: list[float]) -> float:
+    """Largest |share of ``sample`` <= q_l - l| over the fixture's quantiles q_l (levels
+    ``LEVELS``, ends excluded): a Kolmogorov-Smirnov distance read at 19 points."""
+    sample = np.sort(np.asarray(sample, np.float64))
+    inner = np.asarray(quantiles)[1:-1]
+    share = np.searchsorted(sample, inner, side="right") / len(sample)
+    return float(np.max(np.abs(share - LEVELS[1:-1])))

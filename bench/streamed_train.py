@@ -1,8 +1,9 @@
 """Does the streaming pipeline keep the accelerator fed? Streamed vs pre-made batches, same step.
 
 For each stage the real training step is built from the library's pieces exactly as the stages
-build it on streamed data (`inputs.StreamingInput.train_feed`, `representation.make_loss_fn`,
-`train_lib.make_train_step`), then timed twice, back to back:
+build it on streamed data (each stage module's ``make_setup``, built by ``train_lib.build`` as
+``train_lib.fit`` builds it, over `inputs.StreamingInput.train_feed`), then timed twice, back
+to back:
 
 - ``model``: the step fed one pre-made global batch again and again (no input pipeline): the
   model's own speed, device-side augmentation included;
@@ -36,13 +37,10 @@ import bench_lib
 import jax
 import numpy as np
 import streaming as streaming_bench  # bench/streaming.py: the synthetic JPEG generator
-from flax import nnx
+import throughput  # bench/throughput.py: stage_loop
 
-from ltr_jax import config_lib, runtime, train_lib
+from ltr_jax import config_lib, runtime
 from ltr_jax.data import decoded_store, inputs, long_tail, synthetic_jpeg
-from ltr_jax.losses import classification
-from ltr_jax.models import registry
-from ltr_jax.stages import representation
 
 STAGES = ("stage1", "supervised")
 
@@ -57,10 +55,12 @@ def make_input(args, mesh) -> inputs.StreamingInput:
     labels = (np.arange(args.num_images) % args.num_classes).astype(np.int32)
     split = synthetic_jpeg.EncodedSplit(images, labels)
     counts = np.bincount(labels, minlength=args.num_classes)
-    options = inputs.StreamOptions(args.image_size, args.workers, prefetch_steps=args.prefetch,
-                                   num_processes=args.processes)  # fmt: skip
-    return inputs.StreamingInput(split, split, args.num_classes,
-                                 long_tail.shot_groups(counts, 100, 20), mesh, options)  # fmt: skip
+    options = inputs.StreamOptions(
+        args.image_size, args.workers, prefetch_steps=args.prefetch, num_processes=args.processes
+    )
+    return inputs.StreamingInput(
+        split, split, args.num_classes, long_tail.shot_groups(counts, 100, 20), mesh, options
+    )
 
 
 def make_store_input(args, mesh) -> inputs.DecodedInput:
@@ -80,35 +80,22 @@ def make_store_input(args, mesh) -> inputs.DecodedInput:
     split = decoded_store.DecodedSplit(np.load(path, mmap_mode="r"), labels)
     counts = np.bincount(labels, minlength=args.num_classes)
     options = inputs.StreamOptions(args.image_size, args.workers, prefetch_steps=args.prefetch)
-    return inputs.DecodedInput(split, split, args.num_classes,
-                               long_tail.shot_groups(counts, 100, 20), mesh, options)  # fmt: skip
+    return inputs.DecodedInput(
+        split, split, args.num_classes, long_tail.shot_groups(counts, 100, 20), mesh, options
+    )
 
 
 def make_step(stage: str, args, data: inputs.StreamingInput, mesh):
-    """(jitted step, initial state, feed) of one stage on streamed data."""
+    """(jitted step, initial state, feed) of one stage on streamed data: the stage module's
+    ``make_setup`` built by ``train_lib.build`` (`throughput.stage_loop`)."""
     config = config_lib.base_config()
     config.model.update(encoder=args.encoder, dtype=args.dtype)
-    sampling = inputs.Sampling("uniform", jax.random.key(1), args.batch_size)
-    spe = train_lib.steps_per_epoch(len(data.train_labels), args.batch_size)
-    if stage == "stage1":
-        cfg = config.stage1
-        feed = data.train_feed(sampling, augment="simclr", strength=1.0, num_views=2)
-        model = registry.make_contrastive(config.model, rngs=nnx.Rngs(0))
-        loss_fn = representation.make_loss_fn(cfg, feed)
-    else:
-        cfg = config.ce
-        feed = data.train_feed(sampling, augment="crop_flip")
-        model = registry.make_classifier(config.model, args.num_classes, rngs=nnx.Rngs(0))
-
-        def loss_fn(model, batch, key):
-            logits = model(feed.view(key, batch))
-            return classification.cross_entropy(logits, batch["labels"]), {}
-
-    tx, _ = train_lib.make_optimizer(cfg.optim, batch_size=args.batch_size,
-                                     num_steps=1000 * spe, steps_per_epoch=spe)  # fmt: skip
-    graphdef, state = train_lib.init_train_state(model, tx)
-    step = train_lib.make_train_step(graphdef, tx, feed.batch_fn, loss_fn, mesh)
-    return step, runtime.put_replicated(mesh, state), feed
+    name = "ce" if stage == "supervised" else stage
+    config[name].update(batch_size=args.batch_size, augment_strength=1.0)
+    if name == "ce":
+        config.ce.augment = "crop_flip"
+    loop = throughput.stage_loop(name, config, data, mesh)
+    return loop.train_step, loop.state, loop.feed
 
 
 def time_steps(step, state, get_batch, key, warmup: int, steps: int) -> tuple[float, object]:
@@ -206,8 +193,10 @@ def main() -> None:
     print(bench_lib.markdown_table(rows, columns))
     slug = device.lower().replace(" ", "_")
     out = args.out or f"bench/results/streamed_train_{slug}.json"
-    bench_lib.write_json(out, {"machine": bench_lib.machine_info(), "device": device,
-                               "args": vars(args), "rows": rows})  # fmt: skip
+    bench_lib.write_json(
+        out,
+        {"machine": bench_lib.machine_info(), "device": device, "args": vars(args), "rows": rows},
+    )
 
 
 if __name__ == "__main__":

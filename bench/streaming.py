@@ -99,8 +99,7 @@ def time_pipeline(
     # batch; processes: the per-worker buffers of 2 batches each, ready at once).
     warm = 1 + 2 * processes
     per_window = args.batches + warm
-    batches = streaming.make_iterator(
-        source,
+    spec = streaming.IteratorSpec(
         seed=0,
         global_batch_size=args.batch_size,
         image_size=args.image_size,
@@ -110,12 +109,17 @@ def time_pipeline(
         num_processes=processes,
         prefetch_steps=2,
     )
+    batches = streaming.make_iterator(source, spec)
     rates = window_rates(batches, args, warm)
     batches.close()
     cores = min(processes or workers, os.cpu_count() or 1)
     case = "processes" if processes else "threads"
-    return {"case": case, "workers": processes or workers, "cores_used": cores,
-            "images_per_s": max(rates)}  # fmt: skip
+    return {
+        "case": case,
+        "workers": processes or workers,
+        "cores_used": cores,
+        "images_per_s": max(rates),
+    }
 
 
 def add_derived(row: dict, model_images_per_s: float) -> dict:
@@ -152,9 +156,11 @@ def main() -> None:
     args = parse_args()
     source = make_source(args)
     mean_kb = statistics.fmean(len(r["image"]) for r in source) / 1024
-    print(f"{len(source)} synthetic JPEGs {args.width}x{args.height} q{args.quality}, "
-          f"mean {mean_kb:.0f} KB; output {args.num_views} x {args.image_size}x{args.image_size}; "
-          f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")  # fmt: skip
+    print(
+        f"{len(source)} synthetic JPEGs {args.width}x{args.height} q{args.quality}, "
+        f"mean {mean_kb:.0f} KB; output {args.num_views} x {args.image_size}x{args.image_size}; "
+        f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores"
+    )
     rows = [time_serial(source, args)] + [time_pipeline(source, w, args) for w in args.workers]
     rows += [time_pipeline(source, 0, args, processes=p) for p in args.processes]
     rows = [add_derived(r, args.model_images_per_s) for r in rows]
@@ -167,8 +173,10 @@ def main() -> None:
         ("cores for H100 (est.)", "cores_for_h100", "d"),
     ]
     print(markdown_table(rows, columns))
-    print(f"Cores for one H100 assume ResNet-50 trains at {args.model_images_per_s:.0f} img/s "
-          "(an ESTIMATE, not measured here).")  # fmt: skip
+    print(
+        f"Cores for one H100 assume ResNet-50 trains at {args.model_images_per_s:.0f} img/s "
+        "(an ESTIMATE, not measured here)."
+    )
     payload = {
         "machine": machine_info(),
         "args": vars(args),

@@ -1,19 +1,20 @@
 """Training-step throughput of the real stage-1 and stage-2 steps: prints a table, writes JSON.
 
-The steps are built the way the stages build them, from the library's own pieces, so this
-measures what a run executes: ``train_lib.make_train_step`` over the train state, with the
-batch gathered on device from uint8 images held in device memory, augmented inside the step.
+The steps are the stages' own: each stage module's ``make_setup`` built by ``train_lib.build``
+(as ``train_lib.fit`` builds them), so this measures what a run executes: the jitted train
+step over the train state, with the batch gathered on device from uint8 images held in device
+memory, augmented inside the step.
 
 - ``stage1``: two SimCLR views (strength ``stage1.augment_strength`` = 2) of every image, one
   forward pass of encoder + projection head (512 -> 2048 -> 128), the BNS loss
-  (``representation.make_loss_fn``, "reference" form), AdamW. Images/s counts images, not
+  (``representation.make_loss``, "reference" form), AdamW. Images/s counts images, not
   views: every image is two network passes.
-- ``stage2``: one SimCLR view (strength 1, ``inputs.device_augment``), encoder + linear
-  head, cross-entropy, AdamW over a fixed subset (the IP-DPP draw is not timed). The recipe's
+- ``stage2``: one SimCLR view (strength 1), encoder + linear head, cross-entropy, AdamW
+  over a fixed subset of the recipe's size (the IP-DPP draw is not timed). The recipe's
   stage-2 batch is 64.
 
-Data: random uint8 images of the size of CIFAR-10-LT IF100 (12,406) and random labels; speed
-does not depend on pixel values. Every case is compiled ahead of time (``trace`` / ``lower`` /
+Data: random uint8 images of the size of CIFAR-10-LT IF100 (12,406) with its class counts;
+speed does not depend on pixel values. Every case is compiled ahead of time (``trace`` / ``lower`` /
 ``compile``, timed separately), run ``--warmup`` steps, then ``--steps`` timed steps, each to
 ``block_until_ready``; the table reports the median step.
 
@@ -52,20 +53,20 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import tempfile
 import time
-from collections.abc import Callable
 
 import bench_lib  # bench/ is on sys.path when run as ``python bench/throughput.py``
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 from flax import nnx
 
-from ltr_jax import config_lib, runtime, train_lib
-from ltr_jax.data import augment, batches, inputs, sampler
-from ltr_jax.losses import classification
+from ltr_jax import config_lib, pipeline, runtime, train_lib
+from ltr_jax.data import batches, inputs, long_tail
 from ltr_jax.models import registry
-from ltr_jax.stages import representation
+from ltr_jax.stages import common
 
 STAGES = ("stage1", "stage2")
 BACKBONES = ("cifar_resnet18", "cifar_resnet34", "cifar_resnet32")
@@ -81,68 +82,50 @@ def bench_config(backbone: str, dtype: str):
     return config
 
 
-def synthetic_data(num_images: int, seed: int = 0, image_size: int = 32) -> dict:
-    """Random uint8 square images (CIFAR-shaped by default) and labels, as
-    ``batches.device_train_data`` holds them."""
-    rng = np.random.default_rng(seed)
-    return {
-        "images": rng.integers(0, 256, (num_images, image_size, image_size, 3), dtype=np.uint8),
-        "labels": rng.integers(0, bench_lib.NUM_CLASSES, num_images).astype(np.int32),
-    }
+def synthetic_input(num_images: int, mesh, image_size: int = 32) -> inputs.InMemoryInput:
+    """About ``num_images`` random uint8 square images (CIFAR-shaped by default) with the
+    class counts of CIFAR-10-LT IF100 scaled to that total (12,406: those counts exactly), so
+    that stage 2's subset (k = 10 x the smallest class) has the recipe's size."""
+    n_max = round(5000 * num_images / 12406)
+    counts = long_tail.long_tail_counts(n_max, bench_lib.NUM_CLASSES, 100.0)
+    labels = np.repeat(np.arange(bench_lib.NUM_CLASSES), counts).astype(np.int32)
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (len(labels), image_size, image_size, 3), dtype=np.uint8)
+    lt = batches.LongTailData(
+        images,
+        labels,
+        images[:8],
+        labels[:8],
+        bench_lib.NUM_CLASSES,
+        counts,
+        long_tail.shot_groups(counts, 100, 20),
+    )
+    return inputs.InMemoryInput(lt, mesh)
 
 
-def make_stage1_step(config, batch_size: int, num_images: int, mesh):
-    """The stage-1 step of ``stages/representation.py``: (jitted step, initial state)."""
-    cfg = config.stage1
-    model = registry.make_contrastive(config.model, rngs=nnx.Rngs(0))
-    spe = train_lib.steps_per_epoch(num_images, batch_size)
-    tx, _ = train_lib.make_optimizer(cfg.optim, batch_size=batch_size,
-                                     num_steps=cfg.epochs * spe, steps_per_epoch=spe)  # fmt: skip
-    graphdef, state = train_lib.init_train_state(model, tx)
-    sample_key = jax.random.key(1)
+def stage_loop(stage: str, config, data, mesh) -> train_lib.Loop:
+    """The loop a run builds for ``stage``: its module's ``make_setup`` + ``train_lib.build``.
 
-    def batch_fn(device_data, state):
-        positions = sampler.uniform_batch(sample_key, state.step, num_images, batch_size)
-        return batches.gather(device_data, positions, mesh)
-
-    loss_fn = representation.make_loss_fn(cfg)
-    step = train_lib.make_train_step(graphdef, tx, batch_fn, loss_fn, mesh)
-    return step, runtime.put_replicated(mesh, state)
-
-
-def stage2_loss_fn(cfg) -> Callable:
-    """The stage-2 loss of ``stages/rebalance.py``: one augmented view, cross-entropy."""
-    aug = inputs.device_augment(cfg.augment, cfg.augment_strength)
-
-    def loss_fn(model, batch, key):
-        logits = model(aug(key, augment.to_float(batch["images"])))
-        acc = jnp.mean(jnp.argmax(logits, -1) == batch["labels"])
-        return classification.cross_entropy(logits, batch["labels"]), {"train_acc": acc}
-
-    return loss_fn
-
-
-def make_stage2_step(config, batch_size: int, num_images: int, mesh):
-    """The stage-2 step of ``stages/rebalance.py`` over a fixed subset: (jitted step, state)."""
-    cfg = config.stage2
-    subset_size = min(bench_lib.CIFAR10_LT_IF100_SUBSET, num_images)
-    positions = np.sort(np.random.default_rng(0).choice(num_images, subset_size, replace=False))
-    model = registry.make_classifier(config.model, bench_lib.NUM_CLASSES, rngs=nnx.Rngs(0))
-    spe = train_lib.steps_per_epoch(subset_size, batch_size)
-    tx, _ = train_lib.make_optimizer(cfg.optim, batch_size=batch_size,
-                                     num_steps=cfg.epochs * spe, steps_per_epoch=spe)  # fmt: skip
-    graphdef, state = train_lib.init_train_state(model, tx, extra=positions.astype(np.int32))
-    sample_key = jax.random.key(1)
-
-    def batch_fn(device_data, state):
-        idx = sampler.uniform_batch(sample_key, state.step, subset_size, batch_size)
-        return batches.gather(device_data, state.extra[idx], mesh)
-
-    step = train_lib.make_train_step(graphdef, tx, batch_fn, stage2_loss_fn(cfg), mesh)
-    return step, runtime.put_replicated(mesh, state)
-
-
-STEP_BUILDERS = {"stage1": make_stage1_step, "stage2": make_stage2_step}
+    Stage 2 loads a stage-1 encoder and a probe head: fresh ones are saved to a temporary
+    workdir first (speed does not depend on the weights), and its IP-DPP draw (not timed) is
+    replaced by a seeded subset of the recipe's size.
+    """
+    workdir = tempfile.mkdtemp(prefix="ltr_bench_")
+    config = ml_collections.FrozenConfigDict(config)
+    ctx = common.StageContext(config, workdir, mesh, data, runtime.root_key(config.seed))
+    if stage == "stage2":
+        model = registry.make_classifier(config.model, data.num_classes, rngs=nnx.Rngs(0))
+        common.save_module(ctx, "stage1", "encoder", model.encoder)
+        common.save_module(ctx, "probe", "head", model.head)
+    setup = pipeline.STAGES[stage].make_setup(ctx)
+    loop = train_lib.build(setup, mesh)
+    if setup.subset is not None:
+        rng = np.random.default_rng(0)
+        subset = rng.choice(len(data.train_labels), setup.num_examples, replace=False)
+        subset = np.sort(subset).astype(np.int32)
+        loop.state = loop.state.replace(subset=runtime.put_replicated(mesh, subset))
+        loop.feed.set_population(subset, 0)
+    return loop
 
 
 # --- FLOPs -----------------------------------------------------------------------------------
@@ -201,7 +184,7 @@ def xla_flops(compiled) -> float | None:
     """``cost_analysis()['flops']`` of a compiled executable, where the backend reports it."""
     try:
         cost = compiled.cost_analysis()
-    except Exception:  # noqa: BLE001 - not every backend implements it
+    except Exception:
         return None
     if isinstance(cost, (list, tuple)):
         cost = cost[0] if cost else None
@@ -272,13 +255,16 @@ def control_flow_ops(compiled) -> dict:
 class JaxRunner:
     """One compiled case with its train state; ``run(n)`` runs and times ``n`` more steps."""
 
-    def __init__(self, stage: str, backbone: str, dtype: str, batch_size: int, num_images: int,
-                 mesh, data):  # fmt: skip
+    def __init__(
+        self, stage: str, backbone: str, dtype: str, batch_size: int, num_images: int, mesh, data
+    ):
         config = bench_config(backbone, dtype)
-        step, self.state = STEP_BUILDERS[stage](config, batch_size, num_images, mesh)
-        self.data, self.key, self.batch_size = data, jax.random.key(2), batch_size
+        config[stage].batch_size = batch_size
+        loop = stage_loop(stage, config, data, mesh)
+        step, self.state, self.key = loop.train_step, loop.state, loop.root_key
+        self.data, self.batch_size = loop.feed.data(0, self.state), batch_size
         self.compiled, self.lower_s, self.compile_s, self.flops = compile_step(
-            step, self.state, data, self.key
+            step, self.state, self.data, self.key
         )
 
     def run(self, steps: int) -> dict:
@@ -301,8 +287,13 @@ def run_case(stage: str, backbone: str, dtype: str, batch_size: int, args, data,
     runner = JaxRunner(stage, backbone, dtype, batch_size, args.num_images, mesh, data)
     runner.run(args.warmup)
     run = runner.run(args.steps)
-    row.update(runner.flops, trace_lower_s=runner.lower_s, compile_s=runner.compile_s,
-               final_loss=run["loss"], wall_s=run["wall"])  # fmt: skip
+    row.update(
+        runner.flops,
+        trace_lower_s=runner.lower_s,
+        compile_s=runner.compile_s,
+        final_loss=run["loss"],
+        wall_s=run["wall"],
+    )
     row.update(bench_lib.summarize(run["times"], batch_size))
     row["model_tflops_per_s"] = row["model_flops"] / row["step_s_median"] / 1e12
     return row
@@ -319,13 +310,19 @@ def add_peak_fractions(row: dict, peaks: dict) -> dict:
 # --- CLI -------------------------------------------------------------------------------------
 
 COLUMNS = [
-    ("stage", "stage", ""), ("backbone", "backbone", ""), ("dtype", "dtype", ""),
-    ("batch", "batch_size", "d"), ("images/s", "images_per_s", ",.0f"),
-    ("step ms (median)", "step_ms", ".1f"), ("compile s", "compile_s", ".1f"),
-    ("GFLOP/step", "model_gflop", ",.1f"), ("TFLOP/s", "model_tflops_per_s", ".3f"),
-    ("% bf16 peak", "pct_bf16_peak", ".1f"), ("% own-dtype peak", "pct_dtype_peak", ".1f"),
+    ("stage", "stage", ""),
+    ("backbone", "backbone", ""),
+    ("dtype", "dtype", ""),
+    ("batch", "batch_size", "d"),
+    ("images/s", "images_per_s", ",.0f"),
+    ("step ms (median)", "step_ms", ".1f"),
+    ("compile s", "compile_s", ".1f"),
+    ("GFLOP/step", "model_gflop", ",.1f"),
+    ("TFLOP/s", "model_tflops_per_s", ".3f"),
+    ("% bf16 peak", "pct_bf16_peak", ".1f"),
+    ("% own-dtype peak", "pct_dtype_peak", ".1f"),
     ("error", "error", ""),
-]  # fmt: skip
+]
 
 
 def table_row(row: dict) -> dict:
@@ -363,8 +360,11 @@ def parse_args(argv=None) -> argparse.Namespace:
         default=None,
         help="matmul size for the peak (default 8192, 1024 on CPU; 0: skip)",
     )
-    parser.add_argument("--out", default=None, help="JSON path (default results/throughput_"
-                        "<platform>.json next to this script)")  # fmt: skip
+    parser.add_argument(
+        "--out",
+        default=None,
+        help="JSON path (default results/throughput_<platform>.json next to this script)",
+    )
     args = parser.parse_args(argv)
     for stage in args.stages:
         if stage not in STAGES:
@@ -377,13 +377,17 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def device_info() -> dict:
     device = jax.devices()[0]
-    return {"platform": device.platform, "device_kind": device.device_kind,
-            "device_count": jax.device_count(), "jax": jax.__version__}  # fmt: skip
+    return {
+        "platform": device.platform,
+        "device_kind": device.device_kind,
+        "device_count": jax.device_count(),
+        "jax": jax.__version__,
+    }
 
 
 def run_all(args, mesh, peaks: dict) -> list[dict]:
     """Every requested case in order; a failing case (e.g. out of memory) records its error."""
-    data = runtime.put_replicated(mesh, synthetic_data(args.num_images, 0, args.image_size))
+    data = synthetic_input(args.num_images, mesh, args.image_size)
     rows = []
     for stage in args.stages:
         for backbone in args.backbones:
@@ -391,13 +395,20 @@ def run_all(args, mesh, peaks: dict) -> list[dict]:
                 for batch_size in args.batch_sizes:
                     try:
                         row = run_case(stage, backbone, dtype, batch_size, args, data, mesh)
-                    except Exception as e:  # noqa: BLE001 - keep measuring the other cases
+                    except Exception as e:
                         error = f"{type(e).__name__}: {e}"[:300]
-                        row = dict(stage=stage, backbone=backbone, dtype=dtype,
-                                   batch_size=batch_size, error=error)  # fmt: skip
+                        row = dict(
+                            stage=stage,
+                            backbone=backbone,
+                            dtype=dtype,
+                            batch_size=batch_size,
+                            error=error,
+                        )
                     rows.append(add_peak_fractions(row, peaks))
-                    print(bench_lib.markdown_table([table_row(rows[-1])], COLUMNS).splitlines()[-1],
-                          flush=True)  # fmt: skip
+                    print(
+                        bench_lib.markdown_table([table_row(rows[-1])], COLUMNS).splitlines()[-1],
+                        flush=True,
+                    )
     return rows
 
 
@@ -412,9 +423,16 @@ def main(argv=None) -> dict:
     rows = run_all(args, mesh, peaks)
     print()
     print(bench_lib.markdown_table([table_row(r) for r in rows], COLUMNS))
-    payload = dict(benchmark="throughput", device=info, machine=bench_lib.machine_info(),
-                   nvidia_smi=bench_lib.nvidia_smi(), matmul_peak_tflops=peaks,
-                   peak_size=peak_size, args=vars(args), results=rows)  # fmt: skip
+    payload = dict(
+        benchmark="throughput",
+        device=info,
+        machine=bench_lib.machine_info(),
+        nvidia_smi=bench_lib.nvidia_smi(),
+        matmul_peak_tflops=peaks,
+        peak_size=peak_size,
+        args=vars(args),
+        results=rows,
+    )
     bench_lib.write_json(args.out or default_out(), payload)
     return payload
 

@@ -49,8 +49,7 @@ def resized_crop_flip(images: torch.Tensor, boxes: torch.Tensor, flip: torch.Ten
     theta[:, 1, 1] = h / height
     theta[:, 1, 2] = (2 * top + h) / height - 1
     grid = F.affine_grid(theta, list(images.shape), align_corners=False)
-    return F.grid_sample(images, grid, mode="bilinear", padding_mode="border",
-                         align_corners=False)  # fmt: skip
+    return F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
 def luma(x: torch.Tensor) -> torch.Tensor:

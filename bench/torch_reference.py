@@ -78,8 +78,9 @@ class BasicBlock(nn.Module):
         self.stride, self.pad, self.kind = stride, cout - cin, shortcut
         self.project = stride != 1 or cin != cout
         if self.project and shortcut == "conv":
-            self.proj = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False),
-                                      nn.BatchNorm2d(cout))  # fmt: skip
+            self.proj = nn.Sequential(
+                nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout)
+            )
 
     def shortcut(self, x: torch.Tensor) -> torch.Tensor:
         if not self.project:
@@ -100,15 +101,18 @@ class ContrastiveNet(nn.Module):
     def __init__(self, backbone: str):
         super().__init__()
         blocks, widths, stem, shortcut = BACKBONES[backbone]
-        layers, cin = [nn.Conv2d(3, stem, 3, 1, 1, bias=False), nn.BatchNorm2d(stem),
-                       nn.ReLU(inplace=True)], stem  # fmt: skip
+        layers, cin = (
+            [nn.Conv2d(3, stem, 3, 1, 1, bias=False), nn.BatchNorm2d(stem), nn.ReLU(inplace=True)],
+            stem,
+        )
         for stage, (n, width) in enumerate(zip(blocks, widths, strict=True)):
             for b in range(n):
                 layers.append(BasicBlock(cin, width, 2 if stage > 0 and b == 0 else 1, shortcut))
                 cin = width
         self.encoder = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten())
-        self.projection = nn.Sequential(nn.Linear(cin, PROJ_HIDDEN), nn.ReLU(inplace=True),
-                                        nn.Linear(PROJ_HIDDEN, PROJ_DIM))  # fmt: skip
+        self.projection = nn.Sequential(
+            nn.Linear(cin, PROJ_HIDDEN), nn.ReLU(inplace=True), nn.Linear(PROJ_HIDDEN, PROJ_DIM)
+        )
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
@@ -151,14 +155,18 @@ def make_optimizer(model: nn.Module, batch_size: int, steps_per_epoch: int, fuse
 def simclr_transform(strength: float = STRENGTH) -> transforms.Compose:
     """The SimCLR view recipe with torchvision's PIL transforms (the reference code's way)."""
     s = strength
-    return transforms.Compose([
-        transforms.RandomResizedCrop(32, scale=(0.08, 1.0)),
-        transforms.RandomHorizontalFlip(),
-        transforms.RandomApply([transforms.ColorJitter(0.8 * s, 0.8 * s, 0.8 * s, 0.2 * s)], p=0.8),
-        transforms.RandomGrayscale(p=0.2),
-        transforms.GaussianBlur(3, sigma=(0.1, 2.0)),
-        transforms.ToTensor(),
-    ])  # fmt: skip
+    return transforms.Compose(
+        [
+            transforms.RandomResizedCrop(32, scale=(0.08, 1.0)),
+            transforms.RandomHorizontalFlip(),
+            transforms.RandomApply(
+                [transforms.ColorJitter(0.8 * s, 0.8 * s, 0.8 * s, 0.2 * s)], p=0.8
+            ),
+            transforms.RandomGrayscale(p=0.2),
+            transforms.GaussianBlur(3, sigma=(0.1, 2.0)),
+            transforms.ToTensor(),
+        ]
+    )
 
 
 class TwoViewDataset(Dataset):
@@ -181,10 +189,14 @@ def make_loader(images, labels, batch_size: int, num_workers: int, device) -> Da
     # forkserver: a process that has started JAX's threads (compare_cpu.py) must not fork.
     workers = dict(persistent_workers=True, multiprocessing_context="forkserver")
     return DataLoader(
-        TwoViewDataset(images, labels), batch_size=batch_size, shuffle=True, drop_last=True,
-        num_workers=num_workers, pin_memory=device.type == "cuda",
+        TwoViewDataset(images, labels),
+        batch_size=batch_size,
+        shuffle=True,
+        drop_last=True,
+        num_workers=num_workers,
+        pin_memory=device.type == "cuda",
         **(workers if num_workers else {}),
-    )  # fmt: skip
+    )
 
 
 def endless(loader: DataLoader) -> Iterator:
@@ -199,8 +211,17 @@ def endless(loader: DataLoader) -> Iterator:
 class TorchRunner:
     """Model, optimizer and input pipeline of one case; ``run(n)`` times ``n`` steps."""
 
-    def __init__(self, backbone: str, dtype: str, batch_size: int, variant: str, data: dict,
-                 num_workers: int, device: torch.device, compile_model: bool = False):  # fmt: skip
+    def __init__(
+        self,
+        backbone: str,
+        dtype: str,
+        batch_size: int,
+        variant: str,
+        data: dict,
+        num_workers: int,
+        device: torch.device,
+        compile_model: bool = False,
+    ):
         self.device, self.variant, self.batch_size = device, variant, batch_size
         cuda = device.type == "cuda"
         self.memory_format = torch.channels_last if cuda else torch.contiguous_format
@@ -212,8 +233,9 @@ class TorchRunner:
         self.scaler = torch.amp.GradScaler(device.type, enabled=dtype == "float16")
         self.num_workers = num_workers if variant == "A" else 0
         if variant == "A":
-            self.loader = make_loader(data["images"], data["labels"], batch_size, num_workers,
-                                      device)  # fmt: skip
+            self.loader = make_loader(
+                data["images"], data["labels"], batch_size, num_workers, device
+            )
             self.batches = endless(self.loader)
         else:
             self.images = torch.from_numpy(data["images"]).permute(0, 3, 1, 2).contiguous()
@@ -284,20 +306,28 @@ def summarize_run(run: dict, batch_size: int) -> dict:
     row = bench_lib.summarize(run["times"], batch_size)
     row["step_images_per_s"] = row.pop("images_per_s")  # at the median step
     row.update(
-        images_per_s=batch_size * len(run["times"]) / run["wall"], wall_s=run["wall"],
+        images_per_s=batch_size * len(run["times"]) / run["wall"],
+        wall_s=run["wall"],
         data_s_mean=float(np.mean(run["data_times"])),
-        data_frac=float(np.sum(run["data_times"]) / run["wall"]), final_loss=run["loss"],
-    )  # fmt: skip
+        data_frac=float(np.sum(run["data_times"]) / run["wall"]),
+        final_loss=run["loss"],
+    )
     return row
 
 
 def run_case(backbone, dtype, batch_size, variant, args, data, device) -> dict:
     """Builds one case, runs ``--warmup`` then ``--steps`` timed steps."""
-    row = dict(backbone=backbone, dtype=dtype, batch_size=batch_size, variant=variant,
-               num_workers=args.num_workers if variant == "A" else 0)  # fmt: skip
+    row = dict(
+        backbone=backbone,
+        dtype=dtype,
+        batch_size=batch_size,
+        variant=variant,
+        num_workers=args.num_workers if variant == "A" else 0,
+    )
     start = time.perf_counter()
-    runner = TorchRunner(backbone, dtype, batch_size, variant, data, args.num_workers, device,
-                         args.torch_compile)  # fmt: skip
+    runner = TorchRunner(
+        backbone, dtype, batch_size, variant, data, args.num_workers, device, args.torch_compile
+    )
     try:
         runner.run(args.warmup)
         row["setup_and_warmup_s"] = time.perf_counter() - start
@@ -310,11 +340,16 @@ def run_case(backbone, dtype, batch_size, variant, args, data, device) -> dict:
 # --- CLI -------------------------------------------------------------------------------------
 
 COLUMNS = [
-    ("variant", "variant", ""), ("backbone", "backbone", ""), ("dtype", "dtype", ""),
-    ("batch", "batch_size", "d"), ("workers", "num_workers", "d"),
-    ("images/s", "images_per_s", ",.0f"), ("step ms (median)", "step_ms", ".1f"),
-    ("waiting for data", "data_pct", ".0f"), ("error", "error", ""),
-]  # fmt: skip
+    ("variant", "variant", ""),
+    ("backbone", "backbone", ""),
+    ("dtype", "dtype", ""),
+    ("batch", "batch_size", "d"),
+    ("workers", "num_workers", "d"),
+    ("images/s", "images_per_s", ",.0f"),
+    ("step ms (median)", "step_ms", ".1f"),
+    ("waiting for data", "data_pct", ".0f"),
+    ("error", "error", ""),
+]
 
 
 def table_row(row: dict) -> dict:
@@ -333,8 +368,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--backbones", type=bench_lib.csv_list(), default=list(BACKBONES))
     parser.add_argument("--batch_sizes", type=bench_lib.csv_list(int), default=[256, 512, 1024])
-    parser.add_argument("--dtypes", type=bench_lib.csv_list(),
-                        default=["float32"] if cpu else ["float32", "bfloat16"])  # fmt: skip
+    parser.add_argument(
+        "--dtypes",
+        type=bench_lib.csv_list(),
+        default=["float32"] if cpu else ["float32", "bfloat16"],
+    )
     parser.add_argument("--variants", type=bench_lib.csv_list(), default=["A", "B"])
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=3)
@@ -365,9 +403,13 @@ def synthetic_data(num_images: int, seed: int = 0) -> dict:
 
 def torch_info(device: torch.device) -> dict:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-    return {"torch": torch.__version__, "device": str(device), "device_name": name,
-            "threads": torch.get_num_threads(),
-            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY")}  # fmt: skip
+    return {
+        "torch": torch.__version__,
+        "device": str(device),
+        "device_name": name,
+        "threads": torch.get_num_threads(),
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+    }
 
 
 def main(argv=None) -> dict:
@@ -383,20 +425,32 @@ def main(argv=None) -> dict:
                 for batch_size in args.batch_sizes:
                     try:
                         row = run_case(backbone, dtype, batch_size, variant, args, data, device)
-                    except Exception as e:  # noqa: BLE001 - keep measuring the other cases
+                    except Exception as e:
                         error = f"{type(e).__name__}: {e}"[:300]
-                        row = dict(variant=variant, backbone=backbone, dtype=dtype,
-                                   batch_size=batch_size, error=error)  # fmt: skip
+                        row = dict(
+                            variant=variant,
+                            backbone=backbone,
+                            dtype=dtype,
+                            batch_size=batch_size,
+                            error=error,
+                        )
                     rows.append(row)
-                    print(bench_lib.markdown_table([table_row(row)], COLUMNS).splitlines()[-1],
-                          flush=True)  # fmt: skip
+                    print(
+                        bench_lib.markdown_table([table_row(row)], COLUMNS).splitlines()[-1],
+                        flush=True,
+                    )
     print()
     print(bench_lib.markdown_table([table_row(r) for r in rows], COLUMNS))
     here = os.path.dirname(os.path.abspath(__file__))
     out = args.out or os.path.join(here, "results", f"torch_reference_{device.type}.json")
-    payload = dict(benchmark="torch_reference", torch=torch_info(device),
-                   machine=bench_lib.machine_info(), nvidia_smi=bench_lib.nvidia_smi(),
-                   args=vars(args), results=rows)  # fmt: skip
+    payload = dict(
+        benchmark="torch_reference",
+        torch=torch_info(device),
+        machine=bench_lib.machine_info(),
+        nvidia_smi=bench_lib.nvidia_smi(),
+        args=vars(args),
+        results=rows,
+    )
     bench_lib.write_json(out, payload)
     return payload
 

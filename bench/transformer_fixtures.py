@@ -28,15 +28,33 @@ from safetensors.torch import save_file
 # name -> (timm architecture, overrides); the ltr_jax encoder each is compared with is named
 # in tests/test_transformers.py.
 MODELS = {
-    "vit_cls": ("vit_tiny_patch16_224", dict(img_size=32, patch_size=8, embed_dim=32, depth=2,
-                                             num_heads=2)),
-    "vit_avg": ("vit_tiny_patch16_224", dict(img_size=32, patch_size=8, embed_dim=32, depth=2,
-                                             num_heads=2, global_pool="avg", class_token=True)),
-    "deit": ("deit_tiny_patch16_224", dict(img_size=32, patch_size=8, embed_dim=32, depth=2,
-                                           num_heads=2)),
-    "swin": ("swin_tiny_patch4_window7_224", dict(img_size=32, patch_size=4, window_size=4,
-                                                  embed_dim=16, depths=(2, 1), num_heads=(2, 4))),
-}  # fmt: skip
+    "vit_cls": (
+        "vit_tiny_patch16_224",
+        dict(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2),
+    ),
+    "vit_avg": (
+        "vit_tiny_patch16_224",
+        dict(
+            img_size=32,
+            patch_size=8,
+            embed_dim=32,
+            depth=2,
+            num_heads=2,
+            global_pool="avg",
+            class_token=True,
+        ),
+    ),
+    "deit": (
+        "deit_tiny_patch16_224",
+        dict(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2),
+    ),
+    "swin": (
+        "swin_tiny_patch4_window7_224",
+        dict(
+            img_size=32, patch_size=4, window_size=4, embed_dim=16, depths=(2, 1), num_heads=(2, 4)
+        ),
+    ),
+}
 NUM_CLASSES = 10
 
 
@@ -60,8 +78,11 @@ def main() -> None:
     for name, (arch, kw) in MODELS.items():
         model = timm.create_model(arch, pretrained=False, num_classes=NUM_CLASSES, **kw).eval()
         randomise(model, gen)
-        state = {k: v.contiguous() for k, v in model.state_dict().items()
-                 if not k.endswith(("relative_position_index", "attn_mask"))}  # fmt: skip
+        state = {
+            k: v.contiguous()
+            for k, v in model.state_dict().items()
+            if not k.endswith(("relative_position_index", "attn_mask"))
+        }
         save_file(state, os.path.join(args.out, f"{name}.safetensors"))
         model = model.double()
         with torch.no_grad():
@@ -69,8 +90,10 @@ def main() -> None:
             logits = model.head(features) if name != "swin" else model.head.fc(features)
         np.save(os.path.join(args.out, f"{name}_features.npy"), features.numpy())
         np.save(os.path.join(args.out, f"{name}_logits.npy"), logits.numpy())
-        print(f"{name}: {sum(v.numel() for v in state.values())} parameters, "
-              f"features {tuple(features.shape)}")  # fmt: skip
+        print(
+            f"{name}: {sum(v.numel() for v in state.values())} parameters, "
+            f"features {tuple(features.shape)}"
+        )
 
 
 if __name__ == "__main__":

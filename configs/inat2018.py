@@ -22,8 +22,7 @@ from ltr_jax import config_lib
 def get_config(arg: str | None = None):
     config = config_lib.base_config()
     config.pipeline = ("stage1", "probe", "stage2")
-    config.data.update(name="inaturalist2018", many_threshold=100, few_threshold=20,
-                       image_size=224)  # fmt: skip
+    config.data.update(name="inaturalist2018", many_threshold=100, few_threshold=20, image_size=224)
     config.data.update(format="decoded", decoded_size=256)  # decoded once, cropped on device
     config.data.synthetic.update(num_classes=20, train_per_class=60, test_per_class=5)
     config.model.update(encoder="resnet50", dtype="bfloat16", proj_hidden=2048, proj_dim=128)

@@ -14,7 +14,7 @@ import os
 import ml_collections as mlc
 from ml_collections import config_dict
 
-# Datasets read by the streaming pipeline (ltr_jax.data.inputs.STREAMED).
+# Built-in datasets read by the streaming pipeline, which ``:smoke`` replaces by synthetic JPEGs.
 STREAMED_DATASETS = ("imagenet_lt", "inaturalist2018", "synthetic_jpeg")
 # In-memory datasets that ``:smoke`` replaces by synthetic arrays (others keep their data).
 SMOKE_SYNTHETIC = ("cifar10", "cifar100", "synthetic")
@@ -24,11 +24,20 @@ SMOKE_PER_CLASS = 50  # ``:smoke`` on your own data: at most this many images pe
 def optim(name: str = "adamw", lr: float = 1e-3, lr_base_batch: int = 256, **kw) -> mlc.ConfigDict:
     """An optimizer section: peak lr = lr * batch_size / lr_base_batch, warm-up then cosine."""
     c = mlc.ConfigDict(
-        dict(name=name, lr=lr, lr_base_batch=lr_base_batch, b1=0.9, b2=0.95, momentum=0.9,
-             nesterov=False, weight_decay=0.05, warmup_epochs=5.0,
-             layer_decay=1.0,  # < 1: layer-wise lr decay (fine-tuning ViTs); 1: off
-             clip_grad_norm=0.0)  # > 0: clip the global gradient norm; 0: off
-    )  # fmt: skip
+        dict(
+            name=name,
+            lr=lr,
+            lr_base_batch=lr_base_batch,
+            b1=0.9,
+            b2=0.95,
+            momentum=0.9,
+            nesterov=False,
+            weight_decay=0.05,
+            warmup_epochs=5.0,
+            layer_decay=1.0,  # < 1: layer-wise lr decay (fine-tuning ViTs); 1: off
+            clip_grad_norm=0.0,
+        )  # > 0: clip the global gradient norm; 0: off
+    )
     c.update(kw)
     return c
 
@@ -42,11 +51,12 @@ def supervised_section(**kw) -> mlc.ConfigDict:
             sampler="uniform",  # uniform | class_balanced
             augment="crop_flip",  # crop_flip | simclr
             augment_strength=1.0,
-            loss="ce",  # ce | balanced_softmax | logit_adjust | ldam
-            logit_adjust_tau=1.0,
+            loss="ce",  # ce | balanced_softmax | logit_adjust | ldam (losses.classification)
+            logit_adjust=dict(tau=1.0),  # the prior's weight: logits + tau * log prior
             head="linear",  # linear | cosine (LDAM's normalised classifier)
-            ldam_max_margin=0.5,  # margin of the rarest class; m_c ~ n_c^(-1/4)
-            ldam_scale=30.0,  # s: LDAM's logit scale (for cosine logits)
+            # max_margin: margin of the rarest class (m_c ~ n_c^(-1/4)); scale: LDAM's logit
+            # scale s (for cosine logits).
+            ldam=dict(max_margin=0.5, scale=30.0),
             drw_start_epoch=-1,  # deferred re-weighting from this epoch on; -1: never
             drw_beta=0.9999,  # class-balanced weights (1 - beta) / (1 - beta^n_c)
             optim=optim("sgd", lr=0.1, lr_base_batch=128, weight_decay=2e-4, warmup_epochs=5.0),
@@ -96,13 +106,14 @@ def base_config() -> mlc.ConfigDict:
             prepare_processes=0,  # format=decoded: processes decoding the store once; 0: cores
             synthetic=dict(
                 num_classes=10, train_per_class=100, test_per_class=20, seed=0, jpeg_sizes=(40, 56)
-            ),  # fmt: skip
+            ),
         )
     )
     c.model = mlc.ConfigDict(
-        dict(encoder="cifar_resnet32", dtype="float32", proj_hidden=2048, proj_dim=128,
-             init="flax")  # init: flax | torch (PyTorch's default initialisers, released code)
-    )  # fmt: skip
+        dict(
+            encoder="cifar_resnet32", dtype="float32", proj_hidden=2048, proj_dim=128, init="flax"
+        )  # init: flax | torch (PyTorch's default initialisers, released code)
+    )
     c.model.update(  # transformer encoders, local pretrained weights (README: Transformers)
         drop_path_rate=config_dict.placeholder(float),  # None: the encoder's default
         init_from=config_dict.placeholder(str),  # a local .safetensors (timm) / .npz (big_vision)
@@ -110,6 +121,7 @@ def base_config() -> mlc.ConfigDict:
         init_prefix="",  # stripped from the file's keys, e.g. "module."
         init_head=False,  # also load the file's classifier head (same number of classes)
     )
+    c.model.bn_running_var = "biased"  # biased (Flax) | unbiased (PyTorch, the released code)
     c.train = mlc.ConfigDict(
         dict(
             log_every_steps=50,
@@ -144,6 +156,7 @@ def base_config() -> mlc.ConfigDict:
             augment="none",  # none (features once) | simclr (a view per step: released code)
             augment_strength=2.0,  # SimCLR strength s of augment="simclr"
             encoder_bn="eval",  # augment="simclr": eval | train (BatchNorm mode: released)
+            drop_last=True,  # False: keep each epoch's last partial batch (released code)
             optim=optim("adamw", lr=2.5e-4, lr_base_batch=64, warmup_epochs=20.0),
         )
     )
@@ -166,6 +179,7 @@ def base_config() -> mlc.ConfigDict:
             redraw_every_epochs=10,
             redraw_rule="every",  # every (epochs 0, E, 2E..) | reference (0, E-1, 2E-1..)
             fixed_subset=False,  # True: every draw uses the first draw's key (released code)
+            drop_last=True,  # False: keep each epoch's last partial batch (released code)
             epochs=100,
             batch_size=64,
             augment="simclr",
@@ -186,15 +200,20 @@ def smoke(config: mlc.ConfigDict) -> mlc.ConfigDict:
     """
     streamed = config.data.name in STREAMED_DATASETS
     if streamed or config.data.name in SMOKE_SYNTHETIC:
-        config.data.update(name="synthetic_jpeg" if streamed else "synthetic",
-                           imbalance_factor=10, many_threshold=50, few_threshold=20)  # fmt: skip
+        config.data.update(
+            name="synthetic_jpeg" if streamed else "synthetic",
+            imbalance_factor=10,
+            many_threshold=50,
+            few_threshold=20,
+        )
     else:
         config.data.max_per_class = SMOKE_PER_CLASS
     if streamed:
         config.data.update(image_size=32, num_workers=2, decoded_size=40, prepare_processes=1)
     config.model.update(encoder="cifar_resnet8", proj_hidden=64, proj_dim=32, dtype="float32")
-    config.train.update(log_every_steps=5, eval_every_epochs=1.0, checkpoint_every_steps=10,
-                        eval_batch_size=64)  # fmt: skip
+    config.train.update(
+        log_every_steps=5, eval_every_epochs=1.0, checkpoint_every_steps=10, eval_batch_size=64
+    )
     config.ce.update(epochs=2, batch_size=32)
     config.ce.optim.warmup_epochs = 0.5
     config.stage1.update(epochs=2, batch_size=32)
@@ -207,20 +226,32 @@ def smoke(config: mlc.ConfigDict) -> mlc.ConfigDict:
     return config
 
 
-def reference_switches(config: mlc.ConfigDict, *, probe_strength: float, k: int,
-                       redraw_every: int) -> mlc.ConfigDict:  # fmt: skip
+def reference_switches(
+    config: mlc.ConfigDict, *, probe_strength: float, k: int, redraw_every: int
+) -> mlc.ConfigDict:
     """Sets every behaviour of the paper's released code on a CIFAR recipe (in place).
 
     The values of README "Differences from the released code"; ``configs/reference/``.
     """
     config.model.init = "torch"
+    config.model.bn_running_var = "unbiased"
     config.train.eval_every_epochs = 1.0
     config.stage1.views_through_bn = "separate"
-    config.probe.update(augment="simclr", augment_strength=probe_strength, encoder_bn="train")
-    config.stage2.update(head_init="random", p_source="augmented", sampler="uniform",
-                         kernel_scale="reference", fixed_subset=True, redraw_rule="reference",
-                         k_per_class=k, redraw_every_epochs=redraw_every,
-                         augment_strength=1.0)  # fmt: skip
+    config.probe.update(
+        augment="simclr", augment_strength=probe_strength, encoder_bn="train", drop_last=False
+    )
+    config.stage2.update(
+        head_init="random",
+        p_source="augmented",
+        sampler="uniform",
+        kernel_scale="reference",
+        fixed_subset=True,
+        redraw_rule="reference",
+        k_per_class=k,
+        redraw_every_epochs=redraw_every,
+        augment_strength=1.0,
+        drop_last=False,
+    )
     return config
 
 

@@ -11,7 +11,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import jax
 
@@ -19,12 +19,13 @@ from ltr_jax import runtime, stopping, train_lib, validation, writers
 from ltr_jax.data import inputs
 from ltr_jax.stages import common, crt, probe, rebalance, representation, supervised
 
-STAGES: dict[str, Callable[[common.StageContext], dict]] = {
-    "ce": lambda ctx: supervised.run(ctx, "ce"),
-    "stage1": representation.run,
-    "probe": probe.run,
-    "stage2": rebalance.run,
-    "crt": crt.run,
+# Every stage, declared by its module (`common.Stage`: validate, make_setup, run, needs).
+STAGES: dict[str, common.Stage] = {
+    "ce": supervised.declare("ce"),
+    "stage1": representation.DECLARATION,
+    "probe": probe.DECLARATION,
+    "stage2": rebalance.DECLARATION,
+    "crt": crt.DECLARATION,
 }
 
 
@@ -37,6 +38,19 @@ def check_stages(names: Sequence[str]) -> tuple[str, ...]:
             f"Unknown stage(s) {given} in --stages; valid: {', '.join(STAGES)}."
         )
     return tuple(names)
+
+
+def validate(config, stages: Sequence[str], num_devices: int) -> None:
+    """Validates a run before anything trains: the data, model and train sections and the
+    batch sizes (`validation.validate`), then every requested stage's own section.
+
+    Raises:
+      validation.ConfigError: the first invalid value, in one line.
+    """
+    names = check_stages(stages)
+    validation.validate(config, names, num_devices)
+    for name in names:
+        STAGES[name].validate(config)
 
 
 def _config_diff(a: dict, b: dict, prefix: str = "") -> list[str]:
@@ -113,9 +127,10 @@ def run(config, workdir: str, stages: Sequence[str] | None = None) -> dict[str, 
       The results of every requested stage, by name (read back for finished stages).
     """
     names = check_stages(stages if stages else config.pipeline)
-    validation.validate(config, names, jax.device_count())
+    validate(config, names, jax.device_count())
     check_workdir(workdir)
-    validation.check_earlier_stages(config, names, workdir)
+    needs = {name: STAGES[name].needs(config) for name in names}
+    validation.check_earlier_stages(names, needs, workdir)
     mesh = runtime.make_mesh()
     data = inputs.load(config.data, mesh)
     warnings = validation.validate_data(config, names, data.class_counts, data.class_names)
@@ -137,7 +152,7 @@ def run(config, workdir: str, stages: Sequence[str] | None = None) -> dict[str, 
                 continue
             stopper.check_between_stages(name)
             began = time.perf_counter()
-            results[name] = STAGES[name](ctx)
+            results[name] = STAGES[name].run(ctx)
             results[name]["timing"] = stage_timing(workdir, name, time.perf_counter() - began)
             if warnings.get(name):
                 results[name]["warnings"] = warnings[name]

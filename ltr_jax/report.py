@@ -102,17 +102,19 @@ def load_run(workdir: str) -> Run:
     if not results:
         raise ReportError(f"{workdir} has no finished stage (no <stage>/results.json).")
     return Run(
-        workdir=workdir, config=config, results=results,
+        workdir=workdir,
+        config=config,
+        results=results,
         metrics=_read_jsonl(os.path.join(workdir, "metrics.jsonl")),
         draws=_read_jsonl(os.path.join(workdir, "stage2", "draws.jsonl")),
         unfinished=unfinished_stages(workdir, config, results),
-    )  # fmt: skip
+    )
 
 
 def _ce_label(ce: dict) -> str:
-    label = ce["loss"]
-    if ce["loss"] == "logit_adjust":
-        label += f"(tau={ce['logit_adjust_tau']:g})"
+    from ltr_jax.losses import classification
+
+    label = classification.report_label(ce)
     if ce.get("drw_start_epoch", -1) >= 0:
         label += "-DRW"
     if ce["sampler"] != "uniform":
@@ -128,12 +130,13 @@ def method_label(config: dict, stages: Sequence[str]) -> str:
     if "crt" in stages:
         parts.append("cRT")
     if "stage1" in stages:
-        s1 = config["stage1"]
-        loss = s1.get("loss", "bns")
-        parts.append("SupCon" if loss == "supcon" else f"BNS({s1['bns']['form']})")
+        from ltr_jax.losses import stage1
+
+        parts.append(stage1.report_label(config["stage1"]))
     if "stage2" in stages:
-        sampler = config["stage2"]["sampler"]
-        parts.append("uniform-k" if sampler == "uniform" else f"IP-DPP({sampler})")
+        from ltr_jax.dpp import sampling
+
+        parts.append(sampling.report_label(config["stage2"]["sampler"]))
     elif "probe" in stages:
         parts.append("probe")
     return " + ".join(parts) or "+".join(stages)
@@ -183,12 +186,15 @@ def group_runs(runs: Sequence[Run], labels: Sequence[str] | None = None) -> dict
     if labels is not None and len(labels) != len(runs):
         raise ReportError(f"{len(labels)} labels given for {len(runs)} workdirs.")
     if labels is None:
-        labels = distinguish([
-            os.path.basename(os.path.dirname(os.path.abspath(r.workdir)))
-            if _SEED_DIR.search(os.path.basename(os.path.normpath(r.workdir)))
-            else method_label(r.config, list(r.results))
-            for r in runs
-        ], runs)  # fmt: skip
+        labels = distinguish(
+            [
+                os.path.basename(os.path.dirname(os.path.abspath(r.workdir)))
+                if _SEED_DIR.search(os.path.basename(os.path.normpath(r.workdir)))
+                else method_label(r.config, list(r.results))
+                for r in runs
+            ],
+            runs,
+        )
     groups: dict[str, list[Run]] = {}
     for label, run in zip(labels, runs, strict=True):
         groups.setdefault(label, []).append(run)
@@ -227,20 +233,25 @@ def summarise(groups: dict[str, list[Run]]) -> list[dict]:
         stage = final_stage(runs)
         results = [r.results[stage] for r in runs]
         row = {
-            "method": method, "stage": stage, "runs": len(runs),
+            "method": method,
+            "stage": stage,
+            "runs": len(runs),
             "seeds": [r.config.get("seed") for r in runs],
             "workdirs": [r.workdir for r in runs],
             "metrics": {m: mean_std([res.get(m) for res in results]) for m in METRICS},
             "train_class_counts": results[0].get("train_class_counts"),
             "per_class_acc": _per_class(results),
-            "thresholds": {k: results[0].get(f"{k}_threshold",
-                                             runs[0].config.get("data", {}).get(f"{k}_threshold"))
-                           for k in ("many", "few")},
+            "thresholds": {
+                k: results[0].get(
+                    f"{k}_threshold", runs[0].config.get("data", {}).get(f"{k}_threshold")
+                )
+                for k in ("many", "few")
+            },
             "dataset": dataset_of(runs[0]),
             "class_names": results[0].get("class_names"),
             "unfinished": {r.workdir: r.unfinished for r in runs if r.unfinished},
             "nonfinite_loss": {r.workdir: nonfinite_losses(r) for r in runs if nonfinite_losses(r)},
-        }  # fmt: skip
+        }
         rows.append(row)
     return rows
 
@@ -308,8 +319,10 @@ def per_class_table(rows: Sequence[dict], max_classes: int = 100) -> str:
     num_classes = len(rows[0]["per_class_acc"]["mean"])
     names = rows[0]["class_names"] or [str(c) for c in range(num_classes)]
     counts = rows[0]["train_class_counts"] or [None] * num_classes
-    lines = ["| class | train images | " + " | ".join(r["method"] for r in rows) + " |",
-             "|---|---|" + "---|" * len(rows)]  # fmt: skip
+    lines = [
+        "| class | train images | " + " | ".join(r["method"] for r in rows) + " |",
+        "|---|---|" + "---|" * len(rows),
+    ]
     for c in range(num_classes):
         accs = [r["per_class_acc"]["mean"][c] for r in rows]
         cells = ["n/a" if a is None or not math.isfinite(a) else f"{a:.1f}" for a in accs]
@@ -376,11 +389,19 @@ def _name_points(ax, rows: Sequence[dict], max_classes: int = 20) -> None:
     row = next((r for r in rows if r["per_class_acc"] and r["train_class_counts"]), None)
     if row is None or not row.get("class_names") or len(row["class_names"]) > max_classes:
         return
-    for name, count, acc in zip(row["class_names"], row["train_class_counts"],
-                                row["per_class_acc"]["mean"]):  # fmt: skip
+    for name, count, acc in zip(
+        row["class_names"], row["train_class_counts"], row["per_class_acc"]["mean"]
+    ):
         if acc is not None and math.isfinite(acc):
-            ax.annotate(name, (count, acc), xytext=(3, 3), textcoords="offset points",
-                        fontsize=7, rotation=30, alpha=0.8)  # fmt: skip
+            ax.annotate(
+                name,
+                (count, acc),
+                xytext=(3, 3),
+                textcoords="offset points",
+                fontsize=7,
+                rotation=30,
+                alpha=0.8,
+            )
 
 
 def plot_per_class(rows: Sequence[dict], path: str) -> None:
@@ -394,22 +415,36 @@ def plot_per_class(rows: Sequence[dict], path: str) -> None:
         order = np.argsort(-counts, kind="stable")
         mean = np.asarray(row["per_class_acc"]["mean"])[order]
         std = np.asarray(row["per_class_acc"]["std"])[order]
-        ax.errorbar(counts[order], mean, yerr=std if row["runs"] > 1 else None, ms=5, lw=1.5,
-                    capsize=2, alpha=0.85, **_style(i),
-                    label=f"{row['method']} ({row['stage']}, n={row['runs']})")  # fmt: skip
+        ax.errorbar(
+            counts[order],
+            mean,
+            yerr=std if row["runs"] > 1 else None,
+            ms=5,
+            lw=1.5,
+            capsize=2,
+            alpha=0.85,
+            **_style(i),
+            label=f"{row['method']} ({row['stage']}, n={row['runs']})",
+        )
     _name_points(ax, rows)
     thresholds = rows[0]["thresholds"] if rows else {}
     for name, sign, style in (("many", ">", "--"), ("few", "<", ":")):
         if thresholds.get(name) is not None:
-            ax.axvline(thresholds[name], color="grey", ls=style, lw=1,
-                       label=f"{name.capitalize()}: {sign} {thresholds[name]} images")  # fmt: skip
+            ax.axvline(
+                thresholds[name],
+                color="grey",
+                ls=style,
+                lw=1,
+                label=f"{name.capitalize()}: {sign} {thresholds[name]} images",
+            )
     ax.set_xscale("log")
     _count_ticks(ax, rows)
     ax.set_ylim(-3, 103)
     ax.set_xlabel("training images of the class (log scale)")
     ax.set_ylabel("test accuracy of the class (%)")
-    ax.set_title("Per-class test accuracy vs training count (final stage, mean ± std over runs)",
-                 fontsize=10)  # fmt: skip
+    ax.set_title(
+        "Per-class test accuracy vs training count (final stage, mean ± std over runs)", fontsize=10
+    )
     ax.grid(True, which="major", alpha=0.3)
     fig.legend(fontsize=8, loc="outside right upper")
     fig.savefig(path)
@@ -423,10 +458,12 @@ def _confidence_per_draw(run: Run) -> tuple[np.ndarray, np.ndarray, np.ndarray, 
     counts = np.asarray(recorded[-1] if recorded else run.draws[0]["counts"])  # [C]
     cut = np.asarray(run.draws[0]["counts"]) < counts  # [C]
     epochs = np.array([d["epoch"] for d in run.draws], float)
-    whole = np.array([np.asarray(d["mean_p_class"])[cut].mean() if cut.any() else np.nan
-                      for d in run.draws])  # fmt: skip
-    drawn = np.array([np.asarray(d["mean_p_drawn"])[cut].mean() if cut.any() else np.nan
-                      for d in run.draws])  # fmt: skip
+    whole = np.array(
+        [np.asarray(d["mean_p_class"])[cut].mean() if cut.any() else np.nan for d in run.draws]
+    )
+    drawn = np.array(
+        [np.asarray(d["mean_p_drawn"])[cut].mean() if cut.any() else np.nan for d in run.draws]
+    )
     return epochs, whole, drawn, int(cut.sum())
 
 
@@ -477,8 +514,7 @@ def plot_confidence(groups: dict[str, list[Run]], path: str) -> bool:
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=8)
     axes[0].set_ylabel("mean p(y | x) over cut classes")
-    fig.suptitle("IP-DPP draws: mean p(y|x) of the drawn images vs their whole class",
-                 fontsize=10)  # fmt: skip
+    fig.suptitle("IP-DPP draws: mean p(y|x) of the drawn images vs their whole class", fontsize=10)
     fig.savefig(path)
     return True
 
@@ -527,8 +563,16 @@ def plot_curves(groups: dict[str, list[Run]], path: str) -> None:
                 steps, values = _stage_series(runs, stage, key)
                 finite = np.isfinite(values)
                 if finite.any():
-                    ax.plot(steps[finite], values[finite], ms=4, lw=1.3, alpha=0.85, label=method,
-                            markevery=max(1, int(finite.sum()) // 12), **_style(i))  # fmt: skip
+                    ax.plot(
+                        steps[finite],
+                        values[finite],
+                        ms=4,
+                        lw=1.3,
+                        alpha=0.85,
+                        label=method,
+                        markevery=max(1, int(finite.sum()) // 12),
+                        **_style(i),
+                    )
                 if not finite.all():
                     _mark_nonfinite(ax, steps[~finite], i)
         loss_ax.set_title(f"stage {stage}: training loss")
@@ -539,8 +583,15 @@ def plot_curves(groups: dict[str, list[Run]], path: str) -> None:
             ax.set_xlabel("step")
             ax.grid(True, alpha=0.3)
             if not ax.lines:
-                ax.text(0.5, 0.5, "no test evaluation in this stage", ha="center", va="center",
-                        transform=ax.transAxes, color="grey")  # fmt: skip
+                ax.text(
+                    0.5,
+                    0.5,
+                    "no test evaluation in this stage",
+                    ha="center",
+                    va="center",
+                    transform=ax.transAxes,
+                    color="grey",
+                )
     _method_legend(fig, axes.ravel())
     fig.savefig(path)
 
@@ -554,8 +605,18 @@ def _mark_nonfinite(ax, steps: np.ndarray, index: int) -> None:
 
     top = blended_transform_factory(ax.transData, ax.transAxes)  # x: step, y: axes fraction
     height = 0.97 - 0.04 * (index % 10)  # one row of crosses per method
-    ax.plot(steps, np.full(len(steps), height), ls="none", marker="x", ms=7, mew=2,
-            color="red", transform=top, clip_on=False, label=NONFINITE_LABEL)  # fmt: skip
+    ax.plot(
+        steps,
+        np.full(len(steps), height),
+        ls="none",
+        marker="x",
+        ms=7,
+        mew=2,
+        color="red",
+        transform=top,
+        clip_on=False,
+        label=NONFINITE_LABEL,
+    )
 
 
 def _method_legend(fig, axes) -> None:
@@ -564,12 +625,18 @@ def _method_legend(fig, axes) -> None:
     for ax in axes:
         for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
             handles.setdefault(label, handle)
-    fig.legend(handles.values(), handles.keys(), loc="outside lower center", fontsize=9,
-               ncols=min(len(handles), 4))  # fmt: skip
+    fig.legend(
+        handles.values(),
+        handles.keys(),
+        loc="outside lower center",
+        fontsize=9,
+        ncols=min(len(handles), 4),
+    )
 
 
-def _markdown_document(table: str, figures: Sequence[str], dataset: str = "",
-                       per_class: str = "", notes_md: str = "") -> str:  # fmt: skip
+def _markdown_document(
+    table: str, figures: Sequence[str], dataset: str = "", per_class: str = "", notes_md: str = ""
+) -> str:
     images = "".join(f"![{os.path.basename(p)}]({os.path.basename(p)})\n" for p in figures)
     intro = "Final stage of each method, test accuracy in percent, mean ± std over runs."
     if dataset:
@@ -607,8 +674,14 @@ def make_report(workdirs: Sequence[str], out_dir: str, labels: Sequence[str] | N
         figures.append(confidence)
     with open(os.path.join(out_dir, "report.md"), "w") as f:
         f.write(_markdown_document(table, figures, dataset, per_class, notes_md))
-    report = {"table": table, "dataset": dataset, "per_class_table": per_class,
-              "notes": notes_md, "methods": rows, "figures": figures}  # fmt: skip
+    report = {
+        "table": table,
+        "dataset": dataset,
+        "per_class_table": per_class,
+        "notes": notes_md,
+        "methods": rows,
+        "figures": figures,
+    }
     with open(os.path.join(out_dir, "report.json"), "w") as f:
         json.dump(_finite(report), f, indent=2)
     return report
@@ -635,8 +708,11 @@ def main(argv: Sequence[str] | None = None) -> dict:
     parser.add_argument("workdirs", nargs="+", help="finished (or partly finished) workdirs")
     parser.add_argument("--out", default="reports", help="output folder (default: reports)")
     parser.add_argument("--labels", default=None, help="comma-separated, one per workdir")
-    parser.add_argument("--by_dataset", action="store_true",
-                        help="one report per dataset, in OUT/<n>_<dataset name>")  # fmt: skip
+    parser.add_argument(
+        "--by_dataset",
+        action="store_true",
+        help="one report per dataset, in OUT/<n>_<dataset name>",
+    )
     args = parser.parse_args(argv)
     try:
         return _run(parser, args)
@@ -651,8 +727,10 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> dict:
         if labels:
             parser.error("--labels and --by_dataset do not combine: report each dataset alone.")
         groups = split_by_dataset(args.workdirs)
-        return {d: _report_and_print(w, _dataset_dir(args.out, i, d), None)
-                for i, (d, w) in enumerate(groups.items())}  # fmt: skip
+        return {
+            d: _report_and_print(w, _dataset_dir(args.out, i, d), None)
+            for i, (d, w) in enumerate(groups.items())
+        }
     return _report_and_print(args.workdirs, args.out, labels)
 
 

@@ -35,9 +35,12 @@ def init_distributed(
         )
     logging.info(
         "process %d/%d, %d local / %d global devices: %s",
-        jax.process_index(), jax.process_count(), jax.local_device_count(), jax.device_count(),
+        jax.process_index(),
+        jax.process_count(),
+        jax.local_device_count(),
+        jax.device_count(),
         jax.devices()[0].device_kind,
-    )  # fmt: skip
+    )
 
 
 def make_mesh(num_devices: int | None = None) -> Mesh:
@@ -57,12 +60,6 @@ def batch_sharded(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, P(DATA_AXIS))
 
 
-def check_batch_size(batch_size: int, mesh: Mesh, what: str = "batch_size") -> None:
-    n = mesh.devices.size
-    if batch_size % n:
-        raise ValueError(f"{what}={batch_size} is not divisible by the {n} devices of the mesh.")
-
-
 def put_batch_sharded(mesh: Mesh, x: np.ndarray) -> jax.Array:
     """A host array (the same on every process) as a global array, batch axis over ``data``.
 
@@ -76,8 +73,11 @@ def _to_host_if_process_local(x):
     # A jax.Array committed to this process's devices (e.g. restored from a checkpoint) cannot
     # be device_put onto devices of other processes (CPU and GPU have no cross-host transfers);
     # its host copy can, since every process holds the same value. PRNG key arrays stay.
-    if (isinstance(x, jax.Array) and x.is_fully_addressable
-            and not jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)):  # fmt: skip
+    if (
+        isinstance(x, jax.Array)
+        and x.is_fully_addressable
+        and not jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)
+    ):
         return np.asarray(x)
     return x
 

@@ -32,7 +32,7 @@ DEADLINE_ENV = "LTR_DEADLINE_UNIX"
 _SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
-class Stopped(Exception):  # noqa: N818 - a request, not an error
+class Stopped(Exception):
     """A run stopped cleanly at ``step`` of ``stage`` (checkpoint saved) for ``reason``;
     ``step`` None: before ``stage`` (re)started."""
 
@@ -66,19 +66,19 @@ def _wall_clock() -> float:
 
 def _allgather_flags(flags: np.ndarray) -> np.ndarray:
     """[num_processes, len(flags)] flags of every process."""
-    from jax.experimental import multihost_utils  # noqa: PLC0415 - multi-process only
+    from jax.experimental import multihost_utils
 
     return np.asarray(multihost_utils.process_allgather(flags))
 
 
 def _preemption_reached(step: int) -> bool:
     """True on every process at the sync step after a preemption notice (TPU / Cloud)."""
-    from jax._src import distributed  # noqa: PLC0415 - no public "is the service on?" check
+    from jax._src import distributed
 
     state = distributed.global_state
     if state.client is None or state.preemption_sync_manager is None:
         return False
-    from jax.experimental import multihost_utils  # noqa: PLC0415
+    from jax.experimental import multihost_utils
 
     return multihost_utils.reached_preemption_sync_point(step)
 

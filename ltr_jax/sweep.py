@@ -16,11 +16,20 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from absl import flags
 from ml_collections import FrozenConfigDict, config_flags
 
-from ltr_jax import pipeline
+from ltr_jax import pipeline, validation
+
+USAGE_ERROR = 2  # exit code of a user error, as run.py's
+
+
+def _fail(message: object) -> NoReturn:
+    """Exits with one ``sweep:`` line on stderr and exit code 2 (a user error)."""
+    sys.stderr.write(f"sweep: {' '.join(str(message).split())}\n")
+    sys.exit(USAGE_ERROR)
 
 
 def seed_workdir(workdir_root: str, seed: int) -> str:
@@ -55,25 +64,30 @@ def run_sweep(
 def _parse(argv: Sequence[str]) -> flags.FlagValues:
     """Parses the command line into its own FlagValues (no global flags are defined)."""
     fv, argv = flags.FlagValues(), list(argv)
-    config_flags.DEFINE_config_file("config", None, "Experiment config file.", flag_values=fv,
-                                    lock_config=True, sys_argv=argv)  # fmt: skip
+    config_flags.DEFINE_config_file(
+        "config", None, "Experiment config file.", flag_values=fv, lock_config=True, sys_argv=argv
+    )
     flags.DEFINE_integer("seeds", 3, "Runs seeds 0..seeds-1.", lower_bound=1, flag_values=fv)
     flags.DEFINE_string("workdir_root", None, "Folder of the seed_<i> workdirs.", flag_values=fv)
-    flags.DEFINE_list("stages", None, "Only these stages (default: config.pipeline).",
-                      flag_values=fv)  # fmt: skip
+    flags.DEFINE_list(
+        "stages", None, "Only these stages (default: config.pipeline).", flag_values=fv
+    )
     try:
         fv(argv)
     except (flags.Error, AttributeError, KeyError) as e:  # a misspelt --config.* override
-        sys.exit(f"sweep: {e}")
+        _fail(e)
     if fv.config is None or fv.workdir_root is None:
-        sys.exit("sweep: --config and --workdir_root are required.")
+        _fail("--config and --workdir_root are required.")
     return fv
 
 
 def _summary_line(seed: int, stage_results: dict[str, dict]) -> str:
     cells = [f"seed {seed}:"]
-    cells += [f"{name} top1={res['top1']:.2f}" for name, res in stage_results.items()
-              if res.get("top1") is not None]  # fmt: skip
+    cells += [
+        f"{name} top1={res['top1']:.2f}"
+        for name, res in stage_results.items()
+        if res.get("top1") is not None
+    ]
     return " ".join(cells)
 
 
@@ -81,7 +95,10 @@ def main(argv: Sequence[str] | None = None) -> dict[int, dict[str, dict]]:
     """The command line: ``argv`` as ``sys.argv`` (program name first)."""
     fv = _parse(sys.argv if argv is None else argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    results = run_sweep(fv.config, fv.seeds, fv.workdir_root, fv.stages)
+    try:
+        results = run_sweep(fv.config, fv.seeds, fv.workdir_root, fv.stages)
+    except validation.ConfigError as e:  # checked before any seed trains: one line, no traceback
+        _fail(f"{type(e).__name__}: {e}")
     for seed, stage_results in results.items():
         print(_summary_line(seed, stage_results))
     print(f"Report: python -m ltr_jax.report {seed_workdir(fv.workdir_root, '*')}")

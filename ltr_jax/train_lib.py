@@ -1,18 +1,19 @@
 """The one training loop: train state, optimizer, a jitted step builder and a resumable loop.
 
-A stage supplies a model, an optimizer config, ``batch_fn(data, state) -> batch`` (runs inside
-the step, on device) and ``loss_fn(model, batch, key) -> (loss, metrics)``. Randomness of step t
-is ``fold_in(root_key, t)`` and the data order is a pure function of the step, so the state
-below is all a resumed run needs.
+Every stage declares a `TrainSetup` (model, trainable filter, optimiser section, batch size,
+examples, sampling, augmentation, loss, evaluator, hooks); `fit` builds its feed and jitted
+step and runs the one resumable loop. Randomness of step t is ``fold_in(root_key, t)`` and the
+data order is a pure function of the step, so the state below is all a resumed run needs.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import flax
@@ -35,7 +36,9 @@ class TrainState:
     batch_stats: Any  # nnx.BatchStat state
     frozen: Any  # every other variable (e.g. a frozen encoder)
     opt_state: Any
-    extra: Any = None  # stage-specific state, e.g. the current IP-DPP selection
+    # int32 [n] training positions of the current subset (the probe's balanced subset, the
+    # current IP-DPP draw), which `inputs.Sampling(subset_size=n)` samples from; or None.
+    subset: Any = None
 
 
 def steps_per_epoch(num_examples: int, batch_size: int) -> int:
@@ -48,6 +51,24 @@ def steps_per_epoch(num_examples: int, batch_size: int) -> int:
 def scaled_learning_rate(optim_config, batch_size: int) -> float:
     """Peak learning rate ``lr * batch_size / lr_base_batch`` (linear scaling rule)."""
     return optim_config.lr * batch_size / optim_config.lr_base_batch
+
+
+def _adamw(schedule, optim_config) -> optax.GradientTransformation:
+    wd = optim_config.weight_decay
+    return optax.adamw(
+        schedule, optim_config.b1, optim_config.b2, weight_decay=wd, mask=param_groups.decay_mask
+    )
+
+
+def _sgd(schedule, optim_config) -> optax.GradientTransformation:
+    return optax.chain(
+        optax.add_decayed_weights(optim_config.weight_decay, mask=param_groups.decay_mask),
+        optax.sgd(schedule, momentum=optim_config.momentum, nesterov=optim_config.nesterov),
+    )
+
+
+# optim.name -> builder(schedule, optim section): the optimiser before clipping / layer decay.
+OPTIMIZERS: dict[str, Callable] = {"adamw": _adamw, "sgd": _sgd}
 
 
 def make_optimizer(optim_config, *, batch_size: int, num_steps: int, steps_per_epoch: int):
@@ -64,17 +85,10 @@ def make_optimizer(optim_config, *, batch_size: int, num_steps: int, steps_per_e
     peak = scaled_learning_rate(optim_config, batch_size)
     warmup = min(int(optim_config.warmup_epochs * steps_per_epoch), max(num_steps - 1, 0))
     schedule = optax.warmup_cosine_decay_schedule(0.0, peak, warmup, max(num_steps, 1), 0.0)
-    wd = optim_config.weight_decay
-    if optim_config.name == "adamw":
-        tx = optax.adamw(schedule, optim_config.b1, optim_config.b2, weight_decay=wd,
-                         mask=param_groups.decay_mask)  # fmt: skip
-    elif optim_config.name == "sgd":
-        tx = optax.chain(
-            optax.add_decayed_weights(wd, mask=param_groups.decay_mask),
-            optax.sgd(schedule, momentum=optim_config.momentum, nesterov=optim_config.nesterov),
-        )
-    else:
-        raise ValueError(f"Unknown optim.name {optim_config.name!r}; valid: adamw, sgd.")
+    if optim_config.name not in OPTIMIZERS:
+        valid = ", ".join(OPTIMIZERS)
+        raise ValueError(f"Unknown optim.name {optim_config.name!r}; valid: {valid}.")
+    tx = OPTIMIZERS[optim_config.name](schedule, optim_config)
     return _with_clip_and_layer_decay(tx, optim_config), schedule
 
 
@@ -104,13 +118,17 @@ def split_model(model: nnx.Module, trainable=nnx.Param):
     return nnx.split(model, trainable, nnx.BatchStat, ...)
 
 
-def init_train_state(model: nnx.Module, tx, trainable=nnx.Param, extra=None):
-    """Returns (graphdef, TrainState at step 0)."""
+def init_train_state(model: nnx.Module, tx, trainable=nnx.Param, subset=None):
+    """Returns (graphdef, TrainState at step 0); ``subset``: positions of the training subset."""
     graphdef, params, batch_stats, frozen = split_model(model, trainable)
     state = TrainState(
-        step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats, frozen=frozen,
-        opt_state=tx.init(params), extra=extra,
-    )  # fmt: skip
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        batch_stats=batch_stats,
+        frozen=frozen,
+        opt_state=tx.init(params),
+        subset=subset,
+    )
     return graphdef, state
 
 
@@ -121,13 +139,14 @@ def merge_model(graphdef, state: TrainState) -> nnx.Module:
 def make_train_step(graphdef, tx, batch_fn: Callable, loss_fn: Callable, mesh):
     """Builds ``train_step(state, data, root_key) -> (state, metrics)``, jitted, state donated.
 
-    ``batch_fn(data, state)`` selects and shards the batch on device; ``loss_fn(model, batch,
-    key)`` returns (scalar loss, dict of scalar metrics). State and metrics are replicated.
+    ``batch_fn(data, state)`` selects and shards the batch (a dict) on device, to which the
+    step adds ``step``; ``loss_fn(model, batch, key)`` returns (scalar loss, dict of scalar
+    metrics). State and metrics are replicated.
     """
 
     def train_step(state: TrainState, data, root_key):
         key = jax.random.fold_in(root_key, state.step)
-        batch = batch_fn(data, state)
+        batch = dict(batch_fn(data, state), step=state.step)  # the step, for losses that need it
 
         def objective(params, batch_stats):
             # Batch stats are differentiated too (their gradient is zero and dropped): NNX may
@@ -151,72 +170,231 @@ def make_train_step(graphdef, tx, batch_fn: Callable, loss_fn: Callable, mesh):
     return jax.jit(train_step, donate_argnums=(0,), out_shardings=(rep, rep))
 
 
+@dataclasses.dataclass(frozen=True)
+class Hook:
+    """Host work a loop does between steps, at the steps where ``due(step)`` is true.
+
+    ``before_step``: ``fn(step, state) -> state`` runs before step ``step`` (e.g. a new
+    IP-DPP draw); it must be a pure function of (step, state) for resumes to be exact. A
+    state whose ``subset`` (the training subset) it replaced starts the feed on the new subset.
+    Otherwise ``fn(done, state) -> dict | None`` runs after the step that makes ``done``
+    steps, and a returned dict is written to WORKDIR/metrics.jsonl at step ``done``.
+    """
+
+    due: Callable[[int], bool]
+    fn: Callable
+    before_step: bool = False
+
+
+def every(n: int, fn: Callable, *, before_step: bool = False, skip: int | None = None) -> Hook:
+    """A hook due every ``n`` steps (``n`` <= 0: never), except at step ``skip``."""
+    return Hook(lambda s: n > 0 and s % n == 0 and s != skip, fn, before_step)
+
+
+def at_steps(steps, fn: Callable, *, before_step: bool = True) -> Hook:
+    """A hook due at each of ``steps`` (before them, by default)."""
+    steps = frozenset(int(s) for s in steps)
+    return Hook(steps.__contains__, fn, before_step)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainSetup:
+    """What a stage trains, declared (``make_setup`` of every stage); `fit` runs it.
+
+    Attributes:
+      stage: the stage name (checkpoints, metrics and exports go to WORKDIR/<stage>).
+      model: the model at initialisation (only variables matching ``trainable`` are trained).
+      optim: the stage's optimiser section (``<stage>.optim``).
+      batch_size: global batch size.
+      epochs: epochs to train.
+      num_examples: examples one epoch draws from (sets the steps per epoch).
+      input: a data input (``train_feed(sampling, augment=, strength=, num_views=)``).
+      sampler: ``uniform`` or ``class_balanced`` over the input's training set; over
+        ``subset`` when one is given (uniform only).
+      loss: ``loss(model, batch, key, view) -> (scalar loss, metrics)``, where
+        ``view(key, batch, v)`` is augmented view ``v`` of the batch.
+      key: the stage's key; sampling, the steps' randomness and hooks derive from it.
+      augment, augment_strength, num_views: the training augmentation.
+      trainable: the filter of trained variables.
+      subset: int32 positions the stage trains on at step 0 (its `TrainState.subset`), or None.
+      drop_last: False keeps each epoch's last partial batch (uniform sampling over a subset
+        or over features: ``sampler.epoch_batch``), its padding rows weighted 0 in
+        ``batch["weights"]``, which the loss must honour.
+      evaluate: ``evaluate(state) -> metrics`` of the test set, or None.
+      eval_every_steps: evaluation period in steps (None: ``train.eval_every_epochs``).
+      hooks: extra hooks (e.g. re-draws of ``subset``).
+    """
+
+    stage: str
+    model: nnx.Module
+    optim: Any
+    batch_size: int
+    epochs: int
+    num_examples: int
+    input: Any
+    sampler: str
+    loss: Callable
+    key: jax.Array
+    augment: str = "none"
+    augment_strength: float = 1.0
+    num_views: int = 1
+    trainable: Any = nnx.Param
+    subset: np.ndarray | None = None
+    drop_last: bool = True
+    evaluate: Callable[[TrainState], dict] | None = None
+    eval_every_steps: int | None = None
+    hooks: tuple[Hook, ...] = ()
+
+    @property
+    def steps_per_epoch(self) -> int:
+        from ltr_jax.data import sampler
+
+        return sampler.steps_per_epoch(self.num_examples, self.batch_size, self.drop_last)
+
+    @property
+    def num_steps(self) -> int:
+        return self.epochs * self.steps_per_epoch
+
+
+@dataclasses.dataclass
+class Loop:
+    """A `TrainSetup` made concrete: its jitted step, initial state, feed and schedule."""
+
+    setup: TrainSetup
+    graphdef: Any
+    state: TrainState
+    train_step: Callable
+    feed: Any
+    schedule: Callable
+    root_key: jax.Array
+
+    def close(self) -> None:
+        """Stops the feed's decoding workers (streamed inputs)."""
+        self.feed.close()
+
+
+def build(setup: TrainSetup, mesh) -> Loop:
+    """The optimiser, initial state (replicated on ``mesh``), feed and jitted step of a setup.
+
+    Benchmarks time ``loop.train_step`` over ``loop.feed.data(step, state)``: exactly what a
+    run executes.
+    """
+    # Imported here: `ltr_jax.data.inputs` imports this module for `apply_in_batches`.
+    from ltr_jax.data import inputs
+
+    spe = setup.steps_per_epoch
+    tx, schedule = make_optimizer(
+        setup.optim, batch_size=setup.batch_size, num_steps=setup.num_steps, steps_per_epoch=spe
+    )
+    subset = None if setup.subset is None else np.asarray(setup.subset, np.int32)
+    graphdef, state = init_train_state(setup.model, tx, setup.trainable, subset=subset)
+    size = None if subset is None else len(subset)
+    sampling = inputs.Sampling(
+        setup.sampler,
+        jax.random.fold_in(setup.key, 1),
+        setup.batch_size,
+        subset_size=size,
+        drop_last=setup.drop_last,
+    )
+    feed = setup.input.train_feed(
+        sampling, augment=setup.augment, strength=setup.augment_strength, num_views=setup.num_views
+    )  # a streamed feed reads its subset from the state it is handed (a resume's too)
+    loss = lambda model, batch, key: setup.loss(model, batch, key, feed.view)
+    train_step = make_train_step(graphdef, tx, feed.batch_fn, loss, mesh)
+    state = runtime.put_replicated(mesh, state)
+    root_key = jax.random.fold_in(setup.key, 2)
+    return Loop(setup, graphdef, state, train_step, feed, schedule, root_key)
+
+
+def fit(
+    setup: TrainSetup, *, workdir: str, mesh, train_config, stopper: stopping.Stopper | None = None
+) -> tuple[TrainState, Any]:
+    """Trains a stage's setup to its last step, resuming from its latest checkpoint.
+
+    Evaluates (``setup.evaluate``) every ``eval_every_steps`` but not at the last step, which
+    the caller evaluates.
+
+    Returns:
+      (final state, replicated on ``mesh``; graphdef): ``merge_model(graphdef,
+      jax.device_get(state))`` is the trained model.
+    """
+    loop = build(setup, mesh)
+    num_steps = setup.num_steps
+    hooks = list(setup.hooks)
+    if setup.evaluate is not None:
+        period = setup.eval_every_steps
+        if period is None:
+            period = int(train_config.eval_every_epochs * setup.steps_per_epoch)
+        report = lambda done, state: {f"eval_{k}": v for k, v in setup.evaluate(state).items()}
+        hooks.append(every(period, report, skip=num_steps))
+    try:  # a clean stop (stopping.Stopped) must stop the decoding workers too
+        state = run_loop(
+            loop, workdir=workdir, train_config=train_config, hooks=hooks, stopper=stopper
+        )
+    finally:
+        loop.close()
+    return state, loop.graphdef
+
+
 def run_loop(
+    loop: Loop,
     *,
-    stage: str,
     workdir: str,
-    state: TrainState,
-    train_step: Callable,
-    data: Callable[[int, TrainState], Any],
-    root_key: jax.Array,
-    num_steps: int,
-    steps_per_epoch: int,
-    images_per_step: int,
     train_config,
-    schedule: Callable | None = None,
-    evaluate: Callable[[TrainState], dict] | None = None,
-    before_step: Callable[[int, TrainState], TrainState] | None = None,
-    eval_every_steps: int | None = None,
+    hooks: Sequence[Hook] = (),
     stopper: stopping.Stopper | None = None,
 ) -> TrainState:
-    """Runs ``train_step`` until ``num_steps``, resuming from the stage's latest checkpoint.
+    """Runs ``loop.train_step`` to the setup's last step, resuming from the latest checkpoint.
 
-    ``data(step, state)`` is the ``data`` argument of the step (the device-resident training
-    set, or the step's streamed batch). ``before_step(step, state)`` runs on the host before
-    each step (e.g. periodic IP-DPP
-    re-draws) and must be a pure function of (step, state) for resumes to be exact.
+    The step's ``data`` argument is ``loop.feed.data(step, state)`` (the device-resident
+    training set, or the step's streamed batch). Hooks run on the host (see `Hook`).
     Checkpoints go to WORKDIR/<stage>/checkpoints every ``train_config.checkpoint_every_steps``
     steps and every ``checkpoint_every_minutes`` (0 turns either off), at the end and at a
-    stop; metrics to WORKDIR/metrics.jsonl every ``log_every_steps``, and
-    ``evaluate(state)`` (prefixed ``eval_``) every ``eval_every_steps`` (default: every
-    ``train_config.eval_every_epochs``) and not at the last step, which the caller evaluates.
-    The loop's time is kept in WORKDIR/<stage>/loop.json (see :func:`loop_timing`).
+    stop; metrics to WORKDIR/metrics.jsonl every ``log_every_steps``. The loop's time is kept
+    in WORKDIR/<stage>/loop.json (see :func:`loop_timing`).
 
     Raises:
       stopping.Stopped: ``stopper`` (default: signals and ``$LTR_DEADLINE_UNIX``) asked for a
         stop; the checkpoint of the step reached is saved first.
+      DivergedError: a non-finite loss at a log step (``train.stop_on_nonfinite``).
     """
+    setup = loop.setup
+    stage, num_steps, spe = setup.stage, setup.num_steps, setup.steps_per_epoch
+    before = [h for h in hooks if h.before_step]
+    after = [h for h in hooks if not h.before_step]
     ckpt = checkpointing.Checkpointer(
         os.path.join(workdir, stage, "checkpoints"), max_to_keep=train_config.max_checkpoints
     )
-    state = ckpt.restore_latest(state)
+    state = ckpt.restore_latest(loop.state)
     start = int(jax.device_get(state.step))
     writer = writers.MetricWriter(workdir, stage, tensorboard=train_config.tensorboard)
     writer.truncate_after(start)
     if start:
         logging.info("%s: resumed from step %d of %d.", stage, start, num_steps)
-    clock = _LoopClock(workdir, stage, start, images_per_step)
-    progress = writers.Progress(num_steps, start, stage, images_per_step)
+    clock = _LoopClock(workdir, stage, start, setup.batch_size)
+    progress = writers.Progress(num_steps, start, stage, setup.batch_size)
     stopper = stopper or stopping.Stopper.from_env(agree_every=train_config.log_every_steps)
     saver = _CheckpointCadence(train_config)
     guard = DivergenceGuard(stage, train_config)
-    eval_every = eval_every_steps or int(train_config.eval_every_epochs * steps_per_epoch)
     with stopper.signals():
         try:
             for step in range(start, num_steps):
-                if before_step is not None:
-                    state = before_step(step, state)
-                state, metrics = train_step(state, data(step, state), root_key)
+                for hook in before:
+                    if hook.due(step):
+                        subset, state = state.subset, hook.fn(step, state)
+                        if state.subset is not subset:  # a new training subset from this step
+                            loop.feed.set_population(runtime.to_host(state.subset), step)
+                state, metrics = loop.train_step(state, loop.feed.data(step, state), loop.root_key)
                 done = step + 1
                 if done % train_config.log_every_steps == 0 or done == num_steps:
-                    host = _host_metrics(metrics, done, steps_per_epoch, schedule)
+                    host = _host_metrics(metrics, done, spe, loop.schedule)
                     host["images_per_s"] = progress.update(done, host)
                     writer.write(done, host)
                     if (diverged := guard.check(done, host["loss"], ckpt)) is not None:
                         raise diverged
-                if evaluate is not None and eval_every and done % eval_every == 0:
-                    if done < num_steps:  # the caller evaluates the last step
-                        writer.write(done, {f"eval_{k}": v for k, v in evaluate(state).items()})
+                for hook in after:
+                    if hook.due(done) and (logged := hook.fn(done, state)):
+                        writer.write(done, logged)
                 # Step multiples are the same on every process; time is agreed by the stopper.
                 reason, save = stopper.poll(done, saver.time_due())
                 if save or saver.steps_due(done) or reason is not None or done == num_steps:
@@ -224,8 +402,13 @@ def run_loop(
                     clock.save(done)
                     saver.saved()
                 if reason is not None and done < num_steps:
-                    logging.warning("%s: stopped at step %d of %d (%s); checkpoint saved.",
-                                    stage, done, num_steps, reason)  # fmt: skip
+                    logging.warning(
+                        "%s: stopped at step %d of %d (%s); checkpoint saved.",
+                        stage,
+                        done,
+                        num_steps,
+                        reason,
+                    )
                     raise stopping.Stopped(stage, done, reason)
         finally:
             ckpt.close()
@@ -281,10 +464,16 @@ class _LoopClock:
         if jax.process_index() != 0:
             return
         this_run = time.perf_counter() - self.began
-        writers.write_json(self.path, dict(
-            step=step, loop_s=self.before + this_run, this_process_s=this_run,
-            processes=self.processes + 1, images_per_step=self.images_per_step,
-        ))  # fmt: skip
+        writers.write_json(
+            self.path,
+            dict(
+                step=step,
+                loop_s=self.before + this_run,
+                this_process_s=this_run,
+                processes=self.processes + 1,
+                images_per_step=self.images_per_step,
+            ),
+        )
 
 
 def loop_timing(workdir: str, stage: str) -> dict | None:
@@ -297,10 +486,12 @@ def loop_timing(workdir: str, stage: str) -> dict | None:
         return None
     images = record["step"] * record["images_per_step"]
     return dict(
-        steps=record["step"], loop_s=round(record["loop_s"], 3),
-        last_process_loop_s=round(record["this_process_s"], 3), processes=record["processes"],
+        steps=record["step"],
+        loop_s=round(record["loop_s"], 3),
+        last_process_loop_s=round(record["this_process_s"], 3),
+        processes=record["processes"],
         images_per_s=round(images / max(record["loop_s"], 1e-9), 1),
-    )  # fmt: skip
+    )
 
 
 class DivergedError(RuntimeError):

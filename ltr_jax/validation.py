@@ -1,19 +1,23 @@
-"""Validates a whole run before anything trains: one table of per-key checks.
+"""Validates a whole run before anything trains: tables of per-key checks.
 
-``CHECKS`` maps a dotted config key to the check of its value: a function returning the valid
-choices of a string switch, or a ``(predicate, requirement)`` pair for a number. A key is
-checked only when the config has it (so a key added by another feature is checked once it
-exists) and only when its section is used by a requested stage (``data``, ``model`` and
-``train`` always). Every error is one line naming the key, the bad value and the valid ones.
+A check table maps a config key to the check of its value: a function returning the valid
+choices of a string switch (a registry: its keys), or a ``(predicate, requirement)`` pair for
+a number. `CHECKS` covers ``data``, ``model`` and ``train``; each stage module declares the
+table of its own section and a ``validate(config)`` that adds its invariants, and
+`ltr_jax.pipeline.validate` runs them all for the requested stages. A key is checked only
+when the config has it (so a key added by another feature is checked once it exists). Every
+error is one line naming the key, the bad value and the valid ones.
 """
 
 from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import numpy as np
+
+from ltr_jax import config_lib
 
 
 class ConfigError(ValueError):
@@ -21,70 +25,31 @@ class ConfigError(ValueError):
 
 
 def _optim_names():
-    return ("adamw", "sgd")
+    from ltr_jax import train_lib
+
+    return tuple(train_lib.OPTIMIZERS)
 
 
 def _encoders():
-    from ltr_jax.models import registry  # noqa: PLC0415
+    from ltr_jax.models import registry
 
     return tuple(sorted(registry.ENCODERS))
 
 
 def _dtypes():
-    from ltr_jax.models import registry  # noqa: PLC0415
+    from ltr_jax.models import registry
 
     return tuple(registry.DTYPES)
 
 
-def _heads():
-    from ltr_jax.models import registry  # noqa: PLC0415
-
-    return tuple(registry.HEADS)
-
-
-def _samplers():
-    from ltr_jax.data import sampler  # noqa: PLC0415
-
-    return sampler.SAMPLERS
-
-
-def _augments():
-    from ltr_jax.data import inputs  # noqa: PLC0415
-
-    return inputs.AUGMENTS
-
-
 def _formats():
-    from ltr_jax.data import inputs  # noqa: PLC0415
+    from ltr_jax.data import inputs
 
     return inputs.FORMATS
 
 
-def _class_losses():
-    from ltr_jax.losses import classification  # noqa: PLC0415
-
-    return classification.LOSSES
-
-
-def _stage1_losses():
-    from ltr_jax.stages import representation  # noqa: PLC0415
-
-    return representation.LOSSES
-
-
-def _bns_forms():
-    from ltr_jax.losses import bns  # noqa: PLC0415
-
-    return bns.FORMS
-
-
-def _dpp_methods():
-    from ltr_jax.dpp import sampling  # noqa: PLC0415
-
-    return sampling.METHODS
-
-
-def _fixed(*values):
+def choices(*values):
+    """The check of a switch whose valid values are ``values``."""
     return lambda: values
 
 
@@ -92,74 +57,48 @@ def _positive(x) -> bool:
     return x > 0 and math.isfinite(x)
 
 
-def _at_least(low):
+def at_least(low):
+    """A finite number >= ``low`` (pair it with its requirement, e.g. ``NON_NEG``)."""
     return lambda x: x >= low and math.isfinite(x)
 
 
-_POSITIVE = (_positive, "a finite number > 0")
-_POS_INT = (lambda x: x >= 1, "an integer >= 1")
-_NON_NEG = (_at_least(0), "a finite number >= 0")
+POSITIVE = (_positive, "a finite number > 0")
+POS_INT = (lambda x: x >= 1, "an integer >= 1")
+NON_NEG = (at_least(0), "a finite number >= 0")
 
 # Keys of every stage section's optimiser (``<section>.optim.<key>``).
 _OPTIM: dict[str, object] = {
     "name": _optim_names,
-    "lr": _NON_NEG,
-    "lr_base_batch": _POS_INT,
-    "weight_decay": _NON_NEG,
-    "warmup_epochs": _NON_NEG,
+    "lr": NON_NEG,
+    "lr_base_batch": POS_INT,
+    "weight_decay": NON_NEG,
+    "warmup_epochs": NON_NEG,
     "layer_decay": ((lambda x: 0 < x <= 1), "in (0, 1]"),
-    "clip_grad_norm": _NON_NEG,
+    "clip_grad_norm": NON_NEG,
 }
 
 # Keys of every stage section (``<section>.<key>``) that share a meaning.
-_STAGE_COMMON: dict[str, object] = {"epochs": _POS_INT, "batch_size": _POS_INT}
+_STAGE_COMMON: dict[str, object] = {"epochs": POS_INT, "batch_size": POS_INT}
 
 # Dotted key -> check. Extend here when adding a switch or a number with a valid range.
 CHECKS: dict[str, object] = {
     "data.format": _formats,
-    "data.imbalance_factor": (_at_least(1), "a finite number >= 1 (1: balanced)"),
-    "data.many_threshold": _NON_NEG,
-    "data.few_threshold": _NON_NEG,
-    "data.max_per_class": _NON_NEG,
+    "data.imbalance_factor": (at_least(1), "a finite number >= 1 (1: balanced)"),
+    "data.many_threshold": NON_NEG,
+    "data.few_threshold": NON_NEG,
+    "data.max_per_class": NON_NEG,
     "model.encoder": _encoders,
     "model.dtype": _dtypes,
-    "model.init": _fixed("flax", "torch"),
-    "model.init_format": _fixed("auto", "timm", "big_vision"),
-    "train.log_every_steps": _POS_INT,
-    "train.eval_every_epochs": _NON_NEG,
-    "train.checkpoint_every_steps": _NON_NEG,
-    "train.checkpoint_every_minutes": _NON_NEG,
-    "train.max_checkpoints": _POS_INT,
-    "train.eval_batch_size": _POS_INT,
-    "train.stop_on_nonfinite": _fixed(True, False),
-    "ce.sampler": _samplers,
-    "ce.augment": _augments,
-    "ce.loss": _class_losses,
-    "ce.head": _heads,
-    "stage1.loss": _stage1_losses,
-    "stage1.bns.form": _bns_forms,
-    "stage1.views_through_bn": _fixed("joint", "separate"),
-    "probe.encoder_from": _fixed("stage1", "random"),
-    "probe.per_class": _POS_INT,
-    "probe.augment": _fixed("none", "simclr"),
-    "probe.encoder_bn": _fixed("eval", "train"),
-    "crt.sampler": _samplers,
-    "stage2.head_init": _fixed("probe", "random"),
-    "stage2.train": _fixed("all", "head"),
-    "stage2.p_source": _fixed("clean", "augmented"),
-    "stage2.sampler": _dpp_methods,
-    "stage2.kernel_scale": _fixed("paper", "reference"),
-    "stage2.k_per_class": (_at_least(0), "an integer >= 0 (0: 10 x the smallest class)"),
-    "stage2.redraw_every_epochs": _POS_INT,
-    "stage2.redraw_rule": _fixed("every", "reference"),
-    "stage2.augment": _augments,
-}
-
-# The earlier stage whose exported modules a stage loads (None: it needs none).
-_NEEDS: dict[str, Callable[[object], tuple[str, ...]]] = {
-    "probe": lambda c: ("stage1",) if c.probe.encoder_from == "stage1" else (),
-    "stage2": lambda c: ("stage1", "probe") if c.stage2.head_init == "probe" else ("stage1",),
-    "crt": lambda c: ("ce",),
+    "model.init": choices("flax", "torch"),
+    "model.bn_running_var": choices("biased", "unbiased"),
+    "model.init_format": choices("auto", "timm", "big_vision"),
+    "train.log_every_steps": POS_INT,
+    "train.eval_every_epochs": NON_NEG,
+    "train.checkpoint_every_steps": NON_NEG,
+    "train.checkpoint_every_minutes": NON_NEG,
+    "train.max_checkpoints": POS_INT,
+    "train.eval_batch_size": POS_INT,
+    "train.stop_on_nonfinite": choices(True, False),
 }
 
 
@@ -188,27 +127,33 @@ def check_value(key: str, value, check) -> None:
         raise ConfigError(f"Unknown config.{key} {value!r}; valid: {', '.join(map(str, valid))}.")
 
 
-def _stage_checks(section: str) -> dict[str, object]:
-    checks = {f"{section}.{k}": c for k, c in _STAGE_COMMON.items()}
-    checks.update({f"{section}.optim.{k}": c for k, c in _OPTIM.items()})
-    return checks
+def check_section(config, section: str, checks: dict[str, object] | None = None) -> None:
+    """Checks the keys of one config section that the config has.
 
-
-def check_section(config, section: str) -> None:
-    """Checks the keys of one config section (a stage's own check, when run on its own).
+    Args:
+      config: the run's config.
+      section: ``data``, ``model``, ``train`` (checked by `CHECKS`) or a stage's section.
+      checks: a stage's own table (keys relative to its section, e.g. ``"bns.form"``); its
+        ``epochs``, ``batch_size`` and ``optim.*`` are checked too.
 
     Raises:
       ConfigError: the first invalid value, in one line.
     """
-    checks = {**CHECKS, **_stage_checks(section)}
-    for key, check in checks.items():
+    if checks is None:
+        table = {k: c for k, c in CHECKS.items() if k.split(".")[0] == section}
+    else:
+        table = {f"{section}.{k}": c for k, c in _STAGE_COMMON.items()}
+        table.update({f"{section}.optim.{k}": c for k, c in _OPTIM.items()})
+        table.update({f"{section}.{k}": c for k, c in checks.items()})
+    for key, check in table.items():
         value = _get(config, key)
-        if key.split(".")[0] == section and value is not _MISSING:
+        if value is not _MISSING:
             check_value(key, value, check)
 
 
 def validate(config, stages: Sequence[str], num_devices: int) -> None:
-    """Checks the data config and every requested stage's section, before anything runs.
+    """Checks the data, model and train sections and the batch sizes of the requested stages
+    (each stage checks its own section: ``validate`` of its module, see `ltr_jax.pipeline`).
 
     Args:
       config: the run's (frozen) config.
@@ -218,22 +163,28 @@ def validate(config, stages: Sequence[str], num_devices: int) -> None:
     Raises:
       ConfigError: the first invalid value, in one line.
     """
-    from ltr_jax.data import datasets  # noqa: PLC0415
+    from ltr_jax.data import datasets
 
     try:
         datasets.lookup(config.data.name)
     except ValueError as e:
         raise ConfigError(f"config.data.name: {e}") from None
-    for section in ("data", "model", "train", *stages):
+    for section in ("data", "model", "train"):
         check_section(config, section)
     if "checkpoint_every_minutes" not in config.train:  # steps are then the only cadence
-        check_value("train.checkpoint_every_steps", config.train.checkpoint_every_steps, _POS_INT)
+        check_value("train.checkpoint_every_steps", config.train.checkpoint_every_steps, POS_INT)
     data = config.data
     if data.few_threshold > data.many_threshold:
         raise ConfigError(
             f"config.data.few_threshold={data.few_threshold} exceeds config.data.many_threshold="
             f"{data.many_threshold}: Few must lie below Many."
         )
+    for s in ("probe", "stage2"):  # a kept partial batch is weighted on device only
+        if s in stages and not config[s].drop_last and data.name in config_lib.STREAMED_DATASETS:
+            raise ConfigError(
+                f"config.{s}.drop_last=False needs in-memory data; {data.name} is streamed: "
+                f"set --config.{s}.drop_last=True."
+            )
     batches = {f"{s}.batch_size": config[s].batch_size for s in stages if "batch_size" in config[s]}
     batches["train.eval_batch_size"] = config.train.eval_batch_size
     for key, size in batches.items():
@@ -245,11 +196,18 @@ def validate(config, stages: Sequence[str], num_devices: int) -> None:
             )
 
 
-def check_earlier_stages(config, stages: Sequence[str], workdir: str) -> None:
-    """Refuses a stage whose earlier stage has neither finished nor been requested before it."""
+def check_earlier_stages(
+    stages: Sequence[str], needs: dict[str, tuple[str, ...]], workdir: str
+) -> None:
+    """Refuses a stage whose earlier stage has neither finished nor been requested before it.
+
+    Args:
+      stages: the requested stages, in order.
+      needs: the stages whose exported modules each requested stage loads.
+      workdir: the run's folder.
+    """
     for i, stage in enumerate(stages):
-        needs = _NEEDS.get(stage, lambda c: ())(config)
-        for need in needs:
+        for need in needs.get(stage, ()):
             done = os.path.exists(os.path.join(workdir, need, "results.json"))
             if not done and need not in stages[:i]:
                 raise ConfigError(

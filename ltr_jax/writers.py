@@ -141,9 +141,14 @@ class Progress:
         self._last_info = (step, now)
         logging.info(
             "%s: step %d/%d (%.1f%%), loss %s, %.1f images/s, ETA %s",
-            self.desc, step, self.total, 100.0 * step / max(self.total, 1),
-            "n/a" if loss is None else f"{loss:.4g}", speed, format_duration(eta),
-        )  # fmt: skip
+            self.desc,
+            step,
+            self.total,
+            100.0 * step / max(self.total, 1),
+            "n/a" if loss is None else f"{loss:.4g}",
+            speed,
+            format_duration(eta),
+        )
 
     def close(self) -> None:
         if self._bar is not None:

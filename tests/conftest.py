@@ -17,20 +17,27 @@ os.environ.setdefault(
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
-import jax  # noqa: E402
+import jax
 
 jax.config.update("jax_enable_x64", False)
 
 # The longest test files first: CI distributes whole files over 2 workers (--dist loadfile) in
 # collection order, and a long file picked up last leaves the other worker idle at the end.
 _LONGEST_FIRST = (
-    "test_multihost.py",
-    "test_user_data.py",
-    "test_transformer_pipeline.py",
-    "test_inputs.py",
-    "test_stopping.py",
     "test_parity.py",
+    "test_inputs.py",
+    "test_multihost.py",
+    "test_multihost_streamed.py",
+    "test_stopping.py",
     "test_baselines.py",
+    "test_parity_runs.py",
+    "test_transformer_pipeline.py",
+    "test_user_data.py",
+    "test_mixed_precision.py",
+    "test_stages.py",
+    "test_multihost_supervised.py",
+    "test_transformers.py",
+    "test_pipeline.py",
 )
 
 

@@ -33,8 +33,10 @@ def check_host_round_trips(mesh) -> None:
 
 def check_checkpoints(mesh, workdir: str) -> None:
     x = np.arange(24, dtype=np.float32).reshape(8, 3)
-    state = {"rep": runtime.put_replicated(mesh, np.arange(6.0)),
-             "shard": runtime.put_batch_sharded(mesh, x)}  # fmt: skip
+    state = {
+        "rep": runtime.put_replicated(mesh, np.arange(6.0)),
+        "shard": runtime.put_batch_sharded(mesh, x),
+    }
     ckpt = checkpointing.Checkpointer(os.path.join(workdir, "ckpt"))
     ckpt.save(3, state)
     ckpt.close()
@@ -62,8 +64,12 @@ def check_equality_check(process_id: int) -> None:
 
 
 def main(process_id: int, num_processes: int, port: int, workdir: str) -> None:
-    runtime.init_distributed(True, coordinator_address=f"localhost:{port}",
-                             num_processes=num_processes, process_id=process_id)  # fmt: skip
+    runtime.init_distributed(
+        True,
+        coordinator_address=f"localhost:{port}",
+        num_processes=num_processes,
+        process_id=process_id,
+    )
     assert jax.process_count() == num_processes
     mesh = runtime.make_mesh()
     check_host_round_trips(mesh)

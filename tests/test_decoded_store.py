@@ -68,12 +68,19 @@ def test_a_store_crop_matches_the_same_crop_of_the_jpeg(shape):
     ]:
         box = jnp.asarray([top, left, h, w], jnp.float32)
         ours = np.asarray(augment.resized_crop(augment.to_float(stored), box, (224, 224))) * 255
-        original_box = (left0 + left * scale, top0 + top * scale,
-                        left0 + (left + w) * scale, top0 + (top + h) * scale)  # fmt: skip
+        original_box = (
+            left0 + left * scale,
+            top0 + top * scale,
+            left0 + (left + w) * scale,
+            top0 + (top + h) * scale,
+        )
         theirs = full.resize((224, 224), Image.Resampling.BILINEAR, box=original_box)
         diff = np.abs(ours - np.asarray(theirs, np.float64))
         assert diff.mean() < FIDELITY_MEAN and np.percentile(diff, 99) < FIDELITY_P99, (
-            (top, left, h, w), diff.mean(), np.percentile(diff, 99))  # fmt: skip
+            (top, left, h, w),
+            diff.mean(),
+            np.percentile(diff, 99),
+        )
 
 
 def _encoded_split(n: int, seed: int = 0) -> synthetic_jpeg.EncodedSplit:
@@ -100,8 +107,7 @@ def test_preparation_resumes_after_a_kill_and_stores_each_image_decoded(tmp_path
     assert not decoded_store.is_complete(str(tmp_path))
     monkeypatch.setattr(decoded_store, "_decode_chunk", decode)
     calls = []
-    monkeypatch.setattr(decoded_store, "_decode_chunk",
-                        lambda *a: calls.append(a[1]) or decode(*a))  # fmt: skip
+    monkeypatch.setattr(decoded_store, "_decode_chunk", lambda *a: calls.append(a[1]) or decode(*a))
     decoded_store.prepare_store(str(tmp_path), {"train": split}, size=20, num_processes=1)
     assert calls == [8]  # only the chunk the kill interrupted
     store = decoded_store.open_store(str(tmp_path), 20)["train"]
@@ -212,4 +218,7 @@ def test_jpeg_draft_decodes_smaller_only_where_every_crop_allows():
         )
         diff = np.abs(full.astype(float) - drafted)
         assert 0 < diff.mean() < DRAFT_MEAN and np.percentile(diff, 99) < DRAFT_P99, (
-            seed, diff.mean(), np.percentile(diff, 99))  # fmt: skip
+            seed,
+            diff.mean(),
+            np.percentile(diff, 99),
+        )

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ltr_jax.data import image_lists, imagenet_lt
+from ltr_jax.data import image_lists, split_lists
 from ltr_jax.data.sources import DatasetNotFoundError, UnverifiedArchiveError
 
 WNIDS = ("n01000003", "n01000017", "n01000042", "n01000099")  # labels 0..3
@@ -261,7 +261,7 @@ def test_an_image_in_two_lists_is_read_twice(tmp_path, imagenet):
 
 def test_a_class_without_images_cannot_be_named(tmp_path, imagenet, monkeypatch):
     monkeypatch.setattr(image_lists.LtrImagenetLt, "NUM_CLASSES", len(WNIDS) + 1)
-    with pytest.raises(imagenet_lt.SplitListError, match="1 of the 5 labels have no image.*: 4"):
+    with pytest.raises(split_lists.SplitListError, match="1 of the 5 labels have no image.*: 4"):
         image_lists.load_image_list_dataset(_config(tmp_path))
 
 
@@ -314,7 +314,7 @@ def test_other_lists_than_the_prepared_ones_are_refused(tmp_path, imagenet):
 def test_list_paths_outside_the_image_folders_are_rejected(tmp_path, imagenet):
     lists = dict(imagenet["lists"], val=[("images/n01000003/x.JPEG", 0)])
     _write_lists(tmp_path / "lists", lists, image_lists.LtrImagenetLt.LISTS)
-    with pytest.raises(imagenet_lt.SplitListError, match="ImageNet_LT_val.txt.*'images'"):
+    with pytest.raises(split_lists.SplitListError, match="ImageNet_LT_val.txt.*'images'"):
         image_lists.load_image_list_dataset(_config(tmp_path))
 
 

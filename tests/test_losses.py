@@ -60,7 +60,7 @@ def _naive_cb_weights(beta):
 def test_losses_match_naive_loops(name, weighted):
     logits, labels = _batch(0, scale=0.5 if name == "ldam" else 3.0)  # LDAM: cosine-like logits
     weights = np.asarray(_naive_cb_weights(0.9999), np.float32) if weighted else None
-    loss = classification.make_classification_loss(name, COUNTS, tau=1.0)
+    loss = classification.make_classification_loss(name, COUNTS)
     got = loss(jnp.asarray(logits), jnp.asarray(labels), weights)
     assert got.dtype == jnp.float32 and got.shape == ()
     np.testing.assert_allclose(got, _naive_loss(name, logits, labels, weights), rtol=2e-5)
@@ -68,12 +68,12 @@ def test_losses_match_naive_loops(name, weighted):
 
 def test_logit_adjust_tau_and_ldam_options():
     logits, labels = _batch(1, scale=0.5)
-    la = classification.make_classification_loss("logit_adjust", COUNTS, tau=2.0)
+    la = classification.make_classification_loss("logit_adjust", COUNTS, {"tau": 2.0})
     np.testing.assert_allclose(
         la(logits, labels), _naive_loss("logit_adjust", logits, labels, tau=2.0), rtol=2e-5
     )
     ldam = classification.make_classification_loss(
-        "ldam", COUNTS, ldam_max_margin=0.3, ldam_scale=10.0
+        "ldam", COUNTS, {"max_margin": 0.3, "scale": 10.0}
     )
     want = _naive_loss("ldam", logits, labels, max_m=0.3, s=10.0)
     np.testing.assert_allclose(ldam(logits, labels), want, rtol=2e-5)
@@ -101,8 +101,9 @@ def test_unit_weights_equal_unweighted_and_unknown_loss():
     logits, labels = _batch(2)
     for name in classification.LOSSES:
         loss = classification.make_classification_loss(name, COUNTS)
-        np.testing.assert_allclose(loss(logits, labels, np.ones(C)), loss(logits, labels),
-                                   rtol=1e-6)  # fmt: skip
+        np.testing.assert_allclose(
+            loss(logits, labels, np.ones(C)), loss(logits, labels), rtol=1e-6
+        )
     with pytest.raises(ValueError, match="ce, balanced_softmax, logit_adjust, ldam"):
         classification.make_classification_loss("focal", COUNTS)
 

@@ -94,8 +94,9 @@ def _run(dtype: str) -> dict:
     for _ in range(STEPS):
         state, metrics = step(state, device_data, jax.random.key(2))
         losses.append(metrics["loss"])
-    return dict(loss0=loss0, grads0=grads0, init=init_params, losses=losses,
-                state=jax.device_get(state))  # fmt: skip
+    return dict(
+        loss0=loss0, grads0=grads0, init=init_params, losses=losses, state=jax.device_get(state)
+    )
 
 
 def test_initial_parameters_do_not_depend_on_dtype():
@@ -119,8 +120,9 @@ def test_params_optimizer_state_batch_stats_and_loss_stay_float32():
 def test_bf16_loss_tracks_fp32_loss():
     lo, hi = _run("bfloat16"), _run("float32")
     np.testing.assert_allclose(float(lo["loss0"]), float(hi["loss0"]), rtol=5e-3)
-    np.testing.assert_allclose([float(x) for x in lo["losses"]],
-                               [float(x) for x in hi["losses"]], rtol=5e-3)  # fmt: skip
+    np.testing.assert_allclose(
+        [float(x) for x in lo["losses"]], [float(x) for x in hi["losses"]], rtol=5e-3
+    )
 
 
 def test_bf16_gradient_tracks_fp32_gradient():

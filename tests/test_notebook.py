@@ -71,6 +71,7 @@ def test_install_cell_asks_for_a_restart_when_pip_replaced_an_imported_package(
     assert cell["replaced_since"](before) == [f"numpy 0.0 -> {numpy.__version__}"]
 
 
+@pytest.mark.slow
 def test_smoke_path_runs_and_shows_the_report(tmp_path, monkeypatch):
     monkeypatch.setenv("LTR_JAX_NOTEBOOK_TEST", "1")  # skips the pip install
     monkeypatch.setenv("LTR_JAX_NOTEBOOK_WORKDIR", str(tmp_path / "runs"))
@@ -82,8 +83,10 @@ def test_smoke_path_runs_and_shows_the_report(tmp_path, monkeypatch):
     client.execute()
     last = [c for c in nb.cells if c.cell_type == "code"][-1]
     shown = _outputs(last, "display_data")
-    assert any("text/markdown" in o["data"] and "| bns_ipdpp | stage2 | 1 |" in
-               o["data"]["text/markdown"] for o in shown)  # fmt: skip
+    assert any(
+        "text/markdown" in o["data"] and "| bns_ipdpp | stage2 | 1 |" in o["data"]["text/markdown"]
+        for o in shown
+    )
     images = [o for o in shown if "image/png" in o["data"]]
     assert len(images) == 3  # per-class accuracy, training curves, IP-DPP confidence
     for name in ("report.md", "per_class_accuracy.png"):

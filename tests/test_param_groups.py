@@ -60,11 +60,14 @@ def test_resnet_is_one_group():
 
 
 def _sgd_update(**optim):
-    config = config_lib.optim("sgd", lr=0.1, lr_base_batch=1, momentum=0.0, weight_decay=0.0,
-                              warmup_epochs=0.0, **optim)  # fmt: skip
+    config = config_lib.optim(
+        "sgd", lr=0.1, lr_base_batch=1, momentum=0.0, weight_decay=0.0, warmup_epochs=0.0, **optim
+    )
     tx, _ = train_lib.make_optimizer(config, batch_size=1, num_steps=10, steps_per_epoch=10)
-    params = {"encoder": {"pos_embed": jnp.ones((1, 2, 2)), "blocks": [{"w": jnp.ones((2, 2))}]},
-              "head": {"w": jnp.ones((2, 2))}}  # fmt: skip
+    params = {
+        "encoder": {"pos_embed": jnp.ones((1, 2, 2)), "blocks": [{"w": jnp.ones((2, 2))}]},
+        "head": {"w": jnp.ones((2, 2))},
+    }
     grads = jax.tree.map(lambda x: 3.0 * x, params)
     updates, _ = tx.update(grads, tx.init(params), params)
     return updates, grads

@@ -30,27 +30,41 @@ def _write_jsonl(path, records):
 
 def _config(pipeline, seed, **ce):
     return {
-        "seed": seed, "pipeline": list(pipeline),
+        "seed": seed,
+        "pipeline": list(pipeline),
         "data": {"name": "synthetic", "many_threshold": 50, "few_threshold": 20},
-        "ce": dict({"loss": "ce", "sampler": "uniform", "logit_adjust_tau": 1.0,
-                    "drw_start_epoch": -1}, **ce),
+        "ce": dict(
+            {
+                "loss": "ce",
+                "sampler": "uniform",
+                "logit_adjust": {"tau": 1.0},
+                "drw_start_epoch": -1,
+            },
+            **ce,
+        ),
         "stage1": {"loss": "bns", "bns": {"form": "reference"}},
         "stage2": {"sampler": "structured"},
-    }  # fmt: skip
+    }
 
 
 def _results(few=True):
     per_class = RNG.uniform(0, 100, len(COUNTS)).round(2).tolist()
     return {
-        "top1": float(RNG.uniform(20, 80)), "many": float(RNG.uniform(20, 80)),
-        "medium": float(RNG.uniform(20, 80)), "few": float(RNG.uniform(0, 50)) if few else None,
-        "per_class_acc": per_class, "train_class_counts": COUNTS, "num_steps": 40,
-    }  # fmt: skip
+        "top1": float(RNG.uniform(20, 80)),
+        "many": float(RNG.uniform(20, 80)),
+        "medium": float(RNG.uniform(20, 80)),
+        "few": float(RNG.uniform(0, 50)) if few else None,
+        "per_class_acc": per_class,
+        "train_class_counts": COUNTS,
+        "num_steps": 40,
+    }
 
 
 def _curve(stage, steps=40, evals=(10, 20, 30)):
-    records = [{"stage": stage, "step": s, "loss": 2.0 / s, "epoch": s / 10}
-               for s in range(5, steps + 1, 5)]  # fmt: skip
+    records = [
+        {"stage": stage, "step": s, "loss": 2.0 / s, "epoch": s / 10}
+        for s in range(5, steps + 1, 5)
+    ]
     return records + [{"stage": stage, "step": s, "eval_top1": float(s)} for s in evals]
 
 
@@ -58,11 +72,17 @@ def _draws():
     records = []
     for n in range(3):
         p_class = RNG.uniform(0.3, 0.9, len(COUNTS))
-        records.append({
-            "draw": n, "step": 10 * n, "epoch": 2.0 * n, "counts": [20, 20, 20, 20, 10],
-            "mean_p_drawn": (p_class - 0.1).tolist(), "mean_p_class": p_class.tolist(),
-            "log_det": [0.0] * len(COUNTS),
-        })  # fmt: skip
+        records.append(
+            {
+                "draw": n,
+                "step": 10 * n,
+                "epoch": 2.0 * n,
+                "counts": [20, 20, 20, 20, 10],
+                "mean_p_drawn": (p_class - 0.1).tolist(),
+                "mean_p_class": p_class.tolist(),
+                "log_det": [0.0] * len(COUNTS),
+            }
+        )
     return records
 
 
@@ -75,8 +95,7 @@ def _ce_run(workdir, seed, **ce):
 
 
 def _bns_run(workdir, seed, few=True):
-    _write(os.path.join(workdir, "config.json"),
-           _config(["stage1", "probe", "stage2"], seed))  # fmt: skip
+    _write(os.path.join(workdir, "config.json"), _config(["stage1", "probe", "stage2"], seed))
     _write(os.path.join(workdir, "stage1", "results.json"), {"epoch": 2, "num_steps": 40})
     _write(os.path.join(workdir, "probe", "results.json"), _results())
     results = _results(few)
@@ -112,8 +131,10 @@ def _expected_cell(values):
 
 def _table_rows(table):
     lines = table.strip().splitlines()[2:]
-    return {cells[0]: cells[1:] for cells in
-            ([c.strip() for c in line.strip("|").split("|")] for line in lines)}  # fmt: skip
+    return {
+        cells[0]: cells[1:]
+        for cells in ([c.strip() for c in line.strip("|").split("|")] for line in lines)
+    }
 
 
 def _assert_png(path):
@@ -209,14 +230,14 @@ def test_seeds_of_one_sweep_with_different_configs_are_named_by_the_difference(t
         _ce_run(path, seed)
     for path, tau in ((paths[1], 2.0), (paths[2], 2.0)):
         config = json.loads(open(os.path.join(path, "config.json")).read())
-        config["ce"]["logit_adjust_tau"] = tau
+        config["ce"]["logit_adjust"]["tau"] = tau
         config["data"].update(many_threshold=40, few_threshold=10, max_per_class=7)
         _write(os.path.join(path, "config.json"), config)
     groups = report.group_runs([report.load_run(p) for p in paths])
     assert {k: len(v) for k, v in groups.items()} == {
-        "sweep [ce.logit_adjust_tau=1.0, data.few_threshold=20, data.many_threshold=50, "
+        "sweep [ce.logit_adjust.tau=1.0, data.few_threshold=20, data.many_threshold=50, "
         "+1 more]": 1,
-        "sweep [ce.logit_adjust_tau=2.0, data.few_threshold=10, data.many_threshold=40, "
+        "sweep [ce.logit_adjust.tau=2.0, data.few_threshold=10, data.many_threshold=40, "
         "+1 more]": 2,
     }
 
@@ -251,8 +272,10 @@ def test_unfinished_stages_and_nonfinite_losses_are_noted(tmp_path):
     _write(os.path.join(never, "stage1", "results.json"), {"epoch": 2, "num_steps": 40})
     runs = [report.load_run(w) for w in (done, failed, never)]
     assert [r.unfinished for r in runs] == [
-        {}, {"stage2": report.NOT_FINISHED}, {"probe": report.NOT_RUN, "stage2": report.NOT_RUN},
-    ]  # fmt: skip
+        {},
+        {"stage2": report.NOT_FINISHED},
+        {"probe": report.NOT_RUN, "stage2": report.NOT_RUN},
+    ]
     assert report.nonfinite_losses(runs[1]) == {"stage2": 10}
     assert report._confidence_per_draw(runs[1])[3] == 3  # cut judged by the probe's counts
     rows = report.summarise(report.group_runs(runs))
@@ -352,13 +375,22 @@ def test_missing_results_fail_clearly(tmp_path):
 def test_sweep_runs_each_seed_in_its_own_workdir(tmp_path, monkeypatch):
     calls = []
     monkeypatch.setattr(
-        sweep.pipeline, "run",
+        sweep.pipeline,
+        "run",
         lambda config, workdir, stages: calls.append((config.seed, workdir, stages)) or {},
-    )  # fmt: skip
-    config_path = os.path.join(os.path.dirname(__file__), "..", "configs", "baselines",
-                               "ce_cifar10_lt.py")  # fmt: skip
-    argv = ["sweep", f"--config={config_path}:smoke", "--seeds=3", "--stages=ce",
-            f"--workdir_root={tmp_path}", "--config.seed=7", "--config.ce.epochs=1"]  # fmt: skip
+    )
+    config_path = os.path.join(
+        os.path.dirname(__file__), "..", "configs", "baselines", "ce_cifar10_lt.py"
+    )
+    argv = [
+        "sweep",
+        f"--config={config_path}:smoke",
+        "--seeds=3",
+        "--stages=ce",
+        f"--workdir_root={tmp_path}",
+        "--config.seed=7",
+        "--config.ce.epochs=1",
+    ]
     sweep.main(argv)
     assert calls == [(s, str(tmp_path / f"seed_{s}"), ["ce"]) for s in range(3)]
 

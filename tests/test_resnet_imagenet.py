@@ -57,8 +57,9 @@ def test_feature_shapes_at_224(name, dtype):
     features = jax.eval_shape(lambda m, x: m(x), encoder, images)
     assert features.shape == (2, 2048) and features.dtype == jnp.float32
     assert encoder.stem_bn.mean.dtype == jnp.float32  # statistics stay float32 under bfloat16
-    logits = jax.eval_shape(lambda h, f: h(f), heads.LinearHead(2048, 1000, rngs=nnx.Rngs(0)),
-                            features)  # fmt: skip
+    logits = jax.eval_shape(
+        lambda h, f: h(f), heads.LinearHead(2048, 1000, rngs=nnx.Rngs(0)), features
+    )
     assert logits.shape == (2, 1000)
 
 

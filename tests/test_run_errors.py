@@ -14,6 +14,7 @@ from absl import flags
 from ml_collections import FrozenConfigDict
 
 from ltr_jax import checkpointing, config_lib, pipeline, validation
+from ltr_jax.stages import rebalance
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -79,15 +80,21 @@ def _assert_one_line(capsys, workdir, *argv, match, config=CE_SMOKE):
         (("--config.data.imbalance_factor=0",), CE_SMOKE, ("imbalance_factor=0", ">= 1")),
         (("--config.data.imbalance_factor=-5",), CE_SMOKE, ("imbalance_factor=-5", ">= 1")),
         (("--config.ce.batch_size=30",), CE_SMOKE, ("ce.batch_size=30", "8 devices", "=24")),
-        (("--config.stage2.sampler=structure",), LT_SMOKE, ("stage2.sampler", "'structure'",
-                                                           "valid: structured")),
+        (
+            ("--config.stage2.sampler=structure",),
+            LT_SMOKE,
+            ("stage2.sampler", "'structure'", "valid: structured"),
+        ),
         (("--config.stage2.k_per_class=-5",), LT_SMOKE, ("k_per_class=-5", ">= 0")),
         (("--config.stage2.redraw_every_epochs=0",), LT_SMOKE, ("redraw_every_epochs=0",)),
         (("--config.data.few_threshold=60",), CE_SMOKE, ("few_threshold=60", "many_threshold")),
-        (("--config.train.checkpoint_every_minutes=-1",), CE_SMOKE,
-         ("checkpoint_every_minutes=-1",)),
+        (
+            ("--config.train.checkpoint_every_minutes=-1",),
+            CE_SMOKE,
+            ("checkpoint_every_minutes=-1",),
+        ),
     ],
-)  # fmt: skip
+)
 def test_bad_config_is_one_line_before_anything(capsys, tmp_path, argv, config, match):
     _assert_one_line(capsys, str(tmp_path / "wd"), *argv, config=config, match=match)
 
@@ -96,16 +103,25 @@ def test_bad_inputs_found_by_loading_the_data(capsys, tmp_path):
     wd = str(tmp_path / "wd")
     big = ("imbalance_factor=1000000000", "without a training image", "9")
     _assert_one_line(capsys, wd, "--config.data.imbalance_factor=1000000000", match=big)
-    _assert_one_line(capsys, wd, "--config.ce.batch_size=4096",
-                     match=("ce.batch_size=4096", "exceeds the 403 training examples"))  # fmt: skip
+    _assert_one_line(
+        capsys,
+        wd,
+        "--config.ce.batch_size=4096",
+        match=("ce.batch_size=4096", "exceeds the 403 training examples"),
+    )
 
 
 def test_workdir_errors(capsys, tmp_path, monkeypatch):
     (tmp_path / "afile").write_text("x")
     _assert_one_line(capsys, str(tmp_path / "afile"), match=("is a file",))
     # A missing earlier stage: refused before any folder is made.
-    _assert_one_line(capsys, str(tmp_path / "fresh"), "--stages=stage2", config=LT_SMOKE,
-                     match=("stage2 needs stage stage1", "--stages=stage1,stage2"))  # fmt: skip
+    _assert_one_line(
+        capsys,
+        str(tmp_path / "fresh"),
+        "--stages=stage2",
+        config=LT_SMOKE,
+        match=("stage2 needs stage stage1", "--stages=stage1,stage2"),
+    )
     # Read-only (as root, permissions do not stop writes: ask os.access what it would say).
     real_access = os.access
     monkeypatch.setattr(os, "access", lambda p, m: False if "ro" in p else real_access(p, m))
@@ -140,10 +156,12 @@ def _started_workdir(tmp_path, **ce) -> str:
 
 def test_rerun_errors(capsys, tmp_path):
     wd = _started_workdir(tmp_path)
-    _assert_one_line(capsys, wd, "--config.ce.epochs=3",
-                     match=("ce.epochs: 2 -> 3", "new --workdir"))  # fmt: skip
-    _assert_one_line(capsys, wd, "--config.data.imbalance_factor=20",
-                     match=("data.imbalance_factor: 10 -> 20",))  # fmt: skip
+    _assert_one_line(
+        capsys, wd, "--config.ce.epochs=3", match=("ce.epochs: 2 -> 3", "new --workdir")
+    )
+    _assert_one_line(
+        capsys, wd, "--config.data.imbalance_factor=20", match=("data.imbalance_factor: 10 -> 20",)
+    )
     line = _assert_one_line(capsys, wd, match=("CorruptCheckpointError", "cannot be restored"))
     assert len(line) < 700  # no TensorStore dump
 
@@ -165,7 +183,7 @@ def test_failed_first_attempt_does_not_poison_the_workdir(tmp_path):
 def test_validation_table():
     config = config_lib.load_config_file(LT_SMOKE)
     stages = ("stage1", "probe", "stage2")
-    validation.validate(FrozenConfigDict(config), stages, num_devices=8)
+    pipeline.validate(FrozenConfigDict(config), stages, num_devices=8)
     bad = {
         "model.encoder": "resnet9000",
         "stage1.loss": "bnss",
@@ -185,16 +203,16 @@ def test_validation_table():
             node = node[part]
         node[leaf] = value
         with pytest.raises(validation.ConfigError, match=f"{key}.*{value}") as e:
-            validation.validate(FrozenConfigDict(c), stages, num_devices=8)
+            pipeline.validate(FrozenConfigDict(c), stages, num_devices=8)
         assert "\n" not in str(e.value)
     # A section of a stage that is not requested is not checked.
     c = config_lib.load_config_file(LT_SMOKE)
     c.ce.loss = "nope"
-    validation.validate(FrozenConfigDict(c), stages, num_devices=8)
+    pipeline.validate(FrozenConfigDict(c), stages, num_devices=8)
     # A key that the config lacks (added by another feature) is skipped.
-    validation.check_value("stage2.sampler", "uniform", validation.CHECKS["stage2.sampler"])
+    validation.check_value("stage2.sampler", "uniform", rebalance.CHECKS["sampler"])
     with pytest.raises(validation.ConfigError, match=r"config.x=0 is invalid: it must be"):
-        validation.check_value("x", 0, validation.CHECKS["stage2.redraw_every_epochs"])
+        validation.check_value("x", 0, rebalance.CHECKS["redraw_every_epochs"])
 
 
 def test_k_per_class_above_every_class_warns():
@@ -252,9 +270,14 @@ def test_divergence_guard_unit(tmp_path):
 @pytest.mark.slow
 def test_divergence_stops_the_run_in_one_line(capsys, tmp_path):
     wd = str(tmp_path / "wd")
-    code, lines, err = _cli(capsys, f"--workdir={wd}", "--config.ce.optim.lr=1e9",
-                            "--config.ce.epochs=1", "--config.train.log_every_steps=2",
-                            "--config.train.checkpoint_every_steps=2")  # fmt: skip
+    code, lines, err = _cli(
+        capsys,
+        f"--workdir={wd}",
+        "--config.ce.optim.lr=1e9",
+        "--config.ce.epochs=1",
+        "--config.train.log_every_steps=2",
+        "--config.train.checkpoint_every_steps=2",
+    )
     assert code == 2 and len(lines) == 1 and "Traceback" not in err, err
     assert "Stage ce diverged: loss nan at step" in lines[0], lines[0]
     assert "last finite loss" in lines[0] and "a rerun resumes from" in lines[0]
@@ -262,3 +285,25 @@ def test_divergence_stops_the_run_in_one_line(capsys, tmp_path):
     saved = lines[0].split("(step ")[1].split(")")[0]
     assert int(saved) == step - 2  # the last checkpoint before the non-finite log step
     assert not os.path.exists(os.path.join(wd, "ce", "results.json"))
+
+
+@pytest.mark.parametrize(
+    "argv, match",
+    [
+        (["--config.data.imbalance_factor=0"], "data.imbalance_factor"),
+        (["--config.data.nme=cifar10"], "nme"),  # a misspelt override: absl's one-line error
+        ([], "--workdir_root"),
+    ],
+)
+def test_sweep_user_errors_are_one_line_exit_2(tmp_path, capsys, argv, match):
+    from ltr_jax import sweep
+
+    root = tmp_path / "sweep_root"
+    workdir_root = [f"--workdir_root={root}"] if argv else []
+    with pytest.raises(SystemExit) as exit_info:
+        sweep.main(["sweep", f"--config={CE_SMOKE}", "--seeds=2", *workdir_root, *argv])
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("sweep:")]
+    assert exit_info.value.code == 2, err
+    assert len(lines) == 1 and "Traceback" not in err and match in lines[0], err
+    assert not root.exists()  # nothing trained, no workdir made

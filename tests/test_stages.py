@@ -26,10 +26,21 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 SMOKE = os.path.join(ROOT, "configs", "cifar10_lt.py") + ":smoke"
+# The smoke sizes with a few steps per stage and two IP-DPP draws (stage 2: epochs 0 and 1), as
+# in tests/test_stopping.py: the same programs, so the compilation cache serves both files.
+SHORTEN = {
+    "stage1.epochs": 1,
+    "probe.epochs": 1,
+    "stage2.epochs": 2,
+    "stage2.redraw_every_epochs": 1,
+}
 
 
 def _config(**stage2):
     config = config_lib.load_config_file(SMOKE)
+    for dotted, value in SHORTEN.items():
+        section, key = dotted.split(".")
+        config[section][key] = value
     config.stage2.update(stage2)
     return FrozenConfigDict(config)
 
@@ -54,6 +65,7 @@ def _encoder_state(workdir):
     return jax.device_get(nnx.state(common.load_module(ctx, "stage1", "encoder", encoder)))
 
 
+@pytest.mark.slow
 def test_probe_results_and_frozen_encoder(pretrained, tmp_path):
     results = json.loads(open(os.path.join(pretrained, "probe", "results.json")).read())
     for key in ("top1", "many", "medium", "few", "per_class_acc", "max_over_epochs_top1"):
@@ -96,9 +108,16 @@ def test_draw_subset_counts_and_preference():
     log = rebalance.draw_log(p, table, valid, sel, cfg)
     assert log["counts"] == [20, 20, 10] and np.isfinite(log["log_det"]).all()
     # Low-confidence images are favoured: over several draws, drawn mean p < class mean p.
-    drawn = [rebalance.draw_log(p, table, valid, rebalance.draw_subset(
-        jax.random.key(s), p, table, valid, 20, cfg)[1], cfg)["mean_p_drawn"][0]
-        for s in range(10)]  # fmt: skip
+    drawn = [
+        rebalance.draw_log(
+            p,
+            table,
+            valid,
+            rebalance.draw_subset(jax.random.key(s), p, table, valid, 20, cfg)[1],
+            cfg,
+        )["mean_p_drawn"][0]
+        for s in range(10)
+    ]
     assert np.mean(drawn) < log["mean_p_class"][0]
 
 
@@ -120,6 +139,7 @@ def straight(pretrained, tmp_path_factory):
     return workdir
 
 
+@pytest.mark.slow
 def test_stage2_logs_distinct_draws(straight):
     draws = writers.read_jsonl(os.path.join(straight, "stage2", "draws.jsonl"))
     assert [d["draw"] for d in draws] == [0, 1]
@@ -131,6 +151,7 @@ def test_stage2_logs_distinct_draws(straight):
     assert results["sampler"] == "structured" and results["k_per_class"] == 20
 
 
+@pytest.mark.slow
 def test_stage2_resume_after_crash_during_redraw(pretrained, straight, tmp_path, monkeypatch):
     workdir = _copy(pretrained, tmp_path / "crashed")
     calls = {"n": 0}
@@ -155,10 +176,17 @@ def test_stage2_resume_after_crash_during_redraw(pretrained, straight, tmp_path,
 @pytest.mark.slow
 def test_stage2_resume_after_sigkill(pretrained, straight, tmp_path):
     workdir = _copy(pretrained, tmp_path / "killed")
-    cmd = [sys.executable, os.path.join(ROOT, "run.py"), f"--config={SMOKE}",
-           f"--workdir={workdir}"]  # fmt: skip
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)  # fmt: skip
+    overrides = [f"--config.{k}={v}" for k, v in SHORTEN.items()]
+    cmd = [
+        sys.executable,
+        os.path.join(ROOT, "run.py"),
+        f"--config={SMOKE}",
+        f"--workdir={workdir}",
+        *overrides,
+    ]
+    proc = subprocess.Popen(
+        cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
     ckpts = os.path.join(workdir, "stage2", "checkpoints")
     deadline = time.time() + 240
     while not (os.path.isdir(ckpts) and any(d.isdigit() for d in os.listdir(ckpts))):

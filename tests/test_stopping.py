@@ -19,8 +19,13 @@ from ltr_jax import config_lib, pipeline, stopping, train_lib, writers
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMOKE = os.path.join(ROOT, "configs", "cifar10_lt.py") + ":smoke"
 # A few steps per stage, two IP-DPP draws; the smoke sizes otherwise.
-SHORTEN = {"stage1.epochs": 1, "probe.epochs": 1, "stage2.epochs": 2,
-           "stage2.redraw_every_epochs": 1, "train.tensorboard": False}  # fmt: skip
+SHORTEN = {
+    "stage1.epochs": 1,
+    "probe.epochs": 1,
+    "stage2.epochs": 2,
+    "stage2.redraw_every_epochs": 1,
+    "train.tensorboard": False,
+}
 
 
 def test_deadline_from_env():
@@ -131,12 +136,21 @@ def _losses(workdir) -> list:
 @pytest.fixture(scope="module")
 def compile_cache(tmp_path_factory):
     """A persistent compilation cache for this module: reruns and the rehearsal's processes
-    (same programs, same 8 CPU devices) load the executables instead of compiling again."""
+    (same programs, same 8 CPU devices) load the executables instead of compiling again. The
+    suite's shared cache when tests/conftest.py set one (tests/test_stages.py runs the same
+    shortened config, so each file loads what the other compiled), else one of our own."""
+    shared = os.environ.get("JAX_COMPILATION_CACHE_DIR")
+    if shared and jax.config.jax_compilation_cache_dir == shared:
+        yield shared
+        return
     from jax._src import compilation_cache
 
     path = str(tmp_path_factory.mktemp("jax_cache"))
-    names = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
-             "jax_persistent_cache_min_entry_size_bytes")  # fmt: skip
+    names = (
+        "jax_compilation_cache_dir",
+        "jax_persistent_cache_min_compile_time_secs",
+        "jax_persistent_cache_min_entry_size_bytes",
+    )
     saved = {n: getattr(jax.config, n) for n in names}
     compilation_cache.reset_cache()
     for name, value in zip(names, (path, 0.0, 0)):
@@ -196,10 +210,20 @@ def _driver(out_dir, work, env) -> subprocess.Popen:
     """The device command at smoke sizes (``bench/gpu_reproduce.py --smoke``), shortened."""
     overrides = [f"--config.{k}={v}" for k, v in SHORTEN.items() if k != "train.tensorboard"]
     driver = os.path.join(ROOT, "bench", "gpu_reproduce.py")
-    cmd = [sys.executable, driver, str(out_dir), "--smoke", "--wheels=", f"--work={work}",
-           "--copy_every_s=1", "--", *overrides]  # fmt: skip
-    return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    cmd = [
+        sys.executable,
+        driver,
+        str(out_dir),
+        "--smoke",
+        "--wheels=",
+        f"--work={work}",
+        "--copy_every_s=1",
+        "--",
+        *overrides,
+    ]
+    return subprocess.Popen(
+        cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
 
 
 @pytest.mark.slow
@@ -228,9 +252,18 @@ def test_rehearsal_of_the_device_command_cut_in_stage1_then_resumed(
     assert second.returncode == 0, log[-3000:]
     assert "stage1: resumed from step" in log and "stage1: step 12/12" in log
     out = tmp_path / "out2"
-    assert sorted(os.listdir(out)) == sorted(["log.txt", "summary.json", "metrics.jsonl",
-        "draws.jsonl", "config.json", "stage1_results.json", "probe_results.json",
-        "stage2_results.json"])  # fmt: skip
+    assert sorted(os.listdir(out)) == sorted(
+        [
+            "log.txt",
+            "summary.json",
+            "metrics.jsonl",
+            "draws.jsonl",
+            "config.json",
+            "stage1_results.json",
+            "probe_results.json",
+            "stage2_results.json",
+        ]
+    )
     results = {s: json.loads((out / f"{s}_results.json").read_text()) for s in straight}
     assert _without_timing(results) == _without_timing(straight)
     assert _losses(out.parent / "work" / "run") == _losses(straight_dir)

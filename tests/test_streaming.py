@@ -32,7 +32,8 @@ def source() -> list[dict]:
 
 def _batches(source, num_steps: int, **kwargs) -> list[dict]:
     kwargs = {"seed": 3, "global_batch_size": BATCH, "image_size": SIZE, "num_workers": 2} | kwargs
-    return list(streaming.make_iterator(source, num_steps=num_steps, **kwargs))
+    spec = streaming.IteratorSpec(num_steps=num_steps, **kwargs)
+    return list(streaming.make_iterator(source, spec))
 
 
 def _assert_same(a: list[dict], b: list[dict]) -> None:
@@ -137,9 +138,9 @@ def test_global_batch_is_sharded_over_data():
 
 def test_invalid_batch_sizes_fail_loudly(source):
     with pytest.raises(ValueError, match="not divisible"):
-        streaming.make_iterator(source, seed=0, global_batch_size=9, process_count=2)
+        streaming.make_iterator(source, streaming.IteratorSpec(9, process_count=2))
     with pytest.raises(ValueError, match="exceeds"):
-        streaming.make_iterator(source, seed=0, global_batch_size=128)
+        streaming.make_iterator(source, streaming.IteratorSpec(128))
 
 
 def test_worker_processes_give_the_thread_batches(source):

@@ -50,9 +50,10 @@ def test_inputs_are_renormalised():
     labels = COMPOSITIONS["few_classes"]
     z1, z2 = _embeddings(2)
     np.testing.assert_allclose(
-        supcon.supcon_loss(4.0 * z1, 0.3 * z2, labels), supcon.supcon_loss(z1, z2, labels),
+        supcon.supcon_loss(4.0 * z1, 0.3 * z2, labels),
+        supcon.supcon_loss(z1, z2, labels),
         rtol=1e-5,
-    )  # fmt: skip
+    )
 
 
 @pytest.mark.parametrize("name", ["one_class", "singleton_class"])

@@ -85,8 +85,9 @@ def test_no_weight_decay_on_biases_and_1d_params(name):
 
 def test_unknown_optimizer():
     with pytest.raises(ValueError, match="adamw, sgd"):
-        train_lib.make_optimizer(config_lib.optim("lamb"), batch_size=1, num_steps=1,
-                                 steps_per_epoch=1)  # fmt: skip
+        train_lib.make_optimizer(
+            config_lib.optim("lamb"), batch_size=1, num_steps=1, steps_per_epoch=1
+        )
 
 
 def test_apply_in_batches_pads_and_drops_padding():

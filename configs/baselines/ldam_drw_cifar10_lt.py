@@ -19,7 +19,8 @@ from ltr_jax import config_lib
 def get_config(arg: str | None = None):
     recipe = os.path.join(os.path.dirname(__file__), "ce_cifar10_lt.py")
     config = config_lib.load_config_file(recipe, arg)
-    config.ce.update(loss="ldam", head="cosine", ldam_max_margin=0.5, ldam_scale=30.0,
-                     drw_beta=0.9999)  # fmt: skip
+    config.ce.update(
+        loss="ldam", head="cosine", ldam=dict(max_margin=0.5, scale=30.0), drw_beta=0.9999
+    )
     config.ce.drw_start_epoch = config.ce.epochs * 4 // 5  # 160 of 200
     return config

@@ -4,7 +4,7 @@
     python run.py --config=configs/baselines/logit_adjust_cifar10_lt.py:smoke
 
 The cross-entropy recipe of ``ce_cifar10_lt.py`` with the loss on ``logits + tau * log prior``
-(tau = 1: the same loss as Balanced Softmax; change ``ce.logit_adjust_tau`` for others).
+(tau = 1: the same loss as Balanced Softmax; change ``ce.logit_adjust.tau`` for others).
 Literature: 77.7 top-1 (Menon et al. 2021, ResNet-32, their schedule). Run time: as the CE
 baseline.
 """
@@ -17,5 +17,5 @@ from ltr_jax import config_lib
 def get_config(arg: str | None = None):
     recipe = os.path.join(os.path.dirname(__file__), "ce_cifar10_lt.py")
     config = config_lib.load_config_file(recipe, arg)
-    config.ce.update(loss="logit_adjust", logit_adjust_tau=1.0)
+    config.ce.update(loss="logit_adjust", logit_adjust=dict(tau=1.0))
     return config

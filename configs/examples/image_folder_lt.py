@@ -20,8 +20,14 @@ from ltr_jax import config_lib
 def get_config(arg: str | None = None):
     config = config_lib.base_config()
     config.pipeline = ("stage1", "probe", "stage2")
-    config.data.update(name="image_folder", train_path="data/my_set/train", image_size=32,
-                       imbalance_factor=100, many_threshold=100, few_threshold=20)  # fmt: skip
+    config.data.update(
+        name="image_folder",
+        train_path="data/my_set/train",
+        image_size=32,
+        imbalance_factor=100,
+        many_threshold=100,
+        few_threshold=20,
+    )
     config.model.encoder = "cifar_resnet32"
     config.stage1.update(epochs=500, batch_size=256)
     config.probe.update(per_class=100, epochs=100)

@@ -10,8 +10,10 @@ encoder with BatchNorm in train mode, an evaluation every epoch (the released lo
 maximum), and a stage 2 that starts from a fresh head, draws ONE subset (500 per class,
 uniform within each class: the released sampler's kernel is numerically the identity and it
 is re-seeded identically at every draw) at epochs 0, 9, 19, ..., and fine-tunes on SimCLR
-views (s = 1). Paper: probe 68.2, BNS + IP-DPP 76.4 top-1. Ours with this config: not yet
-measured (GPU work, as long as the paper-faithful recipe).
+views (s = 1); the probe and stage 2 keep each epoch's last partial batch, and BatchNorm's
+running variance takes the unbiased batch variance (PyTorch). Paper: probe 68.2, BNS + IP-DPP
+76.4 top-1. Ours with this config: not yet measured (GPU work, as long as the paper-faithful
+recipe).
 """
 
 import os

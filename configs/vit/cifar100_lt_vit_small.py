@@ -22,8 +22,14 @@ def get_config(arg: str | None = None):
     config.data.synthetic.update(num_classes=100, train_per_class=40, test_per_class=10)
     config.model.update(encoder="vit_small_patch4_32", proj_hidden=2048, proj_dim=128)
     config.stage1.update(epochs=1000, batch_size=512)
-    config.stage1.optim.update(lr=5e-4, lr_base_batch=512, b2=0.999, weight_decay=0.05,
-                               warmup_epochs=40.0, clip_grad_norm=1.0)  # fmt: skip
+    config.stage1.optim.update(
+        lr=5e-4,
+        lr_base_batch=512,
+        b2=0.999,
+        weight_decay=0.05,
+        warmup_epochs=40.0,
+        clip_grad_norm=1.0,
+    )
     config.probe.update(per_class=50)
     config.probe.optim.warmup_epochs = 5.0
     config.stage2.optim.update(lr=2.5e-4, lr_base_batch=64, b2=0.999, layer_decay=0.75)

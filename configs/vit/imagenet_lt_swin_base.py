@@ -21,8 +21,10 @@ def get_config(arg: str | None = None):
     recipe = os.path.join(os.path.dirname(__file__), "imagenet_lt_vit_base.py")
     config = config_lib.load_config_file(recipe, arg)
     smoke = arg == "smoke"
-    config.model.update(encoder="swin_smoke" if smoke else "swin_base_patch4_window7_224",
-                        drop_path_rate=0.1 if smoke else 0.2)  # fmt: skip
+    config.model.update(
+        encoder="swin_smoke" if smoke else "swin_base_patch4_window7_224",
+        drop_path_rate=0.1 if smoke else 0.2,
+    )
     config.stage1.optim.layer_decay = 0.9
     config.stage2.optim.layer_decay = 0.9
     return config

@@ -26,17 +26,29 @@ def get_config(arg: str | None = None):
     config = config_lib.base_config()
     config.pipeline = ("stage1", "probe", "stage2")
     config.data.update(name="imagenet_lt", many_threshold=100, few_threshold=20, image_size=224)
-    config.model.update(encoder="vit_base_patch16_224", dtype="bfloat16", proj_hidden=2048,
-                        proj_dim=128, drop_path_rate=0.1)  # fmt: skip
+    config.model.update(
+        encoder="vit_base_patch16_224",
+        dtype="bfloat16",
+        proj_hidden=2048,
+        proj_dim=128,
+        drop_path_rate=0.1,
+    )
     config.train.update(eval_every_epochs=10.0, checkpoint_every_steps=1000, eval_batch_size=1024)
     config.stage1.update(epochs=30, batch_size=512, augment_strength=1.0)
-    config.stage1.optim.update(lr=1e-4, lr_base_batch=256, b2=0.999, warmup_epochs=5.0,
-                               layer_decay=0.65, clip_grad_norm=1.0)  # fmt: skip
+    config.stage1.optim.update(
+        lr=1e-4,
+        lr_base_batch=256,
+        b2=0.999,
+        warmup_epochs=5.0,
+        layer_decay=0.65,
+        clip_grad_norm=1.0,
+    )
     config.probe.update(per_class=20, epochs=30, batch_size=256)
     config.probe.optim.update(lr=1e-3, lr_base_batch=256, warmup_epochs=3.0)
     config.stage2.update(epochs=30, redraw_every_epochs=10, batch_size=256)
-    config.stage2.optim.update(lr=5e-5, lr_base_batch=64, b2=0.999, warmup_epochs=2.0,
-                               layer_decay=0.75, clip_grad_norm=1.0)  # fmt: skip
+    config.stage2.optim.update(
+        lr=5e-5, lr_base_batch=64, b2=0.999, warmup_epochs=2.0, layer_decay=0.75, clip_grad_norm=1.0
+    )
     config = config_lib.apply_arg(config, arg)
     if arg == "smoke":  # synthetic JPEGs at 32 px, a tiny ViT from scratch
         config.model.update(encoder="vit_smoke", drop_path_rate=0.1)

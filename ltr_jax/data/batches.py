@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from typing import TYPE_CHECKING
 
 import jax
 import numpy as np
 
 from ltr_jax import runtime
 from ltr_jax.data import long_tail
-from ltr_jax.data.sources import Dataset
+
+if TYPE_CHECKING:  # a type only: importing sources at run time would import TFDS
+    from ltr_jax.data.sources import Dataset
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,9 +40,12 @@ def make_long_tail(dataset: Dataset, data_config) -> LongTailData:
     ``data.max_per_class`` on both splits and the Many/Medium/Few thresholds of ``config.data``."""
     train, test = dataset.train, dataset.test
     pos = long_tail.train_subset(
-        train.labels, train.index, dataset.num_classes, data_config.imbalance_factor,
+        train.labels,
+        train.index,
+        dataset.num_classes,
+        data_config.imbalance_factor,
         tuple(data_config.class_counts),
-    )  # fmt: skip
+    )
     pos = pos[long_tail.cap_per_class(train.labels[pos], data_config.max_per_class)]
     test_pos = long_tail.cap_per_class(test.labels, data_config.max_per_class)
     labels = train.labels[pos].astype(np.int32)
@@ -47,16 +53,23 @@ def make_long_tail(dataset: Dataset, data_config) -> LongTailData:
     groups = long_tail.shot_groups(counts, data_config.many_threshold, data_config.few_threshold)
     logging.info(
         "Long-tailed train set: IF %s, %d images, class counts %s; many/medium/few %d/%d/%d.",
-        data_config.imbalance_factor, len(pos), counts.tolist(),
-        len(groups.many), len(groups.medium), len(groups.few),
-    )  # fmt: skip
+        data_config.imbalance_factor,
+        len(pos),
+        counts.tolist(),
+        len(groups.many),
+        len(groups.medium),
+        len(groups.few),
+    )
     return LongTailData(
-        train_images=train.images[pos], train_labels=labels,
+        train_images=train.images[pos],
+        train_labels=labels,
         test_images=_take(test.images, test_pos),
         test_labels=test.labels[test_pos].astype(np.int32),
-        num_classes=dataset.num_classes, class_counts=counts, groups=groups,
+        num_classes=dataset.num_classes,
+        class_counts=counts,
+        groups=groups,
         class_names=tuple(dataset.class_names),
-    )  # fmt: skip
+    )
 
 
 def _take(images: np.ndarray, positions: np.ndarray) -> np.ndarray:

@@ -40,21 +40,21 @@ class DatasetEntry:
 
 
 def _cifar(data_config):
-    from ltr_jax.data import sources  # noqa: PLC0415 (TFDS import only when loading data)
+    from ltr_jax.data import sources
 
     return sources.load_dataset(data_config)
 
 
 def _streamed_builtin(data_config):
-    from ltr_jax.data import user_sources  # noqa: PLC0415
+    from ltr_jax.data import user_sources
 
     if data_config.name == "synthetic_jpeg":
-        from ltr_jax.data import synthetic_jpeg  # noqa: PLC0415
+        from ltr_jax.data import synthetic_jpeg
 
         train, test, num_classes = synthetic_jpeg.make_splits(data_config)
         names = tuple(f"class_{c}" for c in range(num_classes))
         return user_sources.StreamedDataset(train, test, num_classes, names)
-    from ltr_jax.data import image_lists  # noqa: PLC0415
+    from ltr_jax.data import image_lists
 
     ds = image_lists.load_image_list_dataset(data_config)
     names = tuple(getattr(ds, "class_names", None) or (str(c) for c in range(ds.num_classes)))
@@ -63,7 +63,7 @@ def _streamed_builtin(data_config):
 
 def _user(name: str) -> Callable[[Any], Any]:
     def load(data_config):
-        from ltr_jax.data import user_sources  # noqa: PLC0415
+        from ltr_jax.data import user_sources
 
         return getattr(user_sources, f"load_{name}")(data_config)
 
@@ -122,7 +122,7 @@ def lookup(name: str) -> DatasetEntry:
         tfds_name = name[len(TFDS_PREFIX) :]
 
         def load(data_config):
-            from ltr_jax.data import user_sources  # noqa: PLC0415
+            from ltr_jax.data import user_sources
 
             return user_sources.load_tfds(tfds_name, data_config)
 
@@ -137,12 +137,15 @@ def lookup(name: str) -> DatasetEntry:
 
 def load(data_config):
     """``config.data``'s dataset: a `sources.Dataset` or a `user_sources.StreamedDataset`."""
-    from ltr_jax.data import sources, user_sources  # noqa: PLC0415
+    from ltr_jax.data import sources, user_sources
 
     entry = lookup(data_config.name)
     loaded = entry.loader(data_config)
-    expected = {"in_memory": sources.Dataset, "streamed": user_sources.StreamedDataset,
-                "auto": (sources.Dataset, user_sources.StreamedDataset)}[entry.kind]  # fmt: skip
+    expected = {
+        "in_memory": sources.Dataset,
+        "streamed": user_sources.StreamedDataset,
+        "auto": (sources.Dataset, user_sources.StreamedDataset),
+    }[entry.kind]
     if not isinstance(loaded, expected):
         raise TypeError(
             f"The loader of dataset {data_config.name!r} (kind {entry.kind}) returned "

@@ -103,7 +103,7 @@ def _decode_chunk(path: str, start: int, encoded: Sequence[bytes], size: int) ->
 
 def fingerprint(**facts: Any) -> str:
     """A short stable hash of what identifies a store's content (JSON-serialisable facts)."""
-    import hashlib  # noqa: PLC0415
+    import hashlib
 
     text = json.dumps(facts, sort_keys=True, default=_jsonable)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
@@ -111,7 +111,7 @@ def fingerprint(**facts: Any) -> str:
 
 def _jsonable(value: Any) -> Any:
     if isinstance(value, np.ndarray):
-        import hashlib  # noqa: PLC0415
+        import hashlib
 
         return hashlib.sha256(np.ascontiguousarray(value).tobytes()).hexdigest()
     return str(value)
@@ -159,10 +159,13 @@ def prepare_store(
             )
             _prepare_split(directory, name, split.source, size, num_processes, image_key)
         metadata = {
-            "format_version": FORMAT_VERSION, "size": size, "resize": RESIZE_RULE,
-            "counts": counts, "fingerprint": source_fingerprint,
+            "format_version": FORMAT_VERSION,
+            "size": size,
+            "resize": RESIZE_RULE,
+            "counts": counts,
+            "fingerprint": source_fingerprint,
             "prepare_seconds": round(time.perf_counter() - start, 1),
-        }  # fmt: skip
+        }
         _write_json(os.path.join(directory, _METADATA), metadata)
     return metadata
 
@@ -235,8 +238,12 @@ class _Progress:
         self.last, rate = now, self.new / max(now - self.start, 1e-9)
         logging.info(
             "Decoded store %s: %d/%d images (%.0f img/s, %.0f s left).",
-            self.name, self.done, self.total, rate, (self.total - self.done) / max(rate, 1e-9),
-        )  # fmt: skip
+            self.name,
+            self.done,
+            self.total,
+            rate,
+            (self.total - self.done) / max(rate, 1e-9),
+        )
 
 
 def _save_npy(path: str, array: np.ndarray) -> None:
@@ -289,11 +296,12 @@ class _GatherBatch:
         self.split, self.plan = split, plan
 
     def __call__(self, step: int) -> dict[str, np.ndarray]:
-        from ltr_jax.data import sampler  # noqa: PLC0415 (keeps worker imports light)
+        from ltr_jax.data import sampler
 
         plan = self.plan
-        local = sampler.process_slice(plan.global_positions(step), plan.process_index,
-                                      plan.process_count)  # fmt: skip
+        local = sampler.process_slice(
+            plan.global_positions(step), plan.process_index, plan.process_count
+        )
         return {
             "images": np.asarray(np.take(self.split.source, local, axis=0)),  # [B_l, S, S, 3]
             "labels": self.split.labels[local].astype(np.int32),
@@ -324,7 +332,7 @@ def make_iterator(
       An iterator over {"images": uint8 [B_local, S, S, 3], "labels": int32 [B_local],
       "positions": int32 [B_local]}.
     """
-    import grain  # noqa: PLC0415
+    import grain
 
     stop = 2**62 if num_steps is None else start_step + num_steps
     dataset = grain.MapDataset.range(start_step, stop).map(_GatherBatch(split, plan))

@@ -2,7 +2,7 @@
 
 Two TFDS builders, `ltr_imagenet_lt` and `ltr_inaturalist2018`, turn the user's copy of the
 images plus the split lists of the OLTR / decoupling code (``<path> <label>`` per line, read by
-`imagenet_lt.read_split_list`) into prepared ArrayRecord datasets that
+`split_lists.read_split_list`) into prepared ArrayRecord datasets that
 `builder.as_data_source(split)` reads back without TensorFlow. Record i of a split is line i of
 its list: ``{"image": the original encoded file, byte for byte, "label": int, "index": i}``.
 
@@ -61,7 +61,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from etils import epath
 
-from ltr_jax.data import imagenet_lt, sources
+from ltr_jax.data import sources, split_lists
 from ltr_jax.data.sources import DatasetNotFoundError, UnverifiedArchiveError, sha256_of_file
 
 IMAGENET_LT_LIST_SHA256 = {
@@ -391,13 +391,13 @@ def _read_split_list(path: epath.Path, num_classes: int, parts: Sequence[ImagePa
     """Reads one split list and checks that its paths lie under the parts' folders.
 
     Raises:
-        imagenet_lt.SplitListError: a malformed list, or a path under no part's folder.
+        split_lists.SplitListError: a malformed list, or a path under no part's folder.
     """
-    paths, labels = imagenet_lt.read_split_list(path, num_classes=num_classes)
+    paths, labels = split_lists.read_split_list(path, num_classes=num_classes)
     allowed = {part.folder for part in parts}
     unknown = sorted({p.split("/", 1)[0] for p in paths} - allowed)
     if unknown:
-        raise imagenet_lt.SplitListError(
+        raise split_lists.SplitListError(
             f"{path}: image paths must start with one of "
             f"{sorted(f'{a}/' for a in allowed)}; found paths under {unknown[:_SHOW_MISSING]}."
         )
@@ -408,18 +408,18 @@ def _class_names(lists: Mapping[str, _SplitList], num_classes: int) -> list[str]
     """Class name of each label: the folder holding its images (WordNet id, category id).
 
     Raises:
-        imagenet_lt.SplitListError: a folder with two labels, a label in two folders, or a
+        split_lists.SplitListError: a folder with two labels, a label in two folders, or a
             label with no image in any list.
     """
     paths = [p for split_list in lists.values() for p in split_list.paths]
     labels = np.concatenate([split_list.labels for split_list in lists.values()])
     names = [""] * num_classes
-    for folder, label in imagenet_lt.synset_labels(paths, labels).items():
+    for folder, label in split_lists.synset_labels(paths, labels).items():
         names[label] = folder
     unnamed = [str(c) for c, name in enumerate(names) if not name]
     if unnamed:
         files = ", ".join(split_list.filename for split_list in lists.values())
-        raise imagenet_lt.SplitListError(
+        raise split_lists.SplitListError(
             f"{len(unnamed)} of the {num_classes} labels have no image in {files}, so they "
             f"cannot be named: {_first(unnamed)}."
         )
@@ -685,10 +685,10 @@ class LtrImagenetLt(_ImageListBuilder):
         "test": "ImageNet_LT_test.txt",
     }
     LIST_SHA256: ClassVar[dict[str, str]] = IMAGENET_LT_LIST_SHA256
-    LIST_SIZES: ClassVar[dict[str, int]] = imagenet_lt.IMAGENET_LT_SIZES
+    LIST_SIZES: ClassVar[dict[str, int]] = split_lists.IMAGENET_LT_SIZES
     LIST_SOURCE = "linked from the README of github.com/zhmiao/OpenLongTailRecognition-OLTR"
     PARTS = _IMAGENET_PARTS
-    NUM_CLASSES = imagenet_lt.NUM_CLASSES
+    NUM_CLASSES = split_lists.NUM_CLASSES
     TEST_SPLITS: ClassVar[dict[str, str]] = {"test": "test", "val": "val"}
     DESCRIPTION = (
         "ImageNet-LT (Liu et al. 2019): 115,846 long-tailed training images of ImageNet-2012 "

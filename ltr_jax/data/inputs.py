@@ -1,6 +1,7 @@
 """Where a stage's images come from: the whole set in device memory, or streamed from disk.
 
-Stages see one interface and never which kind they got (the dataset name decides):
+Stages see one interface and never which kind they got (the dataset name decides), typed by
+`protocols.DataInput` and `protocols.Feed`:
 
 - host facts: ``num_classes``, ``class_names``, ``train_labels``, ``class_counts``, ``groups``,
   ``test_labels``;
@@ -44,11 +45,17 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
-from ltr_jax import config_lib, runtime, train_lib
-from ltr_jax.data import augment, batches, decoded_store, long_tail, sampler, streaming
-
-AUGMENTS = ("crop_flip", "simclr", "none")
-POPULATIONS = ("train", "extra")
+from ltr_jax import runtime, train_lib
+from ltr_jax.data import (
+    augment,
+    augmentations,
+    batches,
+    decoded_store,
+    long_tail,
+    sampler,
+    samplers,
+    streaming,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,19 +63,27 @@ class Sampling:
     """How a stage samples its training batches.
 
     Attributes:
-      kind: ``uniform`` (epochs without replacement) or ``class_balanced``.
+      kind: a `samplers.SAMPLERS` name: ``uniform`` (epochs without replacement),
+        ``class_balanced``, ...
       key: the sampler's key (the data order is a pure function of key and step).
       batch_size: global batch size.
-      population: ``train`` (every training image) or ``extra`` (the training positions held
-        in ``state.extra``, e.g. stage 2's current draw, of ``population_size`` entries).
-      population_size: number of positions in ``state.extra`` (``extra`` only).
+      subset_size: None: batches are drawn from every training image; ``n``: from the ``n``
+        training positions held in ``TrainState.subset`` (e.g. stage 2's current draw), which
+        the feed is told of by ``set_population``.
+      drop_last: over a subset only: False keeps each epoch's last partial batch, its padding
+        rows weighted 0 in ``batch["weights"]`` (``sampler.epoch_batch``; in-memory data only).
     """
 
     kind: str
     key: jax.Array
     batch_size: int
-    population: str = "train"
-    population_size: int = 0
+    subset_size: int | None = None
+    drop_last: bool = True
+
+    @property
+    def over_subset(self) -> bool:
+        """Whether batches are drawn from ``TrainState.subset`` (not the whole training set)."""
+        return self.subset_size is not None
 
 
 def key_to_seed(key: jax.Array) -> list[int]:
@@ -77,13 +92,13 @@ def key_to_seed(key: jax.Array) -> list[int]:
 
 
 def _check_sampling(sampling: Sampling) -> None:
-    if sampling.population not in POPULATIONS:
-        raise ValueError(f"Unknown population {sampling.population!r}; valid: {POPULATIONS}.")
-    if sampling.population == "extra" and sampling.kind != "uniform":
-        raise ValueError("Sampling from state.extra supports only the uniform sampler.")
-    if sampling.kind not in sampler.SAMPLERS:
-        valid = ", ".join(sampler.SAMPLERS)
-        raise ValueError(f"Unknown sampler {sampling.kind!r}; valid: {valid}.")
+    if not sampling.drop_last and not sampling.over_subset:
+        raise ValueError("drop_last=False supports only sampling over a subset (probe, stage 2).")
+    if sampling.over_subset and sampling.kind != "uniform":
+        raise ValueError("Sampling from TrainState.subset supports only the uniform sampler.")
+    if sampling.over_subset and sampling.subset_size < 1:
+        raise ValueError(f"Sampling.subset_size must be >= 1, got {sampling.subset_size}.")
+    samplers.lookup(sampling.kind)  # an unknown name fails with the valid ones
 
 
 def _index_names(num_classes: int) -> tuple[str, ...]:
@@ -96,14 +111,9 @@ def _index_names(num_classes: int) -> tuple[str, ...]:
 
 
 def device_augment(name: str, strength: float) -> Callable:
-    """``fn(key, float images [B, H, W, 3]) -> images`` for a named augmentation, on device."""
-    if name == "crop_flip":
-        return lambda key, x: augment.crop_flip(key, x)
-    if name == "simclr":
-        return lambda key, x: augment.simclr(key, x, strength=strength)
-    if name == "none":
-        return lambda key, x: x
-    raise ValueError(f"Unknown augment {name!r}; valid: {', '.join(AUGMENTS)}.")
+    """``fn(key, float images [B, H, W, 3]) -> images`` for a named augmentation, on device
+    (`augmentations.Augmentation.device`)."""
+    return augmentations.lookup(name).device(strength)
 
 
 class _DeviceFeed:
@@ -111,16 +121,21 @@ class _DeviceFeed:
 
     def __init__(self, data: InMemoryInput, sampling: Sampling, aug: Callable):
         self._data, self._mesh, self._aug = data, data.mesh, aug
-        self._population = sampling.population
-        if sampling.population == "extra":
-            n = sampling.population_size
-            self._sample = lambda step: sampler.uniform_batch(sampling.key, step, n,
-                                                              sampling.batch_size)  # fmt: skip
+        self._over_subset, self._drop_last = sampling.over_subset, sampling.drop_last
+        if sampling.over_subset:
+            n = sampling.subset_size
+            self._sample = lambda step: sampler.epoch_batch(
+                sampling.key, step, n, sampling.batch_size, sampling.drop_last
+            )
         else:
-            self._sample = sampler.make_batch_sampler(
-                sampling.kind, sampling.key, data.train_labels, data.num_classes,
+            sample = samplers.make_batch_sampler(
+                sampling.kind,
+                sampling.key,
+                data.train_labels,
+                data.num_classes,
                 sampling.batch_size,
-            )  # fmt: skip
+            )
+            self._sample = lambda step: (sample(step), None)
         self._device_data = None
 
     def data(self, step: int, state) -> dict:
@@ -130,17 +145,18 @@ class _DeviceFeed:
         return self._device_data
 
     def batch_fn(self, device_data: dict, state) -> dict:
-        positions = self._sample(state.step)
-        if self._population == "extra":
-            positions = state.extra[positions]
-        return batches.gather(device_data, positions, self._mesh)
+        positions, weights = self._sample(state.step)
+        if self._over_subset:
+            positions = state.subset[positions]
+        batch = batches.gather(device_data, positions, self._mesh)
+        return batch if self._drop_last else {**batch, "weights": weights}
 
     def view(self, key: jax.Array, batch: dict, v: int = 0) -> jax.Array:
         del v  # every view is a fresh on-device draw from the same image
         return self._aug(key, augment.to_float(batch["images"]))
 
     def set_population(self, positions: np.ndarray, step: int) -> None:
-        del positions, step  # read from state.extra inside the step
+        del positions, step  # read from state.subset inside the step
 
     def close(self) -> None:
         """Nothing to stop (the stream feed's twin)."""
@@ -158,18 +174,27 @@ class InMemoryInput:
         self.groups = long_tail_data.groups
         self.class_names = long_tail_data.class_names or _index_names(self.num_classes)
 
-    def train_feed(self, sampling: Sampling, *, augment: str = "none", strength: float = 1.0,
-                   num_views: int = 1) -> _DeviceFeed:  # fmt: skip
+    def train_feed(
+        self,
+        sampling: Sampling,
+        *,
+        augment: str = "none",
+        strength: float = 1.0,
+        num_views: int = 1,
+    ) -> _DeviceFeed:
         del num_views
         _check_sampling(sampling)
         return _DeviceFeed(self, sampling, device_augment(augment, strength))
 
-    def map_split(self, fn: Callable, split: str, positions: np.ndarray | None = None,
-                  batch_size: int = 512) -> Any:  # fmt: skip
+    def map_split(
+        self, fn: Callable, split: str, positions: np.ndarray | None = None, batch_size: int = 512
+    ) -> Any:
         """``fn(images uint8, labels int32, positions int32)`` over ``split`` in padded batches."""
         lt = self.long_tail
-        images, labels = {"train": (lt.train_images, lt.train_labels),
-                          "test": (lt.test_images, lt.test_labels)}[split]  # fmt: skip
+        images, labels = {
+            "train": (lt.train_images, lt.train_labels),
+            "test": (lt.test_images, lt.test_labels),
+        }[split]
         if positions is None:  # the whole split: no host copy of its images
             positions = np.arange(len(labels), dtype=np.int32)
         else:
@@ -183,12 +208,9 @@ class InMemoryInput:
 
 
 def host_augment(name: str, strength: float) -> Callable:
-    """The device part of a named augmentation whose crop + flip the host already did."""
-    if name == "simclr":
-        return lambda key, x: augment.simclr_colour(key, x, strength=strength)
-    if name in ("crop_flip", "none"):
-        return lambda key, x: x
-    raise ValueError(f"Unknown augment {name!r}; valid: {', '.join(AUGMENTS)}.")
+    """The device part of a named augmentation whose crop the host already did
+    (`augmentations.Augmentation.after_host_crop`)."""
+    return augmentations.lookup(name).after_host_crop(strength)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -205,37 +227,49 @@ class StreamOptions:
 class _StreamFeed:
     """Host-decoded batches from Grain worker threads (`StreamingInput`)."""
 
-    def __init__(self, data: StreamingInput, sampling: Sampling, augment_name: str,
-                 aug: Callable, num_views: int):  # fmt: skip
+    def __init__(
+        self,
+        data: StreamingInput,
+        sampling: Sampling,
+        augment_name: str,
+        aug: Callable,
+        num_views: int,
+    ):
+        if not sampling.drop_last:
+            raise ValueError(
+                "drop_last=False (probe.drop_last, stage2.drop_last) needs an "
+                "in-memory dataset; set it True for streamed data."
+            )
         self._data, self._sampling, self._aug = data, sampling, aug
-        self._mode = "eval" if augment_name == "none" else "train"
+        self._mode = augmentations.lookup(augment_name).host_crop
         self._num_views = num_views if self._mode == "train" else 1
         self._seed = key_to_seed(sampling.key)
-        self._population: np.ndarray | None = None
+        self._subset: np.ndarray | None = None
         self._iterator, self._next_step = None, -1
 
     def _plan(self) -> streaming.StepPlan:
         s, pi, pc = self._sampling, jax.process_index(), jax.process_count()
-        if s.population == "extra":
-            population = self._population
-            inner = streaming.BatchPlan(len(population), s.batch_size, self._seed, pi, pc)
-            positions = streaming.SubsetPositions(population, inner)
+        if s.over_subset:
+            inner = streaming.BatchPlan(len(self._subset), s.batch_size, self._seed, pi, pc)
+            positions = streaming.SubsetPositions(self._subset, inner)
             return streaming.StepPlan(positions, s.batch_size, self._seed, pi, pc)
-        labels = self._data.train_labels
-        if s.kind == "class_balanced":
-            return streaming.class_balanced_plan(labels, self._data.num_classes, s.batch_size,
-                                                 self._seed, pi, pc)  # fmt: skip
-        return streaming.BatchPlan(len(labels), s.batch_size, self._seed, pi, pc)
+        host_plan = samplers.lookup(s.kind).host_plan
+        data = self._data
+        return host_plan(data.train_labels, data.num_classes, s.batch_size, self._seed, pi, pc)
 
     def data(self, step: int, state) -> dict:
-        if self._sampling.population == "extra" and self._population is None:
-            self._population = runtime.to_host(state.extra)  # a resumed run's current draw
+        if self._sampling.over_subset and self._subset is None:
+            self._subset = runtime.to_host(state.subset)  # a resumed run's current draw
         if self._iterator is None or step != self._next_step:
             _close(self._iterator)
             self._iterator = self._data.iterator(
-                self._data.train, plan=self._plan(), start_step=step, mode=self._mode,
-                num_views=self._num_views, global_batch_size=self._sampling.batch_size,
-            )  # fmt: skip
+                self._data.train,
+                plan=self._plan(),
+                start_step=step,
+                mode=self._mode,
+                num_views=self._num_views,
+                global_batch_size=self._sampling.batch_size,
+            )
         self._next_step = step + 1
         local = next(self._iterator)
         return streaming.make_global_batch(self._data.mesh, _without_positions(local))
@@ -251,7 +285,7 @@ class _StreamFeed:
         return self._aug(key, augment.to_float(images))
 
     def set_population(self, positions: np.ndarray, step: int) -> None:
-        self._population = np.asarray(positions)
+        self._subset = np.asarray(positions)
         _close(self._iterator)
         self._iterator = None  # the draw changed: restart the pipeline at this step
         del step
@@ -276,9 +310,16 @@ def _without_positions(local: dict) -> dict:
 class StreamingInput:
     """A long-tailed training source and a test source of encoded images, streamed."""
 
-    def __init__(self, train, test, num_classes: int, groups: long_tail.ShotGroups,
-                 mesh: jax.sharding.Mesh, options: StreamOptions,
-                 class_names: tuple[str, ...] = ()):  # fmt: skip
+    def __init__(
+        self,
+        train,
+        test,
+        num_classes: int,
+        groups: long_tail.ShotGroups,
+        mesh: jax.sharding.Mesh,
+        options: StreamOptions,
+        class_names: tuple[str, ...] = (),
+    ):
         self.train, self.test, self.mesh, self.options = train, test, mesh, options
         self.num_classes = num_classes
         self.class_names = tuple(class_names) or _index_names(num_classes)
@@ -287,25 +328,49 @@ class StreamingInput:
         self.class_counts = np.bincount(self.train_labels, minlength=num_classes)
         self.groups = groups
 
-    def iterator(self, split, *, plan, start_step: int = 0, num_steps: int | None = None,
-                 mode: str = "train", num_views: int = 1, global_batch_size: int):  # fmt: skip
+    def iterator(
+        self,
+        split,
+        *,
+        plan,
+        start_step: int = 0,
+        num_steps: int | None = None,
+        mode: str = "train",
+        num_views: int = 1,
+        global_batch_size: int,
+    ):
         """This process's host batches of ``split`` (an `image_lists.ImageSplit`-like pair)."""
-        return streaming.make_iterator(
-            split.source, global_batch_size=global_batch_size, start_step=start_step,
-            num_steps=num_steps, image_size=self.options.image_size,
-            num_workers=self.options.num_workers, prefetch_steps=self.options.prefetch_steps,
-            plan=plan, mode=mode, num_views=num_views, process_index=plan.process_index,
-            process_count=jax.process_count(), num_processes=self.options.num_processes,
+        spec = streaming.IteratorSpec(
+            global_batch_size=global_batch_size,
+            start_step=start_step,
+            num_steps=num_steps,
+            process_index=plan.process_index,
+            process_count=jax.process_count(),
+            plan=plan,
+            image_size=self.options.image_size,
+            mode=mode,
+            num_views=num_views,
             draft=self.options.draft,
-        )  # fmt: skip
+            num_workers=self.options.num_workers,
+            prefetch_steps=self.options.prefetch_steps,
+            num_processes=self.options.num_processes,
+        )
+        return streaming.make_iterator(split.source, spec)
 
-    def train_feed(self, sampling: Sampling, *, augment: str = "none", strength: float = 1.0,
-                   num_views: int = 1) -> _StreamFeed:  # fmt: skip
+    def train_feed(
+        self,
+        sampling: Sampling,
+        *,
+        augment: str = "none",
+        strength: float = 1.0,
+        num_views: int = 1,
+    ) -> _StreamFeed:
         _check_sampling(sampling)
         return _StreamFeed(self, sampling, augment, host_augment(augment, strength), num_views)
 
-    def map_split(self, fn: Callable, split: str, positions: np.ndarray | None = None,
-                  batch_size: int = 512) -> Any:  # fmt: skip
+    def map_split(
+        self, fn: Callable, split: str, positions: np.ndarray | None = None, batch_size: int = 512
+    ) -> Any:
         """``fn(images uint8, labels int32, positions int32)`` over ``split``, centre crops."""
         source = {"train": self.train, "test": self.test}[split]
         if positions is None:
@@ -313,8 +378,9 @@ class StreamingInput:
         plan, num_batches = streaming.eval_plan(
             positions, batch_size, jax.process_index(), jax.process_count()
         )
-        local_batches = self.iterator(source, plan=plan, num_steps=num_batches, mode="eval",
-                                      global_batch_size=batch_size)  # fmt: skip
+        local_batches = self.iterator(
+            source, plan=plan, num_steps=num_batches, mode="eval", global_batch_size=batch_size
+        )
         outs, left = [], len(positions)
         for local in local_batches:
             batch = streaming.make_global_batch(self.mesh, local)
@@ -332,16 +398,10 @@ class StreamingInput:
 
 def store_augment(name: str, strength: float, image_size: int, store_size: int) -> Callable:
     """``fn(key, float store squares [B, S, S, 3]) -> [B, image_size, image_size, 3]``: a named
-    augmentation wholly on device, its crop taken from the store's squares."""
+    augmentation wholly on device, its crop taken from the store's squares
+    (`augmentations.Augmentation.from_store`)."""
     eval_side = store_size * image_size / streaming.eval_resize(image_size)
-    augments = {
-        "simclr": lambda key, x: augment.simclr(key, x, strength=strength, size=image_size),
-        "crop_flip": lambda key, x: augment.random_resized_crop_flip(key, x, image_size),
-        "none": lambda key, x: augment.centre_crop_resize(x, eval_side, image_size),
-    }
-    if name not in augments:
-        raise ValueError(f"Unknown augment {name!r}; valid: {', '.join(augments)}.")
-    return augments[name]
+    return augmentations.lookup(name).from_store(strength, image_size, eval_side)
 
 
 class DecodedInput(StreamingInput):
@@ -351,24 +411,44 @@ class DecodedInput(StreamingInput):
     [B, S, S, 3] gathered on the host by the streaming `StepPlan`s, cropped on device.
     """
 
-    def iterator(self, split, *, plan, start_step: int = 0, num_steps: int | None = None,
-                 mode: str = "train", num_views: int = 1, global_batch_size: int):  # fmt: skip
+    def iterator(
+        self,
+        split,
+        *,
+        plan,
+        start_step: int = 0,
+        num_steps: int | None = None,
+        mode: str = "train",
+        num_views: int = 1,
+        global_batch_size: int,
+    ):
         """This process's uint8 store rows of each step (views and crops are made on device)."""
         del mode, num_views, global_batch_size  # one copy per image; the plan knows the batch
         threads = max(1, min(self.options.num_workers, 4))  # a gather is a memcpy per image
         return decoded_store.make_iterator(
-            split, plan=plan, start_step=start_step, num_steps=num_steps, num_threads=threads,
+            split,
+            plan=plan,
+            start_step=start_step,
+            num_steps=num_steps,
+            num_threads=threads,
             prefetch_steps=max(self.options.prefetch_steps, threads),
-        )  # fmt: skip
+        )
 
-    def train_feed(self, sampling: Sampling, *, augment: str = "none", strength: float = 1.0,
-                   num_views: int = 1) -> _StreamFeed:  # fmt: skip
+    def train_feed(
+        self,
+        sampling: Sampling,
+        *,
+        augment: str = "none",
+        strength: float = 1.0,
+        num_views: int = 1,
+    ) -> _StreamFeed:
         _check_sampling(sampling)
         aug = store_augment(augment, strength, self.options.image_size, self.train.size)
         return _StreamFeed(self, sampling, augment, aug, num_views)
 
-    def map_split(self, fn: Callable, split: str, positions: np.ndarray | None = None,
-                  batch_size: int = 512) -> Any:  # fmt: skip
+    def map_split(
+        self, fn: Callable, split: str, positions: np.ndarray | None = None, batch_size: int = 512
+    ) -> Any:
         """``fn(images uint8, labels int32, positions int32)`` over ``split``: centre crops
         made on device from the store (uint8 [B, image_size, image_size, 3], as streamed)."""
         crop = self._centre_crop({"train": self.train, "test": self.test}[split].size)
@@ -388,8 +468,6 @@ class DecodedInput(StreamingInput):
 # --------------------------------------------------------------------------------------------
 # Choosing one.
 
-IN_MEMORY = ("cifar10", "cifar100", "synthetic")  # built in; see `datasets` for every name
-STREAMED = config_lib.STREAMED_DATASETS
 FORMATS = ("jpeg", "decoded")  # data.format of a streamed dataset
 
 
@@ -418,7 +496,7 @@ def load(data_config, mesh: jax.sharding.Mesh):
 
 
 def _load(data_config, mesh: jax.sharding.Mesh):
-    from ltr_jax.data import datasets, sources  # noqa: PLC0415 (TFDS import only when loading)
+    from ltr_jax.data import datasets, sources
 
     loaded = datasets.load(data_config)
     if isinstance(loaded, sources.Dataset):
@@ -440,9 +518,15 @@ def _load(data_config, mesh: jax.sharding.Mesh):
     groups = long_tail.shot_groups(counts, data_config.many_threshold, data_config.few_threshold)
     logging.info(
         "%s: %d training images (%d..%d per class), %d test images; many/medium/few %d/%d/%d.",
-        data_config.name, len(train.labels), counts.min(), counts.max(), len(test.labels),
-        len(groups.many), len(groups.medium), len(groups.few),
-    )  # fmt: skip
+        data_config.name,
+        len(train.labels),
+        counts.min(),
+        counts.max(),
+        len(test.labels),
+        len(groups.many),
+        len(groups.medium),
+        len(groups.few),
+    )
     return input_cls(train, test, num_classes, groups, mesh, options, loaded.class_names)
 
 
@@ -470,20 +554,28 @@ def store_directory(data_config, source_fingerprint: str) -> str:
 
 def _decoded_splits(data_config, train, test) -> tuple[Any, Any]:
     """The store of (train, test), prepared first if it is not yet complete."""
-    facts = dict(name=data_config.name, test_split=data_config.test_split,
-                 train=train.labels, test=test.labels)  # fmt: skip
+    facts = dict(
+        name=data_config.name,
+        test_split=data_config.test_split,
+        train=train.labels,
+        test=test.labels,
+    )
     if data_config.name == "synthetic_jpeg":  # the labels alone do not identify its images
-        facts.update(synthetic=data_config.synthetic.to_dict(),
-                     imbalance_factor=data_config.imbalance_factor)  # fmt: skip
+        facts.update(
+            synthetic=data_config.synthetic.to_dict(), imbalance_factor=data_config.imbalance_factor
+        )
     source_fingerprint = decoded_store.fingerprint(**facts)
     directory = store_directory(data_config, source_fingerprint)
     size = data_config.decoded_size
     if not decoded_store.is_complete(directory):
         logging.info("Preparing the decoded store of %s in %s.", data_config.name, directory)
         splits = {"train": train, "test": test}
-        decoded_store.prepare_store(directory, splits, size=size,
-                                    source_fingerprint=source_fingerprint,
-                                    num_processes=data_config.prepare_processes)  # fmt: skip
+        decoded_store.prepare_store(
+            directory,
+            splits,
+            size=size,
+            source_fingerprint=source_fingerprint,
+            num_processes=data_config.prepare_processes,
+        )
     store = decoded_store.open_store(directory, size, source_fingerprint)
     return store["train"], store["test"]
-

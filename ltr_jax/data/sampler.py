@@ -2,7 +2,8 @@
 
 The batch at a step is a pure function of (key, step): a resumed run sees exactly the batches
 an uninterrupted run would have seen, and there is no sampler state to checkpoint. Every
-function here is jittable so the sampler can run inside the training step on device.
+function here is jittable so the sampler can run inside the training step on device. The
+registry of named samplers (with their host twins) is `ltr_jax.data.samplers`.
 """
 
 from __future__ import annotations
@@ -10,8 +11,6 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
-
-SAMPLERS = ("uniform", "class_balanced")
 
 
 def uniform_batch(key: jax.Array, step: jax.Array, num_examples: int, batch_size: int):
@@ -29,6 +28,37 @@ def uniform_batch(key: jax.Array, step: jax.Array, num_examples: int, batch_size
     epoch, offset = jnp.divmod(step, steps_per_epoch)
     perm = jax.random.permutation(jax.random.fold_in(key, epoch), num_examples)
     return jax.lax.dynamic_slice(perm, (offset * batch_size,), (batch_size,)).astype(jnp.int32)
+
+
+def steps_per_epoch(num_examples: int, batch_size: int, drop_last: bool = True) -> int:
+    """Steps of one epoch: the last partial batch dropped, or kept (``drop_last=False``)."""
+    if num_examples < batch_size:
+        raise ValueError(f"batch_size {batch_size} exceeds the {num_examples} training examples.")
+    return num_examples // batch_size if drop_last else -(-num_examples // batch_size)
+
+
+def epoch_batch(
+    key: jax.Array, step: jax.Array, num_examples: int, batch_size: int, drop_last: bool = True
+) -> tuple[jax.Array, jax.Array]:
+    """:func:`uniform_batch` with the choice of keeping each epoch's last partial batch.
+
+    ``drop_last=True`` is :func:`uniform_batch` (every row weighted 1). ``drop_last=False``
+    (PyTorch's ``DataLoader(drop_last=False)``, the released probe and stage 2) has
+    ceil(N / B) steps per epoch, so every example is seen once an epoch; the last step keeps
+    its fixed shape [B], its rows past the N-th repeat the last position with weight 0 (the
+    loss is the mean over real rows).
+
+    Returns:
+      (int32 [batch_size] positions, float32 [batch_size] row weights, 1 real / 0 padding).
+    """
+    if drop_last:
+        positions = uniform_batch(key, step, num_examples, batch_size)
+        return positions, jnp.ones(batch_size, jnp.float32)
+    epoch, offset = jnp.divmod(step, steps_per_epoch(num_examples, batch_size, False))
+    perm = jax.random.permutation(jax.random.fold_in(key, epoch), num_examples)
+    rows = offset * batch_size + jnp.arange(batch_size)  # [B] rows of the epoch's order
+    positions = perm[jnp.minimum(rows, num_examples - 1)].astype(jnp.int32)
+    return positions, (rows < num_examples).astype(jnp.float32)
 
 
 def class_balanced_batch(
@@ -52,17 +82,6 @@ def class_balanced_batch(
     cls = jax.random.randint(key_c, (batch_size,), 0, num_classes)
     within = jax.random.randint(key_i, (batch_size,), 0, jnp.asarray(counts)[cls])
     return jnp.asarray(by_class)[jnp.asarray(starts)[cls] + within]
-
-
-def make_batch_sampler(
-    kind: str, key: jax.Array, labels: np.ndarray, num_classes: int, batch_size: int
-):
-    """Returns ``fn(step) -> int32 [batch_size]`` positions for the named sampler."""
-    if kind == "uniform":
-        return lambda step: uniform_batch(key, step, len(labels), batch_size)
-    if kind == "class_balanced":
-        return lambda step: class_balanced_batch(key, step, labels, num_classes, batch_size)
-    raise ValueError(f"Unknown sampler {kind!r}; valid: {', '.join(SAMPLERS)}.")
 
 
 def process_slice(global_batch: np.ndarray, process_index: int, process_count: int) -> np.ndarray:

@@ -47,14 +47,15 @@ batches identical to the threads'), handed over through ``/dev/shm`` (`check_sha
 
     source = tfds.data_source("imagenet2012", split="train",
                               decoders={"image": tfds.decode.SkipDecoding()})
-    local = make_iterator(source, seed=0, global_batch_size=256, start_step=step,
-                          process_index=jax.process_index(),
-                          process_count=jax.process_count(), num_workers=16)
+    spec = IteratorSpec(global_batch_size=256, start_step=step, num_workers=16,
+                        process_index=jax.process_index(), process_count=jax.process_count())
+    local = make_iterator(source, spec)
     for batch in global_batches(mesh, local): ...
 """
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import math
 import os
@@ -139,8 +140,9 @@ class StepPlan:
     def locate(self, element: int) -> tuple[int, int, int]:
         """Maps this process's flat element index to (step, global row, source position)."""
         step, local_row = divmod(element, self.local_batch_size)
-        local = sampler.process_slice(self.global_positions(step), self.process_index,
-                                      self.process_count)  # fmt: skip
+        local = sampler.process_slice(
+            self.global_positions(step), self.process_index, self.process_count
+        )
         row = self.process_index * self.local_batch_size + local_row
         return step, row, int(local[local_row])
 
@@ -403,22 +405,12 @@ class _LoadExample:
     ``mode`` "train": ``num_views`` random resized crops + flips; "eval": the centre crop.
     """
 
-    def __init__(
-        self,
-        source: Any,
-        plan: StepPlan,
-        image_size: int,
-        image_key: str,
-        label_key: str,
-        mode: str = "train",
-        num_views: int = 1,
-        draft: bool = False,
-    ):
-        if mode not in ("train", "eval"):
-            raise ValueError(f"Unknown mode {mode!r}; valid: train, eval.")
-        self.source, self.plan, self.image_size = source, plan, image_size
-        self.image_key, self.label_key = image_key, label_key
-        self.mode, self.num_views, self.draft = mode, num_views, draft
+    def __init__(self, source: Any, plan: StepPlan, spec: IteratorSpec):
+        if spec.mode not in ("train", "eval"):
+            raise ValueError(f"Unknown mode {spec.mode!r}; valid: train, eval.")
+        self.source, self.plan, self.image_size = source, plan, spec.image_size
+        self.image_key, self.label_key = spec.image_key, spec.label_key
+        self.mode, self.num_views, self.draft = spec.mode, spec.num_views, spec.draft
 
     def __call__(self, element: int) -> dict[str, np.ndarray]:
         step, row, position = self.plan.locate(element)
@@ -437,144 +429,97 @@ class _LoadExample:
         }
 
 
-def make_dataset(
-    source: Any,
-    *,
-    seed: int = 0,
-    global_batch_size: int,
-    start_step: int = 0,
-    num_steps: int | None = None,
-    process_index: int = 0,
-    process_count: int = 1,
-    image_size: int = 224,
-    image_key: str = "image",
-    label_key: str = "label",
-    plan: StepPlan | None = None,
-    mode: str = "train",
-    num_views: int = 1,
-    draft: bool = False,
-) -> grain.MapDataset:
-    """The per-example `grain.MapDataset` of this process, from ``start_step`` on (unbatched).
+@dataclasses.dataclass(frozen=True)
+class IteratorSpec:
+    """What `make_iterator` yields (which steps, whose rows, which crops) and how it decodes.
 
-    Element j is local row j % B_local of step start_step + j // B_local. Without
-    ``num_steps`` the dataset is (practically) infinite. ``plan`` (default: a `BatchPlan` of
-    uniform epochs over the source with ``seed``) decides the positions of every step.
-    """
-    load = _make_loader(
-        source, seed=seed, global_batch_size=global_batch_size, process_index=process_index,
-        process_count=process_count, image_size=image_size, image_key=image_key,
-        label_key=label_key, plan=plan, mode=mode, num_views=num_views, draft=draft,
-    )  # fmt: skip
-    first = start_step * load.plan.local_batch_size
-    stop = sys.maxsize if num_steps is None else first + num_steps * load.plan.local_batch_size
-    return grain.MapDataset.range(first, stop).map(load)
-
-
-def _make_loader(
-    source: Any,
-    *,
-    seed: int,
-    global_batch_size: int,
-    process_index: int,
-    process_count: int,
-    image_size: int,
-    image_key: str,
-    label_key: str,
-    plan: StepPlan | None,
-    mode: str,
-    num_views: int,
-    draft: bool = False,
-) -> _LoadExample:
-    """The per-element transform, with the default `BatchPlan` or a checked ``plan``."""
-    if plan is None:
-        plan = BatchPlan(len(source), global_batch_size, seed, process_index, process_count)
-    elif (plan.global_batch_size, plan.process_index) != (global_batch_size, process_index) or (
-        plan.local_batch_size * process_count != global_batch_size
-    ):
-        raise ValueError("plan was built for another batch size or process split.")
-    return _LoadExample(source, plan, image_size, image_key, label_key, mode, num_views, draft)
-
-
-def make_iterator(
-    source: Any,
-    *,
-    seed: int = 0,
-    global_batch_size: int,
-    start_step: int = 0,
-    process_index: int = 0,
-    process_count: int = 1,
-    image_size: int = 224,
-    num_workers: int = 8,
-    prefetch_steps: int = 2,
-    num_steps: int | None = None,
-    image_key: str = "image",
-    label_key: str = "label",
-    plan: StepPlan | None = None,
-    mode: str = "train",
-    num_views: int = 1,
-    draft: bool = False,
-    num_processes: int = 0,
-) -> Iterator[dict[str, np.ndarray]]:
-    """This process's host batches, one per step from ``start_step`` on.
-
-    Args:
-        source: random-access source (`__len__`, `__getitem__` -> dict with encoded image bytes
-            under ``image_key`` and an integer label under ``label_key``), e.g.
-            ``tfds.data_source(..., decoders={"image": tfds.decode.SkipDecoding()})``.
-        seed: data-order and augmentation seed.
+    Attributes:
         global_batch_size: examples per step over all processes (B); B_local = B / P.
+        seed: data-order and augmentation seed.
         start_step: first step to yield (resume point).
+        num_steps: stop after this many steps (None: never).
         process_index: this process (i); it loads rows i*B/P .. (i+1)*B/P of each batch.
         process_count: number of processes (P).
+        plan: the positions of every step (None: uniform epochs over the source, a
+            `BatchPlan`); built with the same batch size, seed and process split as here.
         image_size: output side S.
-        num_workers: decoding threads (0: decode in the consuming thread, no prefetch).
-        prefetch_steps: how many local batches of examples the threads run ahead.
-        num_steps: stop after this many steps (default: never).
-        image_key: record key of the encoded image.
-        label_key: record key of the label.
-        plan: the positions of every step (default: uniform epochs, `BatchPlan`); built with
-            the same batch size, seed and process split as given here.
         mode: "train" (random resized crop + flip) or "eval" (centre crop).
         num_views: random crops per image in train mode.
         draft: decode JPEGs at a reduced size where the crops allow (`augment_image`).
+        image_key: record key of the encoded image.
+        label_key: record key of the label.
+        num_workers: decoding threads (0: decode in the consuming thread, no prefetch).
+        prefetch_steps: how many local batches of examples the workers run ahead.
         num_processes: decode in this many worker processes instead of threads (each decodes
             whole batches, one after another; ``num_workers`` is then unused). Threads share
             the GIL for the Python and NumPy parts of the work: measured on a 16-core GPU
             host, 16 threads decoded only about 4x what one did.
+    """
+
+    global_batch_size: int
+    seed: int = 0
+    start_step: int = 0
+    num_steps: int | None = None
+    process_index: int = 0
+    process_count: int = 1
+    plan: StepPlan | None = None
+    image_size: int = 224
+    mode: str = "train"
+    num_views: int = 1
+    draft: bool = False
+    image_key: str = "image"
+    label_key: str = "label"
+    num_workers: int = 8
+    prefetch_steps: int = 2
+    num_processes: int = 0
+
+
+def make_dataset(source: Any, spec: IteratorSpec) -> grain.MapDataset:
+    """The per-example `grain.MapDataset` of this process, from ``spec.start_step`` on
+    (unbatched; the worker settings of ``spec`` are unused).
+
+    Element j is local row j % B_local of step start_step + j // B_local. Without
+    ``num_steps`` the dataset is (practically) infinite.
+    """
+    load = _make_loader(source, spec)
+    local = load.plan.local_batch_size
+    first = spec.start_step * local
+    stop = sys.maxsize if spec.num_steps is None else first + spec.num_steps * local
+    return grain.MapDataset.range(first, stop).map(load)
+
+
+def _make_loader(source: Any, spec: IteratorSpec) -> _LoadExample:
+    """The per-element transform, with the default `BatchPlan` or a checked ``spec.plan``."""
+    plan, batch, processes = spec.plan, spec.global_batch_size, spec.process_count
+    if plan is None:
+        plan = BatchPlan(len(source), batch, spec.seed, spec.process_index, processes)
+    elif (plan.global_batch_size, plan.process_index) != (batch, spec.process_index) or (
+        plan.local_batch_size * processes != batch
+    ):
+        raise ValueError("plan was built for another batch size or process split.")
+    return _LoadExample(source, plan, spec)
+
+
+def make_iterator(source: Any, spec: IteratorSpec) -> Iterator[dict[str, np.ndarray]]:
+    """This process's host batches, one per step from ``spec.start_step`` on.
+
+    Args:
+        source: random-access source (`__len__`, `__getitem__` -> dict with encoded image bytes
+            under ``spec.image_key`` and an integer label under ``spec.label_key``), e.g.
+            ``tfds.data_source(..., decoders={"image": tfds.decode.SkipDecoding()})``.
+        spec: the steps, rows, crops and workers (`IteratorSpec`).
 
     Returns:
         An iterator over {"images": uint8 [B_local, S, S, 3] (or [B_local, V, S, S, 3] with
         V > 1 views), "labels": int32 [B_local], "positions": int32 [B_local]}.
     """
-    if num_processes:
-        return _process_iterator(
-            source, seed=seed, global_batch_size=global_batch_size, start_step=start_step,
-            num_steps=num_steps, process_index=process_index, process_count=process_count,
-            image_size=image_size, image_key=image_key, label_key=label_key, plan=plan,
-            mode=mode, num_views=num_views, draft=draft, num_processes=num_processes,
-            prefetch_steps=prefetch_steps,
-        )  # fmt: skip
-    dataset = make_dataset(
-        source,
-        seed=seed,
-        global_batch_size=global_batch_size,
-        start_step=start_step,
-        num_steps=num_steps,
-        process_index=process_index,
-        process_count=process_count,
-        image_size=image_size,
-        image_key=image_key,
-        label_key=label_key,
-        plan=plan,
-        mode=mode,
-        num_views=num_views,
-        draft=draft,
-    )
-    local_batch_size = global_batch_size // process_count
-    buffer = prefetch_steps * local_batch_size if num_workers else 0
-    options = grain.ReadOptions(num_threads=num_workers, prefetch_buffer_size=buffer)
-    batches = dataset.to_iter_dataset(options).batch(local_batch_size, drop_remainder=True)
-    return iter(batches)
+    if spec.num_processes:
+        return _process_iterator(source, spec)
+    local_batch_size = spec.global_batch_size // spec.process_count
+    buffer = spec.prefetch_steps * local_batch_size if spec.num_workers else 0
+    options = grain.ReadOptions(num_threads=spec.num_workers, prefetch_buffer_size=buffer)
+    dataset = make_dataset(source, spec).to_iter_dataset(options)
+    return iter(dataset.batch(local_batch_size, drop_remainder=True))
 
 
 def check_shared_memory(needed: int, path: str = "/dev/shm") -> None:
@@ -595,27 +540,21 @@ def check_shared_memory(needed: int, path: str = "/dev/shm") -> None:
         )
 
 
-def _process_iterator(
-    source: Any,
-    *,
-    num_processes: int,
-    prefetch_steps: int,
-    start_step: int,
-    num_steps: int | None,
-    **kwargs: Any,
-) -> Iterator[dict[str, np.ndarray]]:
+def _process_iterator(source: Any, spec: IteratorSpec) -> Iterator[dict[str, np.ndarray]]:
     """`make_iterator` with worker processes: a dataset of whole local batches, one per step."""
     # Grain's multiprocessing reads absl flags: parse them (defaults) if the program did not.
     if not flags.FLAGS.is_parsed():
         flags.FLAGS.mark_as_parsed()
-    loader = _make_loader(source, **kwargs)
+    loader = _make_loader(source, spec)
     local = loader.plan.local_batch_size
+    prefetch = max(spec.prefetch_steps, 1)
     batch_bytes = local * loader.num_views * loader.image_size**2 * 3
-    check_shared_memory(num_processes * (max(prefetch_steps, 1) + 1) * batch_bytes)
-    stop = sys.maxsize // local if num_steps is None else start_step + num_steps
-    steps = grain.MapDataset.range(start_step, stop).map(_LoadBatch(loader, local))
+    check_shared_memory(spec.num_processes * (prefetch + 1) * batch_bytes)
+    start = spec.start_step
+    stop = sys.maxsize // local if spec.num_steps is None else start + spec.num_steps
+    steps = grain.MapDataset.range(start, stop).map(_LoadBatch(loader, local))
     options = grain.MultiprocessingOptions(
-        num_workers=num_processes, per_worker_buffer_size=max(prefetch_steps, 1)
+        num_workers=spec.num_processes, per_worker_buffer_size=prefetch
     )
     return iter(steps.to_iter_dataset().mp_prefetch(options))
 

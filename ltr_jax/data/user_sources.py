@@ -338,7 +338,7 @@ def _whole(images: np.ndarray, labels: np.ndarray) -> sources.Split:
 
 def load_tfds(name: str, data_config) -> sources.Dataset:
     """A prepared TFDS dataset ``name`` in ``data.data_dir`` (see the module docstring)."""
-    import tensorflow_datasets as tfds  # noqa: PLC0415 (only when this source is used)
+    import tensorflow_datasets as tfds
 
     keys = data_config.tfds
     hint = (

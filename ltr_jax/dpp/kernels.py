@@ -14,8 +14,6 @@ import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
 
-SCALES = ("paper", "reference")
-
 
 class IPKernelParts(NamedTuple):
     """S = diag(d) + alpha p p^T, with zeros on masked items."""
@@ -40,10 +38,24 @@ def valid_mask(x: ArrayLike, mask: ArrayLike | None) -> jax.Array:
     return jnp.asarray(mask).astype(bool)
 
 
+def _paper_scale(p: jax.Array, valid: jax.Array, n: jax.Array) -> tuple[jax.Array, jax.Array]:
+    # 1 - alpha s = mean(1 - p): summing the 1 - p_i avoids cancellation when all p ~ 1.
+    return 1.0 / n, jnp.sum(jnp.where(valid, 1.0 - p, 0.0)) / n
+
+
+def _reference_scale(p: jax.Array, valid: jax.Array, n: jax.Array) -> tuple[jax.Array, jax.Array]:
+    alpha = 1.0 / (n * n)
+    return alpha, 1.0 - alpha * jnp.sum(p)
+
+
+# ``stage2.kernel_scale`` -> ``fn(p [N] masked, valid [N], n valid items) -> (alpha, 1 - alpha s)``.
+SCALES = {"paper": _paper_scale, "reference": _reference_scale}
+
+
 def check_scale(scale: str) -> None:
     """Raises ValueError unless `scale` is one of SCALES."""
     if scale not in SCALES:
-        raise ValueError(f"Unknown kernel scale {scale!r}; expected one of {SCALES}.")
+        raise ValueError(f"Unknown kernel scale {scale!r}; expected one of {tuple(SCALES)}.")
 
 
 def ip_dpp_parts(
@@ -64,13 +76,7 @@ def ip_dpp_parts(
     valid = valid_mask(p, mask)
     p = jnp.where(valid, jnp.clip(p, 0.0, 1.0), 0.0)
     n = jnp.maximum(jnp.sum(valid), 1).astype(p.dtype)
-    if scale == "paper":
-        alpha = 1.0 / n
-        # 1 - alpha s = mean(1 - p): summing the 1 - p_i avoids cancellation when all p ~ 1.
-        c = jnp.sum(jnp.where(valid, 1.0 - p, 0.0)) / n
-    else:
-        alpha = 1.0 / (n * n)
-        c = 1.0 - alpha * jnp.sum(p)
+    alpha, c = SCALES[scale](p, valid, n)
     # d_i = 1 - alpha p_i s written as (1 - p_i) + p_i (1 - alpha s): a sum of non-negatives.
     d = jnp.where(valid, (1.0 - p) + p * c, 0.0)
     return IPKernelParts(d=d, alpha=alpha, p=p)

@@ -5,7 +5,8 @@ with exactly min(k, n_valid) True entries, all on valid items (a class with at m
 items is kept whole). `selection_indices` turns a mask into k int32 indices.
 """
 
-from collections.abc import Sequence
+import dataclasses
+from collections.abc import Callable, Sequence
 from functools import partial
 
 import jax
@@ -27,8 +28,6 @@ from ltr_jax.dpp.rejection import sample_structured_core
 from ltr_jax.dpp.spectral import sample_k_dpp
 from ltr_jax.dpp.structured import sample_structured_dp_core
 
-METHODS = ("structured", "structured_dp", "spectral", "paper_alg1", "greedy_map", "uniform")
-
 
 def sample_uniform(key: jax.Array, valid: jax.Array, k: int) -> jax.Array:
     """Uniformly random k of the valid items (the reference code's effective behaviour).
@@ -41,32 +40,70 @@ def sample_uniform(key: jax.Array, valid: jax.Array, k: int) -> jax.Array:
     return jnp.zeros(valid.shape, bool).at[idx].set(True) & valid
 
 
-def _draw(key: jax.Array, p: jax.Array, valid: jax.Array, k: int, scale: str, method: str):
-    """Dispatches one class's draw; k < N is guaranteed by the caller."""
-    if method == "structured":
-        return sample_structured_core(key, sampling_parts(p, scale, valid), valid, k)
-    if method == "structured_dp":
-        return sample_structured_dp_core(key, sampling_parts(p, scale, valid), valid, k)
-    if method == "greedy_map":
-        return greedy_map_structured(*sampling_parts(p, scale, valid), valid, k)
-    if method == "uniform":
-        return sample_uniform(key, valid, k)
-    kernel = ip_dpp_kernel(p, scale, valid)
-    if method == "spectral":
-        return sample_k_dpp(key, kernel, k, valid)
-    return sample_paper_alg1(key, kernel, k, valid)
+@dataclasses.dataclass(frozen=True)
+class Method:
+    """One subset-selection method (``stage2.sampler``).
+
+    Attributes:
+      draw: ``draw(key, p [N], valid [N], k, scale) -> [N] bool mask`` of one class, with
+        ``k < N`` (the caller keeps smaller classes whole).
+      label: the name of stage 2 with this method in reports.
+    """
+
+    draw: Callable[[jax.Array, jax.Array, jax.Array, int, str], jax.Array]
+    label: str
+
+
+METHODS: dict[str, Method] = {
+    "structured": Method(
+        lambda key, p, valid, k, scale: sample_structured_core(
+            key, sampling_parts(p, scale, valid), valid, k
+        ),
+        label="IP-DPP(structured)",
+    ),
+    "structured_dp": Method(
+        lambda key, p, valid, k, scale: sample_structured_dp_core(
+            key, sampling_parts(p, scale, valid), valid, k
+        ),
+        label="IP-DPP(structured_dp)",
+    ),
+    "spectral": Method(
+        lambda key, p, valid, k, scale: sample_k_dpp(key, ip_dpp_kernel(p, scale, valid), k, valid),
+        label="IP-DPP(spectral)",
+    ),
+    "paper_alg1": Method(
+        lambda key, p, valid, k, scale: sample_paper_alg1(
+            key, ip_dpp_kernel(p, scale, valid), k, valid
+        ),
+        label="IP-DPP(paper_alg1)",
+    ),
+    "greedy_map": Method(
+        lambda key, p, valid, k, scale: greedy_map_structured(
+            *sampling_parts(p, scale, valid), valid, k
+        ),
+        label="IP-DPP(greedy_map)",
+    ),
+    # k uniformly random images per class: the released code's effective behaviour.
+    "uniform": Method(lambda key, p, valid, k, scale: sample_uniform(key, valid, k), "uniform-k"),
+}
+
+
+def report_label(method: str) -> str:
+    """Stage 2's name in reports for ``stage2.sampler=method`` (unknown names: IP-DPP(name))."""
+    entry = METHODS.get(method)
+    return entry.label if entry is not None else f"IP-DPP({method})"
 
 
 def _check_method(method: str, scale: str) -> None:
     if method not in METHODS:
-        raise ValueError(f"Unknown IP-DPP method {method!r}; expected one of {METHODS}.")
+        raise ValueError(f"Unknown IP-DPP method {method!r}; expected one of {tuple(METHODS)}.")
     check_scale(scale)
 
 
 def _sample_one(key, p, valid, k, scale, method):
     if k >= p.shape[0]:
         return valid
-    return keep_small_classes(_draw(key, p, valid, k, scale, method), valid, k)
+    return keep_small_classes(METHODS[method].draw(key, p, valid, k, scale), valid, k)
 
 
 @partial(jax.jit, static_argnames=("k", "scale", "method"))

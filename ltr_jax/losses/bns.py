@@ -26,10 +26,10 @@ finite; an image alone in its class has ``A_i = {q_i}``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import jax
 import jax.numpy as jnp
-
-FORMS = ("paper", "reference")
 
 _EPS = 1e-12
 
@@ -204,6 +204,21 @@ def bns_reference(
     return -jnp.mean(jax.nn.log_sigmoid(pos) + jax.nn.log_sigmoid(-neg))
 
 
+def _paper_form(z1, z2, labels, key, tau: float, m: int) -> jax.Array:
+    if key is None:
+        raise ValueError('bns form "paper" needs a PRNG key to draw its anchor sets')
+    return bns_paper(z1, z2, labels, key, tau=tau, m=m)
+
+
+def _reference_form(z1, z2, labels, key, tau: float, m: int) -> jax.Array:
+    del key, m  # deterministic, over every same-class row
+    return bns_reference(z1, z2, labels, tau=tau)
+
+
+# ``stage1.bns.form`` -> ``fn(z1, z2, labels, key, tau, m) -> scalar float32 loss``.
+FORMS: dict[str, Callable[..., jax.Array]] = {"paper": _paper_form, "reference": _reference_form}
+
+
 def bns_loss(
     z1: jax.Array,
     z2: jax.Array,
@@ -231,10 +246,6 @@ def bns_loss(
     Raises:
       ValueError: for an unknown ``form``, or ``"paper"`` without a key.
     """
-    if form == "paper":
-        if key is None:
-            raise ValueError('bns form "paper" needs a PRNG key to draw its anchor sets')
-        return bns_paper(z1, z2, labels, key, tau=tau, m=m)
-    if form == "reference":
-        return bns_reference(z1, z2, labels, tau=tau)
-    raise ValueError(f"unknown bns form {form!r}; valid forms: {', '.join(FORMS)}")
+    if form not in FORMS:
+        raise ValueError(f"unknown bns form {form!r}; valid forms: {', '.join(FORMS)}")
+    return FORMS[form](z1, z2, labels, key, tau, m)

@@ -1,6 +1,8 @@
 """Classification losses: cross-entropy and the long-tailed baselines' losses.
 
-Every loss made by :func:`make_classification_loss` has the signature
+The registry `LOSSES` maps ``<section>.loss`` to its `ClassificationLoss` (builder from the
+loss's own config section ``<section>.<name>``, report label, defaults). Every loss made by
+:func:`make_classification_loss` has the signature
 ``loss(logits, labels, class_weights=None) -> scalar float32``. ``class_weights`` ([C] or None)
 re-weights the examples by their class, normalised like PyTorch's ``cross_entropy(weight=)``:
 ``sum_i w_{y_i} l_i / sum_i w_{y_i}``. Deferred re-weighting (DRW, Cao et al. 2019) is such a
@@ -10,20 +12,23 @@ jittable function of the step, so one compiled training step serves both phases.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import dataclasses
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
-LOSSES = ("ce", "balanced_softmax", "logit_adjust", "ldam")
-
 Loss = Callable[..., jax.Array]
 
 
 def cross_entropy(
-    logits: jax.Array, labels: jax.Array, class_weights: jax.Array | None = None
+    logits: jax.Array,
+    labels: jax.Array,
+    class_weights: jax.Array | None = None,
+    row_weights: jax.Array | None = None,
 ) -> jax.Array:
     """Softmax cross-entropy over the batch, computed in float32.
 
@@ -32,6 +37,8 @@ def cross_entropy(
       labels: int ``[B]`` labels.
       class_weights: optional float ``[C]`` per-class weights; the loss is then the weighted
         mean ``sum_i w_{y_i} l_i / sum_i w_{y_i}``.
+      row_weights: optional float ``[B]`` weights of the rows, e.g. 0 for the padding of an
+        epoch's last partial batch (``sampler.epoch_batch``); multiplies ``class_weights``.
 
     Returns:
       The scalar float32 loss.
@@ -39,9 +46,13 @@ def cross_entropy(
     per_example = optax.softmax_cross_entropy_with_integer_labels(
         logits.astype(jnp.float32), labels
     )  # [B]
-    if class_weights is None:
+    if class_weights is None and row_weights is None:
         return per_example.mean()
-    w = jnp.asarray(class_weights, jnp.float32)[labels]  # [B]
+    w = jnp.ones_like(per_example)
+    if class_weights is not None:
+        w = w * jnp.asarray(class_weights, jnp.float32)[labels]  # [B]
+    if row_weights is not None:
+        w = w * jnp.asarray(row_weights, jnp.float32)
     return jnp.sum(w * per_example) / jnp.sum(w)
 
 
@@ -113,42 +124,100 @@ def ldam_loss(
     return cross_entropy(scale * shifted, labels, class_weights)
 
 
-def make_classification_loss(
-    name: str,
-    class_counts: np.ndarray,
-    tau: float = 1.0,
-    *,
-    ldam_max_margin: float = 0.5,
-    ldam_scale: float = 30.0,
-) -> Loss:
-    """Returns ``loss(logits, labels, class_weights=None) -> scalar`` for a named loss.
-
-    - ``ce``: plain cross-entropy.
-    - ``balanced_softmax`` (Ren et al. 2020): CE on logits + log prior.
-    - ``logit_adjust`` (Menon et al. 2021): CE on logits + tau * log prior.
-    - ``ldam`` (Cao et al. 2019): margin ``ldam_max_margin * (n_min / n_c)^(1/4)`` subtracted
-      from the true-class logit, logits scaled by ``ldam_scale``.
-
-    All leave the logits used at test time unadjusted.
-
-    Raises:
-      ValueError: for an unknown name, listing the valid ones.
-    """
-    if name not in LOSSES:
-        raise ValueError(f"Unknown loss {name!r}; valid: {', '.join(LOSSES)}.")
-    if name == "ce":
-        return cross_entropy
-    if name == "ldam":
-        margins = jnp.asarray(ldam_margins(class_counts, ldam_max_margin))
-
-        def ldam(logits, labels, class_weights=None):
-            return ldam_loss(logits, labels, margins, ldam_scale, class_weights)
-
-        return ldam
-    scale = 1.0 if name == "balanced_softmax" else tau
-    shift = jnp.asarray(scale * log_prior(class_counts))  # [C]
+def _shifted_by_prior(class_counts: np.ndarray, tau: float) -> Loss:
+    """CE on ``logits + tau * log prior`` (the prior shift is a training-time device only)."""
+    shift = jnp.asarray(tau * log_prior(class_counts))  # [C]
 
     def adjusted(logits, labels, class_weights=None):
         return cross_entropy(logits.astype(jnp.float32) + shift, labels, class_weights)
 
     return adjusted
+
+
+def _ldam(class_counts: np.ndarray, params: Mapping) -> Loss:
+    margins = jnp.asarray(ldam_margins(class_counts, params["max_margin"]))  # [C]
+
+    def ldam(logits, labels, class_weights=None):
+        return ldam_loss(logits, labels, margins, params["scale"], class_weights)
+
+    return ldam
+
+
+@dataclasses.dataclass(frozen=True)
+class ClassificationLoss:
+    """One classification loss of the registry.
+
+    Attributes:
+      make: ``make(class_counts [C], params) -> loss(logits, labels, class_weights=None)``;
+        ``params`` is the loss's own config section (``<section>.<name>``, e.g.
+        ``ce.ldam``), with every key of ``defaults``.
+      label: ``label(params) -> str``, the loss's name in reports.
+      defaults: the keys of its section and their defaults (empty: it has no section).
+    """
+
+    make: Callable[[np.ndarray, Mapping], Loss]
+    label: Callable[[Mapping], str]
+    defaults: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+
+# ``<section>.loss`` -> its loss. Adding one here makes it valid in the config, usable by the
+# supervised stages and labelled in reports; its parameters go in ``<section>.<name>``.
+LOSSES: dict[str, ClassificationLoss] = {
+    "ce": ClassificationLoss(make=lambda counts, params: cross_entropy, label=lambda p: "ce"),
+    "balanced_softmax": ClassificationLoss(
+        make=lambda counts, params: _shifted_by_prior(counts, 1.0),
+        label=lambda p: "balanced_softmax",
+    ),
+    "logit_adjust": ClassificationLoss(
+        make=lambda counts, params: _shifted_by_prior(counts, params["tau"]),
+        label=lambda p: f"logit_adjust(tau={p['tau']:g})",
+        defaults={"tau": 1.0},
+    ),
+    "ldam": ClassificationLoss(
+        make=_ldam, label=lambda p: "ldam", defaults={"max_margin": 0.5, "scale": 30.0}
+    ),
+}
+
+
+def lookup(name: str) -> ClassificationLoss:
+    """The registered loss ``name``; an unknown name fails with the valid ones."""
+    if name not in LOSSES:
+        raise ValueError(f"Unknown loss {name!r}; valid: {', '.join(LOSSES)}.")
+    return LOSSES[name]
+
+
+def make_classification_loss(
+    name: str, class_counts: np.ndarray, params: Mapping | None = None
+) -> Loss:
+    """Returns ``loss(logits, labels, class_weights=None) -> scalar`` for a registered loss.
+
+    - ``ce``: plain cross-entropy.
+    - ``balanced_softmax`` (Ren et al. 2020): CE on logits + log prior.
+    - ``logit_adjust`` (Menon et al. 2021): CE on logits + ``tau`` * log prior.
+    - ``ldam`` (Cao et al. 2019): margin ``max_margin * (n_min / n_c)^(1/4)`` subtracted
+      from the true-class logit, logits scaled by ``scale``.
+
+    All leave the logits used at test time unadjusted.
+
+    Args:
+      name: a key of `LOSSES`.
+      class_counts: training images per class, ``[C]``.
+      params: the loss's own config section (e.g. ``config.ce.ldam``); missing keys take the
+        entry's defaults.
+
+    Raises:
+      ValueError: for an unknown name, listing the valid ones.
+    """
+    entry = lookup(name)
+    return entry.make(class_counts, {**entry.defaults, **dict(params or {})})
+
+
+def report_label(section: Mapping) -> str:
+    """The loss's report label from a supervised config section (a ConfigDict or the dict of
+    ``config.json``); a loss not registered in this process is labelled by its name."""
+    name = section["loss"]
+    if name not in LOSSES:
+        return name
+    entry = LOSSES[name]
+    params = section.get(name) or {}
+    return entry.label({**entry.defaults, **dict(params)})

@@ -36,7 +36,7 @@ def with_step_key(state: nnx.State, key: jax.Array) -> nnx.State:
     key set for this step; merge the model from it inside the step. A pure function: nothing
     is mutated, so it works inside any trace."""
     raw = jax.random.key_data(jax.random.fold_in(key, _MODEL_SALT))
-    is_variable = lambda v: isinstance(v, nnx.Variable)  # noqa: E731
+    is_variable = lambda v: isinstance(v, nnx.Variable)
     return jax.tree.map(
         lambda v: v.replace(raw) if isinstance(v, transformer.StepKey) else v,
         state,

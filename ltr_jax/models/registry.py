@@ -7,7 +7,7 @@ from collections.abc import Callable
 import jax.numpy as jnp
 from flax import nnx
 
-from ltr_jax.models import heads, init, resnet, resnet_imagenet, swin, vit
+from ltr_jax.models import batchnorm, heads, init, resnet, resnet_imagenet, swin, vit
 
 ENCODERS: dict[str, Callable[..., nnx.Module]] = {
     "cifar_resnet8": resnet.cifar_resnet8,
@@ -44,8 +44,10 @@ def make_encoder(
     if drop_path_rate is None:
         return ENCODERS[name](dtype=compute_dtype(dtype), rngs=rngs)
     if name not in STOCHASTIC_DEPTH:
-        raise ValueError(f"model.drop_path_rate is for transformer encoders; {name!r} has none: "
-                         "leave it unset (None).")  # fmt: skip
+        raise ValueError(
+            f"model.drop_path_rate is for transformer encoders; {name!r} has none: "
+            "leave it unset (None)."
+        )
     return ENCODERS[name](dtype=compute_dtype(dtype), rngs=rngs, drop_path_rate=drop_path_rate)
 
 
@@ -61,19 +63,29 @@ def make_classifier(
     """Encoder + classifier head (``linear`` or ``cosine``) from ``config.model``."""
     if head not in HEADS:
         raise ValueError(f"Unknown head {head!r}; valid: {', '.join(HEADS)}.")
-    encoder = make_encoder(model_config.encoder, dtype=model_config.dtype, rngs=rngs,
-                           drop_path_rate=model_config.get("drop_path_rate"))  # fmt: skip
+    encoder = make_encoder(
+        model_config.encoder,
+        dtype=model_config.dtype,
+        rngs=rngs,
+        drop_path_rate=model_config.get("drop_path_rate"),
+    )
     model = heads.Classifier(encoder, HEADS[head](encoder.feature_dim, num_classes, rngs=rngs))
+    batchnorm.apply_running_var(model, model_config.get("bn_running_var", "biased"))
     return init.apply_init(model, model_config.get("init", "flax"), rngs.params())
 
 
 def make_contrastive(model_config, *, rngs: nnx.Rngs) -> heads.ContrastiveNet:
     """Encoder + projection head from ``config.model`` (``proj_hidden``, ``proj_dim``)."""
     dtype = compute_dtype(model_config.dtype)
-    encoder = make_encoder(model_config.encoder, dtype=model_config.dtype, rngs=rngs,
-                           drop_path_rate=model_config.get("drop_path_rate"))  # fmt: skip
+    encoder = make_encoder(
+        model_config.encoder,
+        dtype=model_config.dtype,
+        rngs=rngs,
+        drop_path_rate=model_config.get("drop_path_rate"),
+    )
     projection = heads.ProjectionHead(
         encoder.feature_dim, model_config.proj_hidden, model_config.proj_dim, dtype=dtype, rngs=rngs
     )
     model = heads.ContrastiveNet(encoder, projection)
+    batchnorm.apply_running_var(model, model_config.get("bn_running_var", "biased"))
     return init.apply_init(model, model_config.get("init", "flax"), rngs.params())

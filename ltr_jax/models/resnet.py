@@ -19,14 +19,23 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from ltr_jax.models import batchnorm
+
 _conv_init = nnx.initializers.variance_scaling(2.0, "fan_out", "normal")
 
 
 def _conv(cin: int, cout: int, k: int, stride: int, dtype: Any, rngs: nnx.Rngs) -> nnx.Conv:
     return nnx.Conv(
-        cin, cout, (k, k), strides=stride, padding=k // 2, use_bias=False,
-        kernel_init=_conv_init, dtype=dtype, rngs=rngs,
-    )  # fmt: skip
+        cin,
+        cout,
+        (k, k),
+        strides=stride,
+        padding=k // 2,
+        use_bias=False,
+        kernel_init=_conv_init,
+        dtype=dtype,
+        rngs=rngs,
+    )
 
 
 def check_images(x: jax.Array, encoder: str) -> None:
@@ -55,10 +64,11 @@ def _promote_input_only(args: tuple, /, *, dtype: Any = None, inexact: bool = Tr
     return (x if dtype is None else jnp.asarray(x, dtype), *rest)
 
 
-def _bn(c: int, dtype: Any, rngs: nnx.Rngs) -> nnx.BatchNorm:
+def _bn(c: int, dtype: Any, rngs: nnx.Rngs) -> batchnorm.BatchNorm:
     # PyTorch's momentum 0.1 is Flax's 0.9; statistics computed and kept in float32.
-    return nnx.BatchNorm(c, momentum=0.9, epsilon=1e-5, dtype=dtype,
-                         promote_dtype=_promote_input_only, rngs=rngs)  # fmt: skip
+    return batchnorm.BatchNorm(
+        c, momentum=0.9, epsilon=1e-5, dtype=dtype, promote_dtype=_promote_input_only, rngs=rngs
+    )
 
 
 class BasicBlock(nnx.Module):

@@ -28,20 +28,30 @@ STAGE_PLANES = (64, 128, 256, 512)
 EXPANSION = 4  # a Bottleneck's output has 4x its stage's planes
 
 
-def _conv(cin: int, cout: int, k: int, stride: int, dtype: Any, rngs: nnx.Rngs,
-          groups: int = 1) -> nnx.Conv:  # fmt: skip
+def _conv(
+    cin: int, cout: int, k: int, stride: int, dtype: Any, rngs: nnx.Rngs, groups: int = 1
+) -> nnx.Conv:
     """A bias-free k x k convolution with PyTorch's padding k // 2 and He (fan-out) init."""
     return nnx.Conv(
-        cin, cout, (k, k), strides=stride, padding=k // 2, feature_group_count=groups,
-        use_bias=False, kernel_init=resnet._conv_init, dtype=dtype, rngs=rngs,
-    )  # fmt: skip
+        cin,
+        cout,
+        (k, k),
+        strides=stride,
+        padding=k // 2,
+        feature_group_count=groups,
+        use_bias=False,
+        kernel_init=resnet._conv_init,
+        dtype=dtype,
+        rngs=rngs,
+    )
 
 
 class Bottleneck(nnx.Module):
     """1x1 reduce -> 3x3 (strided, grouped) -> 1x1 expand, with a residual connection."""
 
-    def __init__(self, cin: int, width: int, cout: int, stride: int, groups: int, dtype: Any,
-                 rngs: nnx.Rngs):  # fmt: skip
+    def __init__(
+        self, cin: int, width: int, cout: int, stride: int, groups: int, dtype: Any, rngs: nnx.Rngs
+    ):
         self.conv1 = _conv(cin, width, 1, 1, dtype, rngs)
         self.bn1 = resnet._bn(width, dtype, rngs)
         self.conv2 = _conv(width, width, 3, stride, dtype, rngs, groups)

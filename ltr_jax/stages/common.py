@@ -1,29 +1,58 @@
-"""What every stage shares: the run context, stage keys and folders, evaluation, results."""
+"""What every stage shares: its declaration, the run context, keys and folders, evaluation,
+results.
+
+A stage module declares itself with ``validate(config)`` (its section's check table and
+invariants, run before anything trains), ``make_setup(ctx) -> train_lib.TrainSetup`` (what it
+trains) and ``run(ctx) -> results`` (``fit`` of its setup, then its exports and results); the
+`Stage` record of each is what `ltr_jax.pipeline` runs.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import os
 import zlib
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 from flax import nnx
 
 from ltr_jax import checkpointing, metrics, train_lib, writers
-from ltr_jax.data import augment
+from ltr_jax.data import augment, protocols
 from ltr_jax.models import modes, pretrained
+
+
+@dataclasses.dataclass(frozen=True)
+class Stage:
+    """A stage as the pipeline sees it.
+
+    Attributes:
+      name: the stage name (``--stages``, its WORKDIR/<name> folder, its config section).
+      validate: ``validate(config)`` raises `ltr_jax.validation.ConfigError` (one line) for a
+        bad value of its section; cheap, runs before any stage trains.
+      run: ``run(ctx) -> results`` trains the stage and returns its ``results.json``.
+      make_setup: ``make_setup(ctx) -> train_lib.TrainSetup`` (benchmarks build steps from it).
+      needs: ``needs(config)``: the earlier stages whose exports it loads.
+    """
+
+    name: str
+    validate: Callable
+    run: Callable
+    make_setup: Callable
+    needs: Callable = lambda config: ()
 
 
 @dataclasses.dataclass(frozen=True)
 class StageContext:
     """The inputs of every stage: frozen config, workdir, mesh, data and the run's root key."""
 
-    config: object  # ml_collections.FrozenConfigDict
+    config: ml_collections.FrozenConfigDict
     workdir: str
     mesh: jax.sharding.Mesh
-    data: object  # an ltr_jax.data.inputs InMemoryInput or StreamingInput
+    data: protocols.DataInput  # an ltr_jax.data.inputs InMemoryInput, StreamingInput, ...
     root_key: jax.Array
 
 
@@ -57,13 +86,28 @@ def make_logits_fn(graphdef_eval):
     return logits_fn
 
 
+def fit(ctx: StageContext, setup: train_lib.TrainSetup):
+    """`train_lib.fit` of a stage's setup in this run: (final state, graphdef)."""
+    return train_lib.fit(setup, workdir=ctx.workdir, mesh=ctx.mesh, train_config=ctx.config.train)
+
+
+def evaluated_results(ctx: StageContext, setup: train_lib.TrainSetup, state) -> dict:
+    """The last step's test metrics (``setup.evaluate``), the best seen during training
+    (``max_over_epochs_top1``, secondary), the epochs and steps and the dataset facts."""
+    report = setup.evaluate(state)
+    results = final_results(ctx, report, epochs=setup.epochs, num_steps=setup.num_steps)
+    results["max_over_epochs_top1"] = max_over_epochs_top1(ctx, setup.stage, report["top1"])
+    return results
+
+
 def evaluate(ctx: StageContext, logits_fn, state: train_lib.TrainState) -> dict:
     """Top-1, Many/Medium/Few and per-class accuracy on the test set (percent)."""
     data = ctx.data
     preds = data.map_split(
-        lambda x, y, i: jnp.argmax(logits_fn(state, x), -1), "test",
+        lambda x, y, i: jnp.argmax(logits_fn(state, x), -1),
+        "test",
         batch_size=ctx.config.train.eval_batch_size,
-    )  # fmt: skip
+    )
     return metrics.classification_report(preds, data.test_labels, data.num_classes, data.groups)
 
 

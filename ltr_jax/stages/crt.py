@@ -15,7 +15,8 @@ import jax
 import numpy as np
 from flax import nnx
 
-from ltr_jax import runtime
+from ltr_jax import train_lib, validation
+from ltr_jax.data import samplers
 from ltr_jax.models import registry
 from ltr_jax.stages import common, probe
 
@@ -36,15 +37,47 @@ def frozen_features(ctx: common.StageContext, key: jax.Array) -> tuple[np.ndarra
     return train_x, test_x
 
 
-def run(ctx: common.StageContext) -> dict:
-    """Re-trains a new linear head on the frozen ``ce`` encoder; exports it to WORKDIR/crt/head."""
-    cfg, data, mesh = ctx.config[STAGE], ctx.data, ctx.mesh
-    runtime.check_batch_size(cfg.batch_size, mesh, f"{STAGE}.batch_size")
+# The stage's own keys (relative to its section) and their checks (`ltr_jax.validation`).
+CHECKS: dict[str, object] = {"sampler": lambda: samplers.SAMPLERS}
+
+
+def validate(config) -> None:
+    """Checks the ``crt`` section (`CHECKS`).
+
+    Raises:
+      validation.ConfigError: in one line.
+    """
+    validation.check_section(config, STAGE, CHECKS)
+
+
+def make_setup(ctx: common.StageContext) -> train_lib.TrainSetup:
+    """A new linear head on the frozen ``ce`` encoder's features, with the section's sampler."""
+    cfg, data = ctx.config[STAGE], ctx.data
     key = common.stage_key(ctx, STAGE)
     train_x, test_x = frozen_features(ctx, jax.random.fold_in(key, 0))
-    logging.info("%s: %d epochs of batch %d, %s sampling, on frozen %s features.", STAGE,
-                 cfg.epochs, cfg.batch_size, cfg.sampler, ENCODER_FROM)  # fmt: skip
     features = (train_x, data.train_labels, test_x)
-    results = probe.train_head(ctx, STAGE, cfg, features, cfg.sampler, key)
+    return probe.head_on_features(ctx, STAGE, cfg, features, cfg.sampler, key)
+
+
+def run(ctx: common.StageContext) -> dict:
+    """Re-trains a new linear head on the frozen ``ce`` encoder; exports it to WORKDIR/crt/head."""
+    cfg = ctx.config[STAGE]
+    setup = make_setup(ctx)
+    logging.info(
+        "%s: %d epochs of batch %d, %s sampling, on frozen %s features.",
+        STAGE,
+        cfg.epochs,
+        cfg.batch_size,
+        cfg.sampler,
+        ENCODER_FROM,
+    )
+    state, graphdef = common.fit(ctx, setup)
+    probe.save_head(ctx, STAGE, graphdef, state)
+    results = common.evaluated_results(ctx, setup, state)
     results.update(encoder_from=ENCODER_FROM, sampler=cfg.sampler)
     return results
+
+
+DECLARATION = common.Stage(
+    STAGE, validate=validate, run=run, make_setup=make_setup, needs=lambda config: (ENCODER_FROM,)
+)

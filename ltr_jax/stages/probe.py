@@ -19,10 +19,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from ltr_jax import metrics, runtime, train_lib
-from ltr_jax.data import augment, batches, inputs, sampler
+from ltr_jax import metrics, runtime, train_lib, validation
+from ltr_jax.data import augment, feature_input, sampler
 from ltr_jax.losses import classification
-from ltr_jax.models import heads, init, modes, registry
+from ltr_jax.models import batchnorm, heads, init, modes, registry
 from ltr_jax.stages import common
 
 STAGE = "probe"
@@ -55,8 +55,9 @@ def make_features_fn(encoder: nnx.Module, mesh=None):
     return lambda images: features(state, images)
 
 
-def calibrate_batchnorm(encoder: nnx.Module, data, batch_size: int = 256,
-                        num_batches: int = 40) -> nnx.Module:  # fmt: skip
+def calibrate_batchnorm(
+    encoder: nnx.Module, data, batch_size: int = 256, num_batches: int = 40
+) -> nnx.Module:
     """Re-estimates BatchNorm running statistics with train-mode passes over training images.
 
     An untrained encoder's statistics are the initial (0, 1), under which eval-mode features
@@ -88,11 +89,9 @@ def encoder_for_probe(ctx: common.StageContext, key: jax.Array) -> nnx.Module:
     encoder = registry.make_encoder(
         ctx.config.model.encoder, dtype=ctx.config.model.dtype, rngs=nnx.Rngs(key)
     )
-    source = ctx.config.probe.encoder_from
-    if source == "stage1":
+    batchnorm.apply_running_var(encoder, ctx.config.model.bn_running_var)  # encoder_bn=train
+    if ctx.config.probe.encoder_from == "stage1":
         return common.load_module(ctx, "stage1", "encoder", encoder)
-    if source != "random":
-        raise ValueError(f"Unknown probe.encoder_from {source!r}; valid: stage1, random.")
     return calibrate_batchnorm(encoder, ctx.data)
 
 
@@ -102,9 +101,10 @@ def new_head(ctx: common.StageContext, in_dim: int, key: jax.Array) -> heads.Lin
     return init.apply_init(head, ctx.config.model.get("init", "flax"), jax.random.fold_in(key, 7))
 
 
-def train_head(ctx: common.StageContext, stage: str, cfg, features: tuple, sampler_kind: str,
-               key: jax.Array) -> dict:  # fmt: skip
-    """Trains a fresh linear head on precomputed features (the probe and cRT).
+def head_on_features(
+    ctx: common.StageContext, stage: str, cfg, features: tuple, sampler_kind: str, key: jax.Array
+) -> train_lib.TrainSetup:
+    """A fresh linear head trained on precomputed features (the probe and cRT).
 
     Args:
       ctx: the run context.
@@ -115,26 +115,12 @@ def train_head(ctx: common.StageContext, stage: str, cfg, features: tuple, sampl
       key: the stage's key.
 
     Returns:
-      The common results of the last epoch, plus ``max_over_epochs_top1`` (secondary).
+      The setup; it evaluates on the test features every epoch.
     """
     (train_x, train_y, test_x), data, mesh = features, ctx.data, ctx.mesh
     head = new_head(ctx, train_x.shape[1], key)
-    spe = train_lib.steps_per_epoch(len(train_y), cfg.batch_size)
-    num_steps = cfg.epochs * spe
-    tx, schedule = train_lib.make_optimizer(
-        cfg.optim, batch_size=cfg.batch_size, num_steps=num_steps, steps_per_epoch=spe
-    )
-    graphdef, state = train_lib.init_train_state(head, tx)
-    sample = sampler.make_batch_sampler(
-        sampler_kind, jax.random.fold_in(key, 1), train_y, data.num_classes, cfg.batch_size
-    )
-
-    def batch_fn(device_data, state):
-        return batches.gather(device_data, sample(state.step), mesh)
-
-    def loss_fn(model, batch, key):
-        return classification.cross_entropy(model(batch["images"]), batch["labels"]), {}
-
+    graphdef = train_lib.split_model(head)[0]
+    drop_last = cfg.get("drop_last", True) or sampler_kind != "uniform"  # crt has no key
     logits_fn = jax.jit(lambda state, x: train_lib.merge_model(graphdef, state)(x))
 
     def evaluate(state):
@@ -145,91 +131,131 @@ def train_head(ctx: common.StageContext, stage: str, cfg, features: tuple, sampl
             logits.argmax(-1), data.test_labels, data.num_classes, data.groups
         )
 
-    device_data = runtime.put_replicated(mesh, {"images": train_x, "labels": train_y})
-    state = train_lib.run_loop(
-        stage=stage, workdir=ctx.workdir, state=runtime.put_replicated(mesh, state),
-        train_step=train_lib.make_train_step(graphdef, tx, batch_fn, loss_fn, mesh),
-        data=lambda step, state, d=device_data: d,
-        root_key=jax.random.fold_in(key, 2), num_steps=num_steps, steps_per_epoch=spe,
-        images_per_step=cfg.batch_size, train_config=ctx.config.train, schedule=schedule,
-        evaluate=evaluate, eval_every_steps=spe,
-    )  # fmt: skip
-    common.save_module(ctx, stage, "head", train_lib.merge_model(graphdef, state))
-    report = evaluate(state)
-    results = common.final_results(ctx, report, epochs=cfg.epochs, num_steps=num_steps)
-    results["max_over_epochs_top1"] = common.max_over_epochs_top1(ctx, stage, report["top1"])
-    return results
+    def loss_fn(model, batch, key, view):
+        logits, w = model(view(key, batch)), batch.get("weights")  # weights: drop_last=False
+        return classification.cross_entropy(logits, batch["labels"], row_weights=w), {}
+
+    return train_lib.TrainSetup(
+        stage=stage,
+        model=head,
+        optim=cfg.optim,
+        batch_size=cfg.batch_size,
+        epochs=cfg.epochs,
+        num_examples=len(train_y),
+        input=feature_input.FeatureInput(train_x, train_y, data.num_classes, mesh),
+        sampler=sampler_kind,
+        loss=loss_fn,
+        key=key,
+        evaluate=evaluate,
+        drop_last=drop_last,
+        eval_every_steps=sampler.steps_per_epoch(len(train_y), cfg.batch_size, drop_last),
+    )
 
 
-def train_on_features(ctx: common.StageContext, encoder: nnx.Module, subset: np.ndarray,
-                      key: jax.Array) -> dict:  # fmt: skip
+def setup_on_features(
+    ctx: common.StageContext, encoder: nnx.Module, subset: np.ndarray, key: jax.Array
+) -> train_lib.TrainSetup:
     """``probe.augment="none"``: features of the clean images once, then the head on them."""
     cfg, data = ctx.config[STAGE], ctx.data
     features = make_features_fn(encoder, ctx.mesh)
     eval_batch = ctx.config.train.eval_batch_size
     train_x = data.map_split(lambda x, y, i: features(x), "train", subset, eval_batch)
     test_x = data.map_split(lambda x, y, i: features(x), "test", batch_size=eval_batch)
-    return train_head(ctx, STAGE, cfg, (train_x, data.train_labels[subset], test_x), "uniform",
-                      key)  # fmt: skip
+    return head_on_features(
+        ctx, STAGE, cfg, (train_x, data.train_labels[subset], test_x), "uniform", key
+    )
 
 
-def train_through_encoder(ctx: common.StageContext, encoder: nnx.Module, subset: np.ndarray,
-                          key: jax.Array) -> dict:  # fmt: skip
+def setup_through_encoder(
+    ctx: common.StageContext, encoder: nnx.Module, subset: np.ndarray, key: jax.Array
+) -> train_lib.TrainSetup:
     """``probe.augment="simclr"``: a fresh view per step through the frozen encoder."""
-    cfg, data, mesh = ctx.config[STAGE], ctx.data, ctx.mesh
+    cfg = ctx.config[STAGE]
     model = heads.Classifier(encoder, new_head(ctx, encoder.feature_dim, key))
     model = modes.frozen_view(model, batch_statistics=cfg.encoder_bn == "train")
     trainable = nnx.All(nnx.Param, nnx.PathContains("head"))
-    spe = train_lib.steps_per_epoch(len(subset), cfg.batch_size)
-    num_steps = cfg.epochs * spe
-    tx, schedule = train_lib.make_optimizer(
-        cfg.optim, batch_size=cfg.batch_size, num_steps=num_steps, steps_per_epoch=spe
-    )
-    graphdef, state = train_lib.init_train_state(model, tx, trainable,
-                                                 extra=subset.astype(np.int32))  # fmt: skip
-    sampling = inputs.Sampling("uniform", jax.random.fold_in(key, 1), cfg.batch_size,
-                               population="extra", population_size=len(subset))  # fmt: skip
-    feed = data.train_feed(sampling, augment="simclr", strength=cfg.augment_strength)
-    feed.set_population(subset, 0)
-
-    def loss_fn(model, batch, key):
-        return classification.cross_entropy(model(feed.view(key, batch)), batch["labels"]), {}
-
     logits_fn = common.make_logits_fn(common.eval_graphdef(model, trainable))
-    evaluate = lambda s: common.evaluate(ctx, logits_fn, s)
-    state = train_lib.run_loop(
-        stage=STAGE, workdir=ctx.workdir, state=runtime.put_replicated(mesh, state),
-        train_step=train_lib.make_train_step(graphdef, tx, feed.batch_fn, loss_fn, mesh),
-        data=feed.data, root_key=jax.random.fold_in(key, 2), num_steps=num_steps,
-        steps_per_epoch=spe, images_per_step=cfg.batch_size, train_config=ctx.config.train,
-        schedule=schedule, evaluate=evaluate, eval_every_steps=spe,
-    )  # fmt: skip
-    feed.close()
-    model = train_lib.merge_model(graphdef, jax.device_get(state))
-    common.save_module(ctx, STAGE, "head", model.head)
-    report = evaluate(state)
-    results = common.final_results(ctx, report, epochs=cfg.epochs, num_steps=num_steps)
-    results["max_over_epochs_top1"] = common.max_over_epochs_top1(ctx, STAGE, report["top1"])
-    return results
+
+    def loss_fn(model, batch, key, view):
+        logits, w = model(view(key, batch)), batch.get("weights")  # weights: drop_last=False
+        return classification.cross_entropy(logits, batch["labels"], row_weights=w), {}
+
+    return train_lib.TrainSetup(
+        stage=STAGE,
+        model=model,
+        optim=cfg.optim,
+        batch_size=cfg.batch_size,
+        epochs=cfg.epochs,
+        num_examples=len(subset),
+        input=ctx.data,
+        sampler="uniform",
+        loss=loss_fn,
+        key=key,
+        augment="simclr",
+        augment_strength=cfg.augment_strength,
+        trainable=trainable,
+        subset=subset.astype(np.int32),
+        evaluate=lambda s: common.evaluate(ctx, logits_fn, s),
+        drop_last=cfg.drop_last,
+        eval_every_steps=sampler.steps_per_epoch(len(subset), cfg.batch_size, cfg.drop_last),
+    )
 
 
 # probe.augment: how the head meets the training images.
-MODES = {"none": train_on_features, "simclr": train_through_encoder}
-ENCODER_BN = ("eval", "train")
+MODES = {"none": setup_on_features, "simclr": setup_through_encoder}
+
+# The stage's own keys (relative to its section) and their checks (`ltr_jax.validation`).
+CHECKS: dict[str, object] = {
+    "encoder_from": validation.choices("stage1", "random"),
+    "per_class": validation.POS_INT,
+    "augment": lambda: MODES,
+    "augment_strength": validation.NON_NEG,
+    "encoder_bn": validation.choices("eval", "train"),
+    "drop_last": validation.choices(True, False),
+}
+
+
+def validate(config) -> None:
+    """Checks the ``probe`` section (`CHECKS`).
+
+    Raises:
+      validation.ConfigError: in one line.
+    """
+    validation.check_section(config, STAGE, CHECKS)
+
+
+def make_setup(ctx: common.StageContext) -> train_lib.TrainSetup:
+    """A linear head on the frozen encoder over a seeded class-balanced subset."""
+    cfg, data = ctx.config[STAGE], ctx.data
+    key = common.stage_key(ctx, STAGE)
+    encoder = encoder_for_probe(ctx, jax.random.fold_in(key, 0))
+    subset = balanced_subset(data.train_labels, cfg.per_class, ctx.config.seed)
+    return MODES[cfg.augment](ctx, encoder, subset, key)
+
+
+def save_head(ctx: common.StageContext, stage: str, graphdef, state) -> None:
+    """Exports the trained head (of a head-only model or of a classifier) to WORKDIR/<stage>."""
+    model = train_lib.merge_model(graphdef, jax.device_get(state))
+    common.save_module(ctx, stage, "head", getattr(model, "head", model))
 
 
 def run(ctx: common.StageContext) -> dict:
     """Trains and evaluates the linear probe; exports the head to WORKDIR/probe/head."""
-    cfg, data, mesh = ctx.config[STAGE], ctx.data, ctx.mesh
-    runtime.check_batch_size(cfg.batch_size, mesh, f"{STAGE}.batch_size")
-    if cfg.augment not in MODES:
-        raise ValueError(f"Unknown probe.augment {cfg.augment!r}; valid: {', '.join(MODES)}.")
-    if cfg.encoder_bn not in ENCODER_BN:
-        raise ValueError(f"Unknown probe.encoder_bn {cfg.encoder_bn!r}; valid: eval, train.")
-    key = common.stage_key(ctx, STAGE)
-    encoder = encoder_for_probe(ctx, jax.random.fold_in(key, 0))
-    subset = balanced_subset(data.train_labels, cfg.per_class, ctx.config.seed)
-    results = MODES[cfg.augment](ctx, encoder, subset, key)
-    results.update(encoder_from=cfg.encoder_from, probe_train_size=int(len(subset)),
-                   augment=cfg.augment)  # fmt: skip
+    cfg = ctx.config[STAGE]
+    setup = make_setup(ctx)
+    state, graphdef = common.fit(ctx, setup)
+    save_head(ctx, STAGE, graphdef, state)
+    results = common.evaluated_results(ctx, setup, state)
+    results.update(
+        encoder_from=cfg.encoder_from, probe_train_size=int(setup.num_examples), augment=cfg.augment
+    )
     return results
+
+
+DECLARATION = common.Stage(
+    STAGE,
+    validate=validate,
+    run=run,
+    make_setup=make_setup,
+    needs=lambda config: ("stage1",) if config.probe.encoder_from == "stage1" else (),
+)

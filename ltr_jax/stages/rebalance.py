@@ -21,8 +21,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from ltr_jax import dpp, runtime, train_lib, writers
-from ltr_jax.data import augment, inputs
+from ltr_jax import dpp, runtime, train_lib, validation, writers
+from ltr_jax.data import augment, augmentations, sampler
+from ltr_jax.dpp import kernels as dpp_kernels
+from ltr_jax.dpp import sampling as dpp_sampling
 from ltr_jax.losses import classification
 from ltr_jax.models import modes, registry
 from ltr_jax.stages import common
@@ -44,9 +46,6 @@ REDRAW_RULES = {
 
 def draw_epochs(cfg) -> list[int]:
     """The epochs that start with an IP-DPP draw (``stage2.redraw_rule``), in order."""
-    if cfg.redraw_rule not in REDRAW_RULES:
-        raise ValueError(f"Unknown stage2.redraw_rule {cfg.redraw_rule!r}; valid: "
-                         f"{', '.join(REDRAW_RULES)}.")  # fmt: skip
     rule = REDRAW_RULES[cfg.redraw_rule]
     return [e for e in range(cfg.epochs) if rule(e, cfg.redraw_every_epochs, cfg.epochs)]
 
@@ -93,17 +92,28 @@ def draw_log(p, table, valid, sel, cfg) -> dict:
     }
 
 
+def _clean(key, images, positions, strength):
+    del key, positions, strength
+    return images
+
+
+def _augmented(key, images, positions, strength):
+    # Per-image keys: independent of how batches are cut.
+    keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(positions)
+    return jax.vmap(lambda k_, im: augment.simclr_image(k_, im, strength))(keys, images)
+
+
+# stage2.p_source: the images whose confidences p(y | x) weight the IP-DPP kernel.
+P_SOURCES = {"clean": _clean, "augmented": _augmented}
+
+
 def make_confidence_fn(graphdef_eval, p_source: str, strength: float):
     """``conf(state, images, positions, key) -> p(y | x)`` in eval mode, clean or augmented."""
-    if p_source not in ("clean", "augmented"):
-        raise ValueError(f"Unknown stage2.p_source {p_source!r}; valid: clean, augmented.")
+    view = P_SOURCES[p_source]
 
     @jax.jit
     def conf(state, images, labels, positions, key):
-        x = augment.to_float(images)
-        if p_source == "augmented":  # per-image keys: independent of how batches are cut
-            keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(positions)
-            x = jax.vmap(lambda k_, im: augment.simclr_image(k_, im, strength))(keys, x)
+        x = view(key, augment.to_float(images), positions, strength)
         logits = train_lib.merge_model(graphdef_eval, state)(x)
         probs = jax.nn.softmax(logits.astype(jnp.float32))
         return jnp.take_along_axis(probs, labels[:, None], 1)[:, 0]
@@ -118,17 +128,11 @@ def build_model(ctx: common.StageContext, key: jax.Array) -> nnx.Module:
     common.load_module(ctx, "stage1", "encoder", model.encoder)
     if cfg.head_init == "probe":
         common.load_module(ctx, "probe", "head", model.head)
-    elif cfg.head_init != "random":
-        raise ValueError(f"Unknown stage2.head_init {cfg.head_init!r}; valid: probe, random.")
     return model
 
 
-def trainable_filter(train: str):
-    if train == "all":
-        return nnx.Param
-    if train == "head":
-        return nnx.All(nnx.Param, nnx.PathContains("head"))
-    raise ValueError(f"Unknown stage2.train {train!r}; valid: all, head.")
+# stage2.train: the variables fine-tuned.
+TRAINABLE = {"all": nnx.Param, "head": nnx.All(nnx.Param, nnx.PathContains("head"))}
 
 
 def _append_draw(path: str, record: dict) -> None:
@@ -137,98 +141,167 @@ def _append_draw(path: str, record: dict) -> None:
     writers.write_jsonl(path, kept + [record])
 
 
-def make_redraw(ctx, cfg, conf_fn, table, valid, k: int, steps_per_epoch: int, key, feed):
-    """``before_step(step, state)``: a new IP-DPP draw at the start of every epoch of
-    :func:`draw_epochs`."""
+def make_redraw(ctx, cfg, conf_fn, table, valid, k: int, steps_per_epoch: int, key):
+    """The before-step hook of a new IP-DPP draw at the start of every epoch of
+    :func:`draw_epochs`: it replaces ``state.subset`` (the training subset), which the feed
+    follows from that step on."""
     data, mesh = ctx.data, ctx.mesh
     draw_index = {e * steps_per_epoch: n for n, e in enumerate(draw_epochs(cfg))}  # step -> n
     draws_path = os.path.join(ctx.workdir, STAGE, "draws.jsonl")
     summary = writers.MetricWriter(ctx.workdir, f"{STAGE}_draw", tensorboard=False)
 
-    def before_step(step: int, state: train_lib.TrainState) -> train_lib.TrainState:
-        if step not in draw_index:
-            return state
+    def redraw(step: int, state: train_lib.TrainState) -> train_lib.TrainState:
         n = draw_index[step]
         draw_key = jax.random.fold_in(key, 0 if cfg.fixed_subset else n)
-        p = data.map_split(lambda *a: conf_fn(state, *a, draw_key), "train",
-                           batch_size=ctx.config.train.eval_batch_size)  # fmt: skip
+        p = data.map_split(
+            lambda *a: conf_fn(state, *a, draw_key),
+            "train",
+            batch_size=ctx.config.train.eval_batch_size,
+        )
         positions, sel = draw_subset(draw_key, p, table, valid, k, cfg)
         # Every process draws from the same gathered p and key; a mismatch would silently
         # train each process on a different subset.
         runtime.check_same_on_all_processes(positions, f"{STAGE} draw {n}")
         log = draw_log(p, table, valid, sel, cfg)
         if jax.process_index() == 0:
-            _append_draw(draws_path, {"draw": n, "step": step, "epoch": step // steps_per_epoch,
-                                      "subset_crc32": zlib.crc32(positions.tobytes()),
-                                      **log})  # fmt: skip
+            _append_draw(
+                draws_path,
+                {
+                    "draw": n,
+                    "step": step,
+                    "epoch": step // steps_per_epoch,
+                    "subset_crc32": zlib.crc32(positions.tobytes()),
+                    **log,
+                },
+            )
             summary.truncate_after(step - 1)
-            summary.write(step, {
-                "mean_p_drawn": float(np.mean(log["mean_p_drawn"])),
-                "mean_p_class": float(np.mean(log["mean_p_class"])),
-                "log_det_sum": float(np.sum(log["log_det"])),
-            })  # fmt: skip
-        logging.info("%s: draw %d at step %d, %d images, mean p drawn %.3f vs class %.3f.",
-                     STAGE, n, step, len(positions), np.mean(log["mean_p_drawn"]),
-                     np.mean(log["mean_p_class"]))  # fmt: skip
-        feed.set_population(positions, step)
-        return state.replace(extra=runtime.put_replicated(mesh, positions))
+            summary.write(
+                step,
+                {
+                    "mean_p_drawn": float(np.mean(log["mean_p_drawn"])),
+                    "mean_p_class": float(np.mean(log["mean_p_class"])),
+                    "log_det_sum": float(np.sum(log["log_det"])),
+                },
+            )
+        logging.info(
+            "%s: draw %d at step %d, %d images, mean p drawn %.3f vs class %.3f.",
+            STAGE,
+            n,
+            step,
+            len(positions),
+            np.mean(log["mean_p_drawn"]),
+            np.mean(log["mean_p_class"]),
+        )
+        return state.replace(subset=runtime.put_replicated(mesh, positions))
 
-    return before_step
+    return train_lib.at_steps(draw_index, redraw)
 
 
-def run(ctx: common.StageContext) -> dict:
-    """IP-DPP re-draws + fine-tuning; returns the final test metrics and draw summary."""
-    cfg, data, mesh = ctx.config[STAGE], ctx.data, ctx.mesh
-    runtime.check_batch_size(cfg.batch_size, mesh, f"{STAGE}.batch_size")
+# The stage's own keys (relative to its section) and their checks (`ltr_jax.validation`).
+CHECKS: dict[str, object] = {
+    "head_init": validation.choices("probe", "random"),
+    "train": lambda: TRAINABLE,
+    "p_source": lambda: P_SOURCES,
+    "sampler": lambda: dpp_sampling.METHODS,
+    "kernel_scale": lambda: dpp_kernels.SCALES,
+    "k_per_class": (validation.at_least(0), "an integer >= 0 (0: 10 x the smallest class)"),
+    "redraw_every_epochs": validation.POS_INT,
+    "redraw_rule": lambda: REDRAW_RULES,
+    "fixed_subset": validation.choices(True, False),
+    "augment": lambda: augmentations.AUGMENTS,
+    "augment_strength": validation.NON_NEG,
+    "drop_last": validation.choices(True, False),
+}
+
+
+def validate(config) -> None:
+    """Checks the ``stage2`` section (`CHECKS`).
+
+    Raises:
+      validation.ConfigError: in one line.
+    """
+    validation.check_section(config, STAGE, CHECKS)
+
+
+def make_setup(ctx: common.StageContext) -> train_lib.TrainSetup:
+    """Encoder from stage 1, head from the probe; cross-entropy on the current IP-DPP draw,
+    re-drawn by a before-step hook."""
+    cfg, data = ctx.config[STAGE], ctx.data
     key = common.stage_key(ctx, STAGE)
-    trainable = trainable_filter(cfg.train)
+    trainable = TRAINABLE[cfg.train]
     model = build_model(ctx, jax.random.fold_in(key, 0))
     if cfg.train == "head":  # frozen encoder in eval mode: BatchNorm statistics stay as stage 1
         model = modes.eval_view(model)  # left them, no dropout or stochastic depth
     k = k_per_class(cfg, data.class_counts)
     table, valid = class_table(data.train_labels, data.num_classes)
     subset_size = int(np.minimum(data.class_counts, k).sum())
-    spe = train_lib.steps_per_epoch(subset_size, cfg.batch_size)
-    num_steps = cfg.epochs * spe
-    tx, schedule = train_lib.make_optimizer(
-        cfg.optim, batch_size=cfg.batch_size, num_steps=num_steps, steps_per_epoch=spe
-    )
-    graphdef, state = train_lib.init_train_state(
-        model, tx, trainable, extra=np.zeros(subset_size, np.int32)
-    )
+    spe = sampler.steps_per_epoch(subset_size, cfg.batch_size, cfg.drop_last)
     graphdef_eval = common.eval_graphdef(model, trainable)
     conf_fn = make_confidence_fn(graphdef_eval, cfg.p_source, cfg.augment_strength)
     logits_fn = common.make_logits_fn(graphdef_eval)
-    sampling = inputs.Sampling("uniform", jax.random.fold_in(key, 1), cfg.batch_size,
-                               population="extra", population_size=subset_size)  # fmt: skip
-    feed = data.train_feed(sampling, augment=cfg.augment, strength=cfg.augment_strength)
 
-    def loss_fn(model, batch, key):
-        logits = model(feed.view(key, batch))
-        acc = jnp.mean(jnp.argmax(logits, -1) == batch["labels"])
-        return classification.cross_entropy(logits, batch["labels"]), {"train_acc": acc}
+    def loss_fn(model, batch, key, view):
+        logits = model(view(key, batch))
+        hit, w = jnp.argmax(logits, -1) == batch["labels"], batch.get("weights")  # w 0: padding
+        acc = jnp.mean(hit) if w is None else jnp.sum(w * hit) / jnp.sum(w)
+        loss = classification.cross_entropy(logits, batch["labels"], row_weights=w)
+        return loss, {"train_acc": acc}
 
-    redraw = make_redraw(ctx, cfg, conf_fn, table, valid, k, spe, jax.random.fold_in(key, 3),
-                         feed)  # fmt: skip
-    logging.info("%s: k=%d per class, %d images per draw, %d epochs x %d steps.", STAGE, k,
-                 subset_size, cfg.epochs, spe)  # fmt: skip
-    try:  # a clean stop (stopping.Stopped) must stop the decoding workers too
-        state = train_lib.run_loop(
-            stage=STAGE, workdir=ctx.workdir, state=runtime.put_replicated(mesh, state),
-            train_step=train_lib.make_train_step(graphdef, tx, feed.batch_fn, loss_fn, mesh),
-            data=feed.data, root_key=jax.random.fold_in(key, 2),
-            num_steps=num_steps, steps_per_epoch=spe, images_per_step=cfg.batch_size,
-            train_config=ctx.config.train, schedule=schedule,
-            evaluate=lambda s: common.evaluate(ctx, logits_fn, s), before_step=redraw,
-        )  # fmt: skip
-    finally:
-        feed.close()
-    report = common.evaluate(ctx, logits_fn, state)
-    results = common.final_results(ctx, report, epochs=cfg.epochs, num_steps=num_steps)
+    redraw = make_redraw(ctx, cfg, conf_fn, table, valid, k, spe, jax.random.fold_in(key, 3))
+    return train_lib.TrainSetup(
+        stage=STAGE,
+        model=model,
+        optim=cfg.optim,
+        batch_size=cfg.batch_size,
+        epochs=cfg.epochs,
+        num_examples=subset_size,
+        input=data,
+        sampler="uniform",
+        loss=loss_fn,
+        key=key,
+        augment=cfg.augment,
+        augment_strength=cfg.augment_strength,
+        trainable=trainable,
+        subset=np.zeros(subset_size, np.int32),  # replaced by the draw before step 0
+        drop_last=cfg.drop_last,
+        evaluate=lambda s: common.evaluate(ctx, logits_fn, s),
+        hooks=(redraw,),
+    )
+
+
+def run(ctx: common.StageContext) -> dict:
+    """IP-DPP re-draws + fine-tuning; returns the final test metrics and draw summary."""
+    cfg = ctx.config[STAGE]
+    setup = make_setup(ctx)
+    k = k_per_class(cfg, ctx.data.class_counts)
+    logging.info(
+        "%s: k=%d per class, %d images per draw, %d epochs x %d steps.",
+        STAGE,
+        k,
+        setup.num_examples,
+        cfg.epochs,
+        setup.steps_per_epoch,
+    )
+    state, _ = common.fit(ctx, setup)
+    results = common.evaluated_results(ctx, setup, state)
     results.update(
-        max_over_epochs_top1=common.max_over_epochs_top1(ctx, STAGE, report["top1"]), k_per_class=k,
-        subset_size=subset_size, sampler=cfg.sampler, kernel_scale=cfg.kernel_scale,
-        head_init=cfg.head_init, train=cfg.train, p_source=cfg.p_source,
-        redraw_rule=cfg.redraw_rule, fixed_subset=cfg.fixed_subset,
-    )  # fmt: skip
+        k_per_class=k,
+        subset_size=setup.num_examples,
+        sampler=cfg.sampler,
+        kernel_scale=cfg.kernel_scale,
+        head_init=cfg.head_init,
+        train=cfg.train,
+        p_source=cfg.p_source,
+        redraw_rule=cfg.redraw_rule,
+        fixed_subset=cfg.fixed_subset,
+    )
     return results
+
+
+DECLARATION = common.Stage(
+    STAGE,
+    validate=validate,
+    run=run,
+    make_setup=make_setup,
+    needs=lambda c: ("stage1", "probe") if c.stage2.head_init == "probe" else ("stage1",),
+)

@@ -15,16 +15,13 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from ltr_jax import runtime, train_lib, validation
+from ltr_jax import train_lib, validation
 from ltr_jax.data import augment, inputs
-from ltr_jax.losses import bns, supcon
+from ltr_jax.losses import bns, stage1
 from ltr_jax.models import registry
 from ltr_jax.stages import common
 
 STAGE = "stage1"
-
-
-LOSSES = ("bns", "supcon")
 
 
 def _joint(model, v1: jax.Array, v2: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -38,65 +35,101 @@ def _separate(model, v1: jax.Array, v2: jax.Array) -> tuple[jax.Array, jax.Array
 # stage1.views_through_bn: how the two views meet BatchNorm.
 VIEWS_THROUGH_BN = {"joint": _joint, "separate": _separate}
 
+# The stage's own keys (relative to its section) and their checks (`ltr_jax.validation`).
+CHECKS: dict[str, object] = {
+    "loss": lambda: stage1.STAGE1_LOSSES,
+    "bns.form": lambda: bns.FORMS,
+    "bns.tau": validation.POSITIVE,
+    "bns.m": validation.POSITIVE,
+    "supcon.tau": validation.POSITIVE,
+    "views_through_bn": lambda: VIEWS_THROUGH_BN,
+    "augment_strength": validation.NON_NEG,
+}
+
+
+def make_loss(cfg):
+    """``loss(model, batch, key, view)``: two views, the ``stage1.loss`` of `losses.stage1`
+    (BNS, SupCon, ...), over the batch."""
+    loss_of = stage1.lookup(cfg.loss).loss
+
+    def loss(model, batch, key, view):
+        key_v1, key_v2, key_loss = jax.random.split(key, 3)
+        forward = VIEWS_THROUGH_BN[cfg.views_through_bn]
+        z1, z2 = forward(model, view(key_v1, batch, 0), view(key_v2, batch, 1))  # [B, D] each
+        value = loss_of(z1, z2, batch["labels"], key_loss, cfg)
+        return value, {"pos_sim": jnp.mean(jnp.sum(z1 * z2, -1))}
+
+    return loss
+
 
 def make_loss_fn(cfg, feed=None):
-    """``loss_fn(model, batch, key)``: two views, BNS (or SupCon) loss.
-
-    ``feed`` (a ``train_feed``) makes the views; without one, both are on-device SimCLR views
-    of in-memory images.
-    """
+    """``loss_fn(model, batch, key)`` of :func:`make_loss` for a step built by hand (tests,
+    the parity harness): views from ``feed.view``, or on-device SimCLR views of in-memory
+    images without a feed."""
     if feed is None:
         aug = inputs.device_augment("simclr", cfg.augment_strength)
         view = lambda key, batch, v: aug(key, augment.to_float(batch["images"]))
     else:
         view = feed.view
+    loss = make_loss(cfg)
+    return lambda model, batch, key: loss(model, batch, key, view)
 
-    def loss_fn(model, batch, key):
-        key_v1, key_v2, key_loss = jax.random.split(key, 3)
-        forward = VIEWS_THROUGH_BN[cfg.views_through_bn]
-        z1, z2 = forward(model, view(key_v1, batch, 0), view(key_v2, batch, 1))  # [B, D] each
-        if cfg.loss == "supcon":
-            loss = supcon.supcon_loss(z1, z2, batch["labels"], tau=cfg.supcon.tau)
-        else:
-            loss = bns.bns_loss(z1, z2, batch["labels"], key_loss, tau=cfg.bns.tau, m=cfg.bns.m,
-                                form=cfg.bns.form)  # fmt: skip
-        return loss, {"pos_sim": jnp.mean(jnp.sum(z1 * z2, -1))}
 
-    return loss_fn
+def validate(config) -> None:
+    """Checks the ``stage1`` section (`CHECKS`).
+
+    Raises:
+      validation.ConfigError: in one line.
+    """
+    validation.check_section(config, STAGE, CHECKS)
+
+
+def make_setup(ctx: common.StageContext) -> train_lib.TrainSetup:
+    """Encoder + projection head, two SimCLR views of every image, the BNS (or SupCon) loss."""
+    cfg, data = ctx.config[STAGE], ctx.data
+    key = common.stage_key(ctx, STAGE)
+    model = registry.make_contrastive(ctx.config.model, rngs=nnx.Rngs(key))
+    model = common.init_from_pretrained(ctx, STAGE, model)
+    return train_lib.TrainSetup(
+        stage=STAGE,
+        model=model,
+        optim=cfg.optim,
+        batch_size=cfg.batch_size,
+        epochs=cfg.epochs,
+        num_examples=len(data.train_labels),
+        input=data,
+        sampler="uniform",
+        loss=make_loss(cfg),
+        key=key,
+        augment="simclr",
+        augment_strength=cfg.augment_strength,
+        num_views=2,
+    )
 
 
 def run(ctx: common.StageContext) -> dict:
     """Trains encoder + projection head with BNS (or SupCon); exports the encoder."""
-    cfg, data, mesh = ctx.config[STAGE], ctx.data, ctx.mesh
-    runtime.check_batch_size(cfg.batch_size, mesh, f"{STAGE}.batch_size")
-    validation.check_section(ctx.config, STAGE)  # the same checks as pipeline.run's
-    key = common.stage_key(ctx, STAGE)
-    model = registry.make_contrastive(ctx.config.model, rngs=nnx.Rngs(key))
-    model = common.init_from_pretrained(ctx, STAGE, model)
-    spe = train_lib.steps_per_epoch(len(data.train_labels), cfg.batch_size)
-    num_steps = cfg.epochs * spe
-    tx, schedule = train_lib.make_optimizer(
-        cfg.optim, batch_size=cfg.batch_size, num_steps=num_steps, steps_per_epoch=spe
+    cfg = ctx.config[STAGE]
+    setup = make_setup(ctx)
+    logging.info(
+        "%s: %d epochs x %d steps of batch %d (2 views).",
+        STAGE,
+        cfg.epochs,
+        setup.steps_per_epoch,
+        cfg.batch_size,
     )
-    graphdef, state = train_lib.init_train_state(model, tx)
-    sampling = inputs.Sampling("uniform", jax.random.fold_in(key, 1), cfg.batch_size)
-    feed = data.train_feed(sampling, augment="simclr", strength=cfg.augment_strength,
-                           num_views=2)  # fmt: skip
-    train_step = train_lib.make_train_step(graphdef, tx, feed.batch_fn, make_loss_fn(cfg, feed),
-                                           mesh)  # fmt: skip
-    logging.info("%s: %d epochs x %d steps of batch %d (2 views).", STAGE, cfg.epochs, spe,
-                 cfg.batch_size)  # fmt: skip
-    try:  # a clean stop (stopping.Stopped) must stop the decoding workers too
-        state = train_lib.run_loop(
-            stage=STAGE, workdir=ctx.workdir, state=runtime.put_replicated(mesh, state),
-            train_step=train_step, data=feed.data,
-            root_key=jax.random.fold_in(key, 2), num_steps=num_steps, steps_per_epoch=spe,
-            images_per_step=cfg.batch_size, train_config=ctx.config.train, schedule=schedule,
-        )  # fmt: skip
-    finally:
-        feed.close()
+    state, graphdef = common.fit(ctx, setup)
     model = train_lib.merge_model(graphdef, jax.device_get(state))
     common.save_module(ctx, STAGE, "encoder", model.encoder)
-    return {"epoch": cfg.epochs, "num_steps": num_steps, "loss": cfg.loss,
-            "bns_form": cfg.bns.form, "encoder": ctx.config.model.encoder,
-            "views_through_bn": cfg.views_through_bn, **common.dataset_facts(ctx)}  # fmt: skip
+    return {
+        "epoch": cfg.epochs,
+        "num_steps": setup.num_steps,
+        "loss": cfg.loss,
+        "bns_form": cfg.bns.form,
+        "encoder": ctx.config.model.encoder,
+        "views_through_bn": cfg.views_through_bn,
+        **common.dataset_facts(ctx),
+    }
+
+
+DECLARATION = common.Stage(STAGE, validate=validate, run=run, make_setup=make_setup)

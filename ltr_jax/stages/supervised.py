@@ -8,25 +8,37 @@ WORKDIR/<stage>/encoder and WORKDIR/<stage>/head (cRT re-trains a head on that e
 
 from __future__ import annotations
 
+import functools
 import logging
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from ltr_jax import runtime, train_lib
-from ltr_jax.data import inputs
+from ltr_jax import train_lib, validation
+from ltr_jax.data import augmentations, samplers
 from ltr_jax.losses import classification
 from ltr_jax.models import registry
 from ltr_jax.stages import common
 
+# The stage's own keys (relative to its section) and their checks (`ltr_jax.validation`).
+CHECKS: dict[str, object] = {
+    "sampler": lambda: samplers.SAMPLERS,
+    "augment": lambda: augmentations.AUGMENTS,
+    "loss": lambda: classification.LOSSES,
+    "head": lambda: registry.HEADS,
+    "augment_strength": validation.NON_NEG,
+    "logit_adjust.tau": validation.NON_NEG,
+    "ldam.max_margin": validation.POSITIVE,
+    "ldam.scale": validation.POSITIVE,
+    "drw_start_epoch": (validation.at_least(-1), "an integer >= -1 (-1: no DRW)"),
+    "drw_beta": ((lambda x: 0 <= x < 1), "in [0, 1)"),
+}
+
 
 def make_loss(cfg, class_counts, steps_per_epoch: int):
     """``loss(logits, labels, step)`` of a supervised section, with DRW weights when enabled."""
-    loss = classification.make_classification_loss(
-        cfg.loss, class_counts, cfg.logit_adjust_tau,
-        ldam_max_margin=cfg.ldam_max_margin, ldam_scale=cfg.ldam_scale,
-    )  # fmt: skip
+    loss = classification.make_classification_loss(cfg.loss, class_counts, cfg.get(cfg.loss))
     if cfg.drw_start_epoch < 0:
         return lambda logits, labels, step: loss(logits, labels)
     weights = classification.make_drw_weights(
@@ -35,51 +47,80 @@ def make_loss(cfg, class_counts, steps_per_epoch: int):
     return lambda logits, labels, step: loss(logits, labels, weights(step))
 
 
-def run(ctx: common.StageContext, stage: str = "ce") -> dict:
-    """Trains encoder + head on the long-tailed set, exports both; returns the test metrics."""
-    cfg, data, mesh = ctx.config[stage], ctx.data, ctx.mesh
-    runtime.check_batch_size(cfg.batch_size, mesh, f"{stage}.batch_size")
+def validate(config, stage: str = "ce") -> None:
+    """Checks the stage's section (`CHECKS`) and its invariants.
+
+    Raises:
+      validation.ConfigError: in one line.
+    """
+    validation.check_section(config, stage, CHECKS)
+    cfg = config[stage]
+    if cfg.drw_start_epoch >= cfg.epochs:
+        raise validation.ConfigError(
+            f"config.{stage}.drw_start_epoch={cfg.drw_start_epoch} is not below "
+            f"config.{stage}.epochs={cfg.epochs}: re-weighting would never start (-1: no DRW)."
+        )
+
+
+def make_setup(ctx: common.StageContext, stage: str = "ce") -> train_lib.TrainSetup:
+    """Encoder + head trained on the long-tailed set with the section's loss and sampler."""
+    cfg, data = ctx.config[stage], ctx.data
     key = common.stage_key(ctx, stage)
     model = registry.make_classifier(
         ctx.config.model, data.num_classes, rngs=nnx.Rngs(key), head=cfg.head
     )
     model = common.init_from_pretrained(ctx, stage, model)
     spe = train_lib.steps_per_epoch(len(data.train_labels), cfg.batch_size)
-    num_steps = cfg.epochs * spe
-    tx, schedule = train_lib.make_optimizer(
-        cfg.optim, batch_size=cfg.batch_size, num_steps=num_steps, steps_per_epoch=spe
-    )
-    graphdef, state = train_lib.init_train_state(model, tx)
-    logits_fn = common.make_logits_fn(common.eval_graphdef(model))
-    sampling = inputs.Sampling(cfg.sampler, jax.random.fold_in(key, 1), cfg.batch_size)
-    feed = data.train_feed(sampling, augment=cfg.augment, strength=cfg.augment_strength)
     loss = make_loss(cfg, data.class_counts, spe)
+    logits_fn = common.make_logits_fn(common.eval_graphdef(model))
 
-    def batch_fn(feed_data, state):
-        return dict(feed.batch_fn(feed_data, state), step=state.step)
-
-    def loss_fn(model, batch, key):
-        logits = model(feed.view(key, batch))
+    def loss_fn(model, batch, key, view):
+        logits = model(view(key, batch))
         acc = jnp.mean(jnp.argmax(logits, -1) == batch["labels"])
         return loss(logits, batch["labels"], batch["step"]), {"train_acc": acc}
 
-    train_step = train_lib.make_train_step(graphdef, tx, batch_fn, loss_fn, mesh)
-    logging.info("%s: %d epochs x %d steps of batch %d.", stage, cfg.epochs, spe, cfg.batch_size)
-    try:  # a clean stop (stopping.Stopped) must stop the decoding workers too
-        state = train_lib.run_loop(
-            stage=stage, workdir=ctx.workdir, state=runtime.put_replicated(mesh, state),
-            train_step=train_step, data=feed.data,
-            root_key=jax.random.fold_in(key, 2), num_steps=num_steps, steps_per_epoch=spe,
-            images_per_step=cfg.batch_size, train_config=ctx.config.train, schedule=schedule,
-            evaluate=lambda s: common.evaluate(ctx, logits_fn, s),
-        )  # fmt: skip
-    finally:
-        feed.close()
+    return train_lib.TrainSetup(
+        stage=stage,
+        model=model,
+        optim=cfg.optim,
+        batch_size=cfg.batch_size,
+        epochs=cfg.epochs,
+        num_examples=len(data.train_labels),
+        input=data,
+        sampler=cfg.sampler,
+        loss=loss_fn,
+        key=key,
+        augment=cfg.augment,
+        augment_strength=cfg.augment_strength,
+        evaluate=lambda s: common.evaluate(ctx, logits_fn, s),
+    )
+
+
+def run(ctx: common.StageContext, stage: str = "ce") -> dict:
+    """Trains encoder + head on the long-tailed set, exports both; returns the test metrics."""
+    cfg = ctx.config[stage]
+    setup = make_setup(ctx, stage)
+    logging.info(
+        "%s: %d epochs x %d steps of batch %d.",
+        stage,
+        cfg.epochs,
+        setup.steps_per_epoch,
+        cfg.batch_size,
+    )
+    state, graphdef = common.fit(ctx, setup)
     trained = train_lib.merge_model(graphdef, jax.device_get(state))
     common.save_module(ctx, stage, "encoder", trained.encoder)
     common.save_module(ctx, stage, "head", trained.head)
-    report = common.evaluate(ctx, logits_fn, state)
-    results = common.final_results(ctx, report, epochs=cfg.epochs, num_steps=num_steps)
-    results.update(loss=cfg.loss, sampler=cfg.sampler, head=cfg.head,
-                   drw_start_epoch=cfg.drw_start_epoch)  # fmt: skip
+    results = common.evaluated_results(ctx, setup, state)
+    results.update(
+        loss=cfg.loss, sampler=cfg.sampler, head=cfg.head, drw_start_epoch=cfg.drw_start_epoch
+    )
     return results
+
+
+def declare(name: str = "ce") -> common.Stage:
+    """The declaration of a supervised stage whose section is ``config.<name>``."""
+    bound = lambda fn: functools.partial(fn, stage=name)
+    return common.Stage(
+        name, validate=bound(validate), run=bound(run), make_setup=bound(make_setup)
+    )

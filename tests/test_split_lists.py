@@ -9,7 +9,7 @@ import os
 import numpy as np
 import pytest
 
-from ltr_jax.data import imagenet_lt
+from ltr_jax.data import split_lists
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SPLITS = os.path.join(os.path.dirname(ROOT), "shared", "data", "lt_splits")
@@ -24,12 +24,12 @@ def _write(tmp_path, lines, name="list.txt"):
 def test_reads_a_synthetic_list(tmp_path):
     lines = [f"train/n0{c}/n0{c}_{i}.JPEG {c}" for c in range(3) for i in range(3 - c)]
     path = _write(tmp_path, [*lines, ""])  # a trailing blank line is allowed
-    paths, labels = imagenet_lt.read_split_list(path, num_classes=3)
+    paths, labels = split_lists.read_split_list(path, num_classes=3)
     assert paths == [line.split()[0] for line in lines]
     assert labels.dtype == np.int32 and labels.tolist() == [0, 0, 0, 1, 1, 2]
-    assert imagenet_lt.class_counts(labels).tolist() == [3, 2, 1]
-    assert imagenet_lt.class_counts(labels, 5).tolist() == [3, 2, 1, 0, 0]
-    assert imagenet_lt.synset_labels(paths, labels) == {"n00": 0, "n01": 1, "n02": 2}
+    assert split_lists.class_counts(labels).tolist() == [3, 2, 1]
+    assert split_lists.class_counts(labels, 5).tolist() == [3, 2, 1, 0, 0]
+    assert split_lists.synset_labels(paths, labels) == {"n00": 0, "n01": 1, "n02": 2}
 
 
 @pytest.mark.parametrize(
@@ -47,17 +47,17 @@ def test_reads_a_synthetic_list(tmp_path):
 )
 def test_malformed_lines_name_file_and_line(tmp_path, bad, message):
     path = _write(tmp_path, ["train/n00/a.JPEG 0", bad])
-    with pytest.raises(imagenet_lt.SplitListError, match=message):
-        imagenet_lt.read_split_list(path, num_classes=3)
+    with pytest.raises(split_lists.SplitListError, match=message):
+        split_lists.read_split_list(path, num_classes=3)
 
 
 def test_empty_list_and_inconsistent_synsets_fail(tmp_path):
-    with pytest.raises(imagenet_lt.SplitListError, match="no images listed"):
-        imagenet_lt.read_split_list(_write(tmp_path, ["", "  "]))
-    with pytest.raises(imagenet_lt.SplitListError, match="folder 'n00' has labels 0 and 1"):
-        imagenet_lt.synset_labels(["t/n00/a.JPEG", "t/n00/b.JPEG"], np.array([0, 1]))
-    with pytest.raises(imagenet_lt.SplitListError, match="label 0 is in folders 'n00' and 'n01'"):
-        imagenet_lt.synset_labels(["t/n00/a.JPEG", "t/n01/b.JPEG"], np.array([0, 0]))
+    with pytest.raises(split_lists.SplitListError, match="no images listed"):
+        split_lists.read_split_list(_write(tmp_path, ["", "  "]))
+    with pytest.raises(split_lists.SplitListError, match="folder 'n00' has labels 0 and 1"):
+        split_lists.synset_labels(["t/n00/a.JPEG", "t/n00/b.JPEG"], np.array([0, 1]))
+    with pytest.raises(split_lists.SplitListError, match="label 0 is in folders 'n00' and 'n01'"):
+        split_lists.synset_labels(["t/n00/a.JPEG", "t/n01/b.JPEG"], np.array([0, 0]))
 
 
 @pytest.mark.parametrize("split, per_class, folder", [("val", 20, "train/"), ("test", 50, "val/")])
@@ -65,12 +65,12 @@ def test_real_imagenet_lt_lists(split, per_class, folder):
     path = os.path.join(SPLITS, f"ImageNet_LT_{split}.txt")
     if not os.path.exists(path):
         pytest.skip(f"{path} not present (it ships only beside the development checkout).")
-    paths, labels = imagenet_lt.read_split_list(path, num_classes=imagenet_lt.NUM_CLASSES)
-    assert len(paths) == imagenet_lt.IMAGENET_LT_SIZES[split]
-    counts = imagenet_lt.class_counts(labels, imagenet_lt.NUM_CLASSES)
+    paths, labels = split_lists.read_split_list(path, num_classes=split_lists.NUM_CLASSES)
+    assert len(paths) == split_lists.IMAGENET_LT_SIZES[split]
+    counts = split_lists.class_counts(labels, split_lists.NUM_CLASSES)
     assert (counts == per_class).all()
     assert all(p.startswith(folder) and p.endswith(".JPEG") for p in paths)
-    synsets = imagenet_lt.synset_labels(paths, labels)
+    synsets = split_lists.synset_labels(paths, labels)
     assert len(synsets) == 1000
     # Labels follow the sorted WordNet ids, as in torchvision's ImageFolder and TFDS.
     assert [synsets[s] for s in sorted(synsets)] == list(range(1000))
