@@ -23,21 +23,25 @@ jax.config.update("jax_enable_x64", False)
 
 # The longest test files first: CI distributes whole files over 2 workers (--dist loadfile) in
 # collection order, and a long file picked up last leaves the other worker idle at the end.
-_LONGEST_FIRST = (
-    "test_parity.py",
-    "test_inputs.py",
+_LONGEST_FIRST = (  # by CPU seconds in one idle run of the whole suite (CPU-2, cold cache)
     "test_multihost.py",
     "test_multihost_streamed.py",
-    "test_stopping.py",
     "test_baselines.py",
     "test_parity_runs.py",
+    "test_inputs.py",
     "test_transformer_pipeline.py",
-    "test_user_data.py",
-    "test_mixed_precision.py",
-    "test_stages.py",
-    "test_multihost_supervised.py",
-    "test_transformers.py",
+    "test_stopping.py",
     "test_pipeline.py",
+    "test_user_data.py",
+    "test_run_errors.py",
+    "test_multihost_supervised.py",
+    "test_stages.py",
+    "test_parity.py",
+    "test_mixed_precision.py",
+    "test_notebook.py",
+    "test_resnet_imagenet.py",
+    "test_train.py",
+    "test_transformers.py",
 )
 
 
