@@ -24,6 +24,7 @@ import optax
 from flax import nnx
 
 from ltr_jax import checkpointing, param_groups, runtime, stopping, writers
+from ltr_jax.data import sampler
 from ltr_jax.models import modes
 
 
@@ -39,13 +40,6 @@ class TrainState:
     # int32 [n] training positions of the current subset (the probe's balanced subset, the
     # current IP-DPP draw), which `inputs.Sampling(subset_size=n)` samples from; or None.
     subset: Any = None
-
-
-def steps_per_epoch(num_examples: int, batch_size: int) -> int:
-    """Steps in one epoch with the last partial batch dropped."""
-    if num_examples < batch_size:
-        raise ValueError(f"batch_size {batch_size} exceeds the {num_examples} training examples.")
-    return num_examples // batch_size
 
 
 def scaled_learning_rate(optim_config, batch_size: int) -> float:
@@ -221,7 +215,7 @@ class TrainSetup:
         or over features: ``sampler.epoch_batch``), its padding rows weighted 0 in
         ``batch["weights"]``, which the loss must honour.
       evaluate: ``evaluate(state) -> metrics`` of the test set, or None.
-      eval_every_steps: evaluation period in steps (None: ``train.eval_every_epochs``).
+      eval_every_epochs: evaluation period in epochs (None: ``train.eval_every_epochs``).
       hooks: extra hooks (e.g. re-draws of ``subset``).
     """
 
@@ -242,13 +236,11 @@ class TrainSetup:
     subset: np.ndarray | None = None
     drop_last: bool = True
     evaluate: Callable[[TrainState], dict] | None = None
-    eval_every_steps: int | None = None
+    eval_every_epochs: float | None = None
     hooks: tuple[Hook, ...] = ()
 
     @property
     def steps_per_epoch(self) -> int:
-        from ltr_jax.data import sampler
-
         return sampler.steps_per_epoch(self.num_examples, self.batch_size, self.drop_last)
 
     @property
@@ -311,7 +303,7 @@ def fit(
 ) -> tuple[TrainState, Any]:
     """Trains a stage's setup to its last step, resuming from its latest checkpoint.
 
-    Evaluates (``setup.evaluate``) every ``eval_every_steps`` but not at the last step, which
+    Evaluates (``setup.evaluate``) every ``eval_every_epochs`` but not at the last step, which
     the caller evaluates.
 
     Returns:
@@ -322,9 +314,10 @@ def fit(
     num_steps = setup.num_steps
     hooks = list(setup.hooks)
     if setup.evaluate is not None:
-        period = setup.eval_every_steps
-        if period is None:
-            period = int(train_config.eval_every_epochs * setup.steps_per_epoch)
+        epochs = setup.eval_every_epochs
+        if epochs is None:
+            epochs = train_config.eval_every_epochs
+        period = int(epochs * setup.steps_per_epoch)
         report = lambda done, state: {f"eval_{k}": v for k, v in setup.evaluate(state).items()}
         hooks.append(every(period, report, skip=num_steps))
     try:  # a clean stop (stopping.Stopped) must stop the decoding workers too

@@ -30,7 +30,7 @@ def _ce(model, batch, key, view):
     return classification.cross_entropy(logits, batch["labels"]), {"train_acc": acc}
 
 
-def _setup(mesh, hooks=(), epochs=4, evaluate=None, eval_every_steps=None):
+def _setup(mesh, hooks=(), epochs=4, evaluate=None, eval_every_epochs=None):
     x, y = _features()
     optim = config_lib.optim("adamw", lr=0.05, lr_base_batch=32, warmup_epochs=0.0)
     return train_lib.TrainSetup(
@@ -46,7 +46,7 @@ def _setup(mesh, hooks=(), epochs=4, evaluate=None, eval_every_steps=None):
         key=jax.random.key(0),
         hooks=tuple(hooks),
         evaluate=evaluate,
-        eval_every_steps=eval_every_steps,
+        eval_every_epochs=eval_every_epochs,
     )
 
 

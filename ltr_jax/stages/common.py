@@ -1,10 +1,11 @@
 """What every stage shares: its declaration, the run context, keys and folders, evaluation,
 results.
 
-A stage module declares itself with ``validate(config)`` (its section's check table and
-invariants, run before anything trains), ``make_setup(ctx) -> train_lib.TrainSetup`` (what it
-trains) and ``run(ctx) -> results`` (``fit`` of its setup, then its exports and results); the
-`Stage` record of each is what `ltr_jax.pipeline` runs.
+A stage module declares itself with ``CHECKS`` (its section's check table; with any
+cross-key invariants it makes ``Stage.validate``, run before anything trains),
+``make_setup(ctx) -> train_lib.TrainSetup`` (what it trains) and ``run(ctx) -> results``
+(``fit`` of its setup, then its exports and results); the `Stage` record of each is what
+`ltr_jax.pipeline` runs.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from ltr_jax import checkpointing, metrics, train_lib, writers
+from ltr_jax import checkpointing, metrics, train_lib, validation, writers
 from ltr_jax.data import augment, protocols
 from ltr_jax.models import modes, pretrained
 
@@ -31,18 +32,30 @@ class Stage:
 
     Attributes:
       name: the stage name (``--stages``, its WORKDIR/<name> folder, its config section).
-      validate: ``validate(config)`` raises `ltr_jax.validation.ConfigError` (one line) for a
-        bad value of its section; cheap, runs before any stage trains.
       run: ``run(ctx) -> results`` trains the stage and returns its ``results.json``.
       make_setup: ``make_setup(ctx) -> train_lib.TrainSetup`` (benchmarks build steps from it).
+      checks: the check table of its section (keys relative to it; `ltr_jax.validation`).
+      invariants: ``invariants(config)``: checks across keys of its section, or None.
       needs: ``needs(config)``: the earlier stages whose exports it loads.
     """
 
     name: str
-    validate: Callable
     run: Callable
     make_setup: Callable
+    checks: dict = dataclasses.field(default_factory=dict)
+    invariants: Callable | None = None
     needs: Callable = lambda config: ()
+
+    def validate(self, config) -> None:
+        """Checks the stage's section (``checks``, then ``invariants``); cheap, runs before
+        any stage trains.
+
+        Raises:
+          validation.ConfigError: a bad value, in one line.
+        """
+        validation.check_section(config, self.name, self.checks)
+        if self.invariants is not None:
+            self.invariants(config)
 
 
 @dataclasses.dataclass(frozen=True)

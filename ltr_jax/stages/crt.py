@@ -15,7 +15,7 @@ import jax
 import numpy as np
 from flax import nnx
 
-from ltr_jax import train_lib, validation
+from ltr_jax import train_lib
 from ltr_jax.data import samplers
 from ltr_jax.models import registry
 from ltr_jax.stages import common, probe
@@ -39,15 +39,6 @@ def frozen_features(ctx: common.StageContext, key: jax.Array) -> tuple[np.ndarra
 
 # The stage's own keys (relative to its section) and their checks (`ltr_jax.validation`).
 CHECKS: dict[str, object] = {"sampler": lambda: samplers.SAMPLERS}
-
-
-def validate(config) -> None:
-    """Checks the ``crt`` section (`CHECKS`).
-
-    Raises:
-      validation.ConfigError: in one line.
-    """
-    validation.check_section(config, STAGE, CHECKS)
 
 
 def make_setup(ctx: common.StageContext) -> train_lib.TrainSetup:
@@ -79,5 +70,5 @@ def run(ctx: common.StageContext) -> dict:
 
 
 DECLARATION = common.Stage(
-    STAGE, validate=validate, run=run, make_setup=make_setup, needs=lambda config: (ENCODER_FROM,)
+    STAGE, checks=CHECKS, run=run, make_setup=make_setup, needs=lambda config: (ENCODER_FROM,)
 )

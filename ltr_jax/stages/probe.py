@@ -20,7 +20,7 @@ import numpy as np
 from flax import nnx
 
 from ltr_jax import metrics, runtime, train_lib, validation
-from ltr_jax.data import augment, feature_input, sampler
+from ltr_jax.data import augment, feature_input
 from ltr_jax.losses import classification
 from ltr_jax.models import batchnorm, heads, init, modes, registry
 from ltr_jax.stages import common
@@ -101,6 +101,13 @@ def new_head(ctx: common.StageContext, in_dim: int, key: jax.Array) -> heads.Lin
     return init.apply_init(head, ctx.config.model.get("init", "flax"), jax.random.fold_in(key, 7))
 
 
+def head_loss(model, batch, key, view):
+    """Cross-entropy of a head's logits over the batch's real rows (``batch["weights"]``: 0
+    for the padding rows of a kept last partial batch, ``drop_last=False``)."""
+    logits, w = model(view(key, batch)), batch.get("weights")
+    return classification.cross_entropy(logits, batch["labels"], row_weights=w), {}
+
+
 def head_on_features(
     ctx: common.StageContext, stage: str, cfg, features: tuple, sampler_kind: str, key: jax.Array
 ) -> train_lib.TrainSetup:
@@ -131,10 +138,6 @@ def head_on_features(
             logits.argmax(-1), data.test_labels, data.num_classes, data.groups
         )
 
-    def loss_fn(model, batch, key, view):
-        logits, w = model(view(key, batch)), batch.get("weights")  # weights: drop_last=False
-        return classification.cross_entropy(logits, batch["labels"], row_weights=w), {}
-
     return train_lib.TrainSetup(
         stage=stage,
         model=head,
@@ -144,11 +147,11 @@ def head_on_features(
         num_examples=len(train_y),
         input=feature_input.FeatureInput(train_x, train_y, data.num_classes, mesh),
         sampler=sampler_kind,
-        loss=loss_fn,
+        loss=head_loss,
         key=key,
         evaluate=evaluate,
         drop_last=drop_last,
-        eval_every_steps=sampler.steps_per_epoch(len(train_y), cfg.batch_size, drop_last),
+        eval_every_epochs=1.0,
     )
 
 
@@ -176,10 +179,6 @@ def setup_through_encoder(
     trainable = nnx.All(nnx.Param, nnx.PathContains("head"))
     logits_fn = common.make_logits_fn(common.eval_graphdef(model, trainable))
 
-    def loss_fn(model, batch, key, view):
-        logits, w = model(view(key, batch)), batch.get("weights")  # weights: drop_last=False
-        return classification.cross_entropy(logits, batch["labels"], row_weights=w), {}
-
     return train_lib.TrainSetup(
         stage=STAGE,
         model=model,
@@ -189,7 +188,7 @@ def setup_through_encoder(
         num_examples=len(subset),
         input=ctx.data,
         sampler="uniform",
-        loss=loss_fn,
+        loss=head_loss,
         key=key,
         augment="simclr",
         augment_strength=cfg.augment_strength,
@@ -197,7 +196,7 @@ def setup_through_encoder(
         subset=subset.astype(np.int32),
         evaluate=lambda s: common.evaluate(ctx, logits_fn, s),
         drop_last=cfg.drop_last,
-        eval_every_steps=sampler.steps_per_epoch(len(subset), cfg.batch_size, cfg.drop_last),
+        eval_every_epochs=1.0,
     )
 
 
@@ -213,15 +212,6 @@ CHECKS: dict[str, object] = {
     "encoder_bn": validation.choices("eval", "train"),
     "drop_last": validation.choices(True, False),
 }
-
-
-def validate(config) -> None:
-    """Checks the ``probe`` section (`CHECKS`).
-
-    Raises:
-      validation.ConfigError: in one line.
-    """
-    validation.check_section(config, STAGE, CHECKS)
 
 
 def make_setup(ctx: common.StageContext) -> train_lib.TrainSetup:
@@ -254,7 +244,7 @@ def run(ctx: common.StageContext) -> dict:
 
 DECLARATION = common.Stage(
     STAGE,
-    validate=validate,
+    checks=CHECKS,
     run=run,
     make_setup=make_setup,
     needs=lambda config: ("stage1",) if config.probe.encoder_from == "stage1" else (),

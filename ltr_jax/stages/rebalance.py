@@ -214,15 +214,6 @@ CHECKS: dict[str, object] = {
 }
 
 
-def validate(config) -> None:
-    """Checks the ``stage2`` section (`CHECKS`).
-
-    Raises:
-      validation.ConfigError: in one line.
-    """
-    validation.check_section(config, STAGE, CHECKS)
-
-
 def make_setup(ctx: common.StageContext) -> train_lib.TrainSetup:
     """Encoder from stage 1, head from the probe; cross-entropy on the current IP-DPP draw,
     re-drawn by a before-step hook."""
@@ -300,7 +291,7 @@ def run(ctx: common.StageContext) -> dict:
 
 DECLARATION = common.Stage(
     STAGE,
-    validate=validate,
+    checks=CHECKS,
     run=run,
     make_setup=make_setup,
     needs=lambda c: ("stage1", "probe") if c.stage2.head_init == "probe" else ("stage1",),

@@ -75,15 +75,6 @@ def make_loss_fn(cfg, feed=None):
     return lambda model, batch, key: loss(model, batch, key, view)
 
 
-def validate(config) -> None:
-    """Checks the ``stage1`` section (`CHECKS`).
-
-    Raises:
-      validation.ConfigError: in one line.
-    """
-    validation.check_section(config, STAGE, CHECKS)
-
-
 def make_setup(ctx: common.StageContext) -> train_lib.TrainSetup:
     """Encoder + projection head, two SimCLR views of every image, the BNS (or SupCon) loss."""
     cfg, data = ctx.config[STAGE], ctx.data
@@ -132,4 +123,4 @@ def run(ctx: common.StageContext) -> dict:
     }
 
 
-DECLARATION = common.Stage(STAGE, validate=validate, run=run, make_setup=make_setup)
+DECLARATION = common.Stage(STAGE, checks=CHECKS, run=run, make_setup=make_setup)

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from ltr_jax import train_lib, validation
-from ltr_jax.data import augmentations, samplers
+from ltr_jax.data import augmentations, sampler, samplers
 from ltr_jax.losses import classification
 from ltr_jax.models import registry
 from ltr_jax.stages import common
@@ -47,13 +47,12 @@ def make_loss(cfg, class_counts, steps_per_epoch: int):
     return lambda logits, labels, step: loss(logits, labels, weights(step))
 
 
-def validate(config, stage: str = "ce") -> None:
-    """Checks the stage's section (`CHECKS`) and its invariants.
+def invariants(config, stage: str = "ce") -> None:
+    """Checks across keys of the stage's section (`CHECKS` covers each key alone).
 
     Raises:
       validation.ConfigError: in one line.
     """
-    validation.check_section(config, stage, CHECKS)
     cfg = config[stage]
     if cfg.drw_start_epoch >= cfg.epochs:
         raise validation.ConfigError(
@@ -70,7 +69,7 @@ def make_setup(ctx: common.StageContext, stage: str = "ce") -> train_lib.TrainSe
         ctx.config.model, data.num_classes, rngs=nnx.Rngs(key), head=cfg.head
     )
     model = common.init_from_pretrained(ctx, stage, model)
-    spe = train_lib.steps_per_epoch(len(data.train_labels), cfg.batch_size)
+    spe = sampler.steps_per_epoch(len(data.train_labels), cfg.batch_size)
     loss = make_loss(cfg, data.class_counts, spe)
     logits_fn = common.make_logits_fn(common.eval_graphdef(model))
 
@@ -122,5 +121,9 @@ def declare(name: str = "ce") -> common.Stage:
     """The declaration of a supervised stage whose section is ``config.<name>``."""
     bound = lambda fn: functools.partial(fn, stage=name)
     return common.Stage(
-        name, validate=bound(validate), run=bound(run), make_setup=bound(make_setup)
+        name,
+        run=bound(run),
+        make_setup=bound(make_setup),
+        checks=CHECKS,
+        invariants=bound(invariants),
     )
