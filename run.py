@@ -25,7 +25,8 @@ from typing import NoReturn
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from ltr_jax import checkpointing, config_lib, pipeline, runtime, stopping, train_lib, validation
+from ltr_jax import config_lib, pipeline, runtime, stopping
+from ltr_jax.errors import UserError
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Experiment config file.", lock_config=True
@@ -82,25 +83,10 @@ def _debug() -> bool:
     )
 
 
-def user_errors() -> tuple[type[BaseException], ...]:
-    """Errors that are the user's to fix: reported in one line, without a traceback."""
-    from ltr_jax.data import sources, split_lists, user_sources
-
-    return (
-        validation.ConfigError,
-        checkpointing.CorruptCheckpointError,
-        train_lib.DivergedError,
-        sources.DatasetNotFoundError,
-        sources.UnverifiedArchiveError,
-        split_lists.SplitListError,
-        user_sources.DatasetError,
-    )
-
-
 def main(argv):
     try:
         _main(argv)
-    except user_errors() as e:  # say what is wrong and how to fix it, without a traceback
+    except UserError as e:  # say what is wrong and how to fix it, without a traceback
         if _debug():
             raise
         fail(f"{type(e).__name__}: {e}")

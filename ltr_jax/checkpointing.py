@@ -8,8 +8,10 @@ import os
 import jax
 import orbax.checkpoint as ocp
 
+from ltr_jax.errors import UserError
 
-class CorruptCheckpointError(RuntimeError):
+
+class CorruptCheckpointError(UserError, RuntimeError):
     """A checkpoint exists but cannot be read back into the expected state."""
 
 

@@ -35,6 +35,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from ltr_jax.errors import UserError
+
 METRICS = ("top1", "many", "medium", "few")
 HEADERS = ("top-1", "Many", "Medium", "Few")
 STAGE_ORDER = ("ce", "crt", "stage1", "probe", "stage2")
@@ -44,7 +46,7 @@ NOT_RUN = "not run"
 NOT_FINISHED = "started, not finished (failed, stopped or still running)"
 
 
-class ReportError(ValueError):
+class ReportError(UserError, ValueError):
     """A workdir the report cannot read; the command line prints it as one line."""
 
 

@@ -21,7 +21,8 @@ from typing import NoReturn
 from absl import flags
 from ml_collections import FrozenConfigDict, config_flags
 
-from ltr_jax import pipeline, validation
+from ltr_jax import pipeline
+from ltr_jax.errors import UserError
 
 USAGE_ERROR = 2  # exit code of a user error, as run.py's
 
@@ -97,7 +98,7 @@ def main(argv: Sequence[str] | None = None) -> dict[int, dict[str, dict]]:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     try:
         results = run_sweep(fv.config, fv.seeds, fv.workdir_root, fv.stages)
-    except validation.ConfigError as e:  # checked before any seed trains: one line, no traceback
+    except UserError as e:  # config, data or workdir: one line, no traceback
         _fail(f"{type(e).__name__}: {e}")
     for seed, stage_results in results.items():
         print(_summary_line(seed, stage_results))

@@ -25,6 +25,7 @@ from flax import nnx
 
 from ltr_jax import checkpointing, param_groups, runtime, stopping, writers
 from ltr_jax.data import sampler
+from ltr_jax.errors import UserError
 from ltr_jax.models import modes
 
 
@@ -487,7 +488,7 @@ def loop_timing(workdir: str, stage: str) -> dict | None:
     )
 
 
-class DivergedError(RuntimeError):
+class DivergedError(UserError, RuntimeError):
     """The loss became non-finite at a log step (``train.stop_on_nonfinite``)."""
 
 

@@ -18,9 +18,10 @@ from collections.abc import Sequence
 import numpy as np
 
 from ltr_jax import config_lib
+from ltr_jax.errors import UserError
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A user error in the config, the stages or the workdir: one line saying what to fix."""
 
 

@@ -34,6 +34,8 @@ import numpy as np
 import tensorflow_datasets as tfds
 from etils import epath
 
+from ltr_jax.errors import UserError
+
 CIFAR10_SHA256 = "c4a38c50a1bc5f3a1c5537f2155ab9d68f9f25eb1ed8d9ddda3db29a59bca1dd"
 CIFAR100_SHA256 = "58a81ae192c23a4be8b1804d68e518ed807d710a4eb253b1f2a199162a40d8ec"
 DATASET_NAMES = ("cifar10", "cifar100", "synthetic")
@@ -46,11 +48,11 @@ _CITATION = """@techreport{krizhevsky2009learning,
   author={Krizhevsky, Alex}, institution={University of Toronto}, year={2009}}"""
 
 
-class UnverifiedArchiveError(ValueError):
+class UnverifiedArchiveError(UserError, ValueError):
     """The archive's (or prepared dataset's) sha256 is not the official one."""
 
 
-class DatasetNotFoundError(FileNotFoundError):
+class DatasetNotFoundError(UserError, FileNotFoundError):
     """The archive is neither in the manual folder nor downloadable."""
 
 

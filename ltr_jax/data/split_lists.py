@@ -18,11 +18,13 @@ import os
 import numpy as np
 from etils import epath
 
+from ltr_jax.errors import UserError
+
 IMAGENET_LT_SIZES = {"train": 115_846, "val": 20_000, "test": 50_000}
 NUM_CLASSES = 1000
 
 
-class SplitListError(ValueError):
+class SplitListError(UserError, ValueError):
     """A split list is malformed; the message names the file and the line."""
 
 

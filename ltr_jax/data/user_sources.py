@@ -36,9 +36,10 @@ import numpy as np
 from PIL import Image
 
 from ltr_jax.data import long_tail, sources
+from ltr_jax.errors import UserError
 
 
-class DatasetError(ValueError):
+class DatasetError(UserError, ValueError):
     """Your dataset's files or layout do not fit its source (run.py prints it, no traceback)."""
 
 
