@@ -26,6 +26,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from ltr_jax import config_lib, pipeline, runtime, stopping
+from ltr_jax.data.input import make
 from ltr_jax.errors import UserError
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -137,9 +138,7 @@ def report_hint(config_arg: str, workdir: str) -> str | None:
 
 def prepare_data(config) -> None:
     """Prepares the configured dataset (if needed) and logs what a run would train on."""
-    from ltr_jax.data import inputs
-
-    data = inputs.load(config.data, runtime.make_mesh())
+    data = make.load_input(config.data, runtime.make_mesh())
     counts = data.class_counts
     logging.info(
         "%s ready: %d classes, %d training images (%d..%d per class), %d test images.",

@@ -63,7 +63,7 @@ def make_contenders(backbone: str, dtype: str, batch_size: int, args, data) -> d
         )
     }
     device = torch_reference.default_device()
-    torch_data = dict(images=data.long_tail.train_images, labels=data.train_labels.astype("int64"))
+    torch_data = dict(images=data.long_tail.train.images, labels=data.train_labels.astype("int64"))
     for variant in args.variants:
         contenders[f"torch_{variant}"] = torch_reference.TorchRunner(
             backbone, dtype, batch_size, variant, torch_data, args.num_workers, device

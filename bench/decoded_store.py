@@ -37,8 +37,7 @@ import numpy as np
 import streaming as jpeg_bench  # bench/streaming.py (bench/ is on sys.path)
 from bench_lib import machine_info, markdown_table, write_json
 
-from ltr_jax.data import augment, decoded_store
-from ltr_jax.data import streaming as jpeg_stream
+from ltr_jax.data.input import augment, decoded_store, grain_pipeline
 
 
 class _Split:
@@ -77,7 +76,7 @@ def _rate(batches, args, warm: int) -> float:
 
 
 def time_store(store: decoded_store.DecodedSplit, args, threads: int) -> dict:
-    plan = jpeg_stream.BatchPlan(len(store.labels), args.batch_size, seed=0)
+    plan = grain_pipeline.BatchPlan(len(store.labels), args.batch_size, seed=0)
     batches = decoded_store.make_iterator(store, plan=plan, num_threads=threads, prefetch_steps=2)
     rate = _rate(batches, args, warm=1)
     return {
@@ -96,7 +95,7 @@ def time_jpeg(source, args, views: int, draft: bool, threads: int = 0, processes
     batches instead (their start-up included: a lower bound), start-up also given apart."""
     num_steps = args.repeats * (args.batches + 1) if threads else 3 * args.batches
     start = time.perf_counter()
-    spec = jpeg_stream.IteratorSpec(
+    spec = grain_pipeline.IteratorSpec(
         seed=0,
         global_batch_size=args.batch_size,
         image_size=args.image_size,
@@ -107,7 +106,7 @@ def time_jpeg(source, args, views: int, draft: bool, threads: int = 0, processes
         prefetch_steps=2,
         draft=draft,
     )
-    batches = jpeg_stream.make_iterator(source, spec)
+    batches = grain_pipeline.make_iterator(source, spec)
     row = {"case": "jpeg" + (" draft" if draft else ""), "views": views}
     if threads:
         row.update(variant=f"{threads} thread(s)", images_per_s=_rate(batches, args, warm=1))

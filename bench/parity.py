@@ -525,7 +525,7 @@ def order_row(rows: list, name: str, ours: np.ndarray, theirs: np.ndarray) -> No
 def check_augment(data_dir: str, rows: list) -> None:
     import jax
 
-    from ltr_jax.data import augment
+    from ltr_jax.data.input import augment
 
     a = pl.AUGMENT
     images = cifar_images(data_dir, a["draws"], a["seed"])

@@ -339,7 +339,7 @@ def our_simclr_params(strength: float, draws: int, seed: int, size: int = 32) ->
       ``jitter`` and ``gray`` (bool), ``brightness``, ``contrast``, ``saturation``, ``hue``
       (the factors and shift a view would apply) and ``order`` (index into ``ORDERS``).
     """
-    from ltr_jax.data import augment
+    from ltr_jax.data.input import augment
 
     keys = jax.random.split(jax.random.key(seed), draws)  # the per-example keys of simclr()
     p = jax.device_get(jax.vmap(lambda k: augment.sample_simclr(k, size, size, strength))(keys))

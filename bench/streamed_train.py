@@ -2,7 +2,7 @@
 
 For each stage the real training step is built from the library's pieces exactly as the stages
 build it on streamed data (each stage module's ``make_setup``, built by ``train_lib.build`` as
-``train_lib.fit`` builds it, over `inputs.StreamingInput.train_feed`), then timed twice, back
+``train_lib.fit`` builds it, over `streamed.StreamingInput.train_feed`), then timed twice, back
 to back:
 
 - ``model``: the step fed one pre-made global batch again and again (no input pipeline): the
@@ -10,7 +10,7 @@ to back:
 - ``streamed``: the step fed by ``feed.data(step, state)``, i.e. Grain worker threads decoding
   JPEGs, random-resized-cropping and flipping on the host, then the global batch assembled with
   `jax.make_array_from_process_local_data`; with ``--format decoded``, the same feed of a
-  decoded store (`inputs.DecodedInput`: uint8 256 x 256 rows gathered on the host, every crop
+  decoded store (`decoded.DecodedInput`: uint8 256 x 256 rows gathered on the host, every crop
   on device) of ``--store_rows`` synthetic images (default: ImageNet-LT's 115,846, 22.8 GB,
   written to ``--store_dir`` first and then in the page cache, as a prepared store would be).
 
@@ -40,12 +40,13 @@ import streaming as streaming_bench  # bench/streaming.py: the synthetic JPEG ge
 import throughput  # bench/throughput.py: stage_loop
 
 from ltr_jax import config_lib, runtime
-from ltr_jax.data import decoded_store, inputs, long_tail, synthetic_jpeg
+from ltr_jax.data.datasets import long_tail, synthetic
+from ltr_jax.data.input import decoded, decoded_store, streamed
 
 STAGES = ("stage1", "supervised")
 
 
-def make_input(args, mesh) -> inputs.StreamingInput:
+def make_input(args, mesh) -> streamed.StreamingInput:
     """``--num_images`` in-memory synthetic JPEGs behind the streamed input."""
     rng = np.random.default_rng(0)
     images = tuple(
@@ -53,18 +54,18 @@ def make_input(args, mesh) -> inputs.StreamingInput:
         for _ in range(args.num_images)
     )
     labels = (np.arange(args.num_images) % args.num_classes).astype(np.int32)
-    split = synthetic_jpeg.EncodedSplit(images, labels)
+    split = synthetic.EncodedSplit(images, labels)
     counts = np.bincount(labels, minlength=args.num_classes)
-    options = inputs.StreamOptions(
+    options = streamed.StreamOptions(
         args.image_size, args.workers, prefetch_steps=args.prefetch, num_processes=args.processes
     )
-    return inputs.StreamingInput(
+    return streamed.StreamingInput(
         split, split, args.num_classes, long_tail.shot_groups(counts, 100, 20), mesh, options
     )
 
 
-def make_store_input(args, mesh) -> inputs.DecodedInput:
-    """A decoded store of ``--store_rows`` synthetic S x S images behind `inputs.DecodedInput`.
+def make_store_input(args, mesh) -> decoded.DecodedInput:
+    """A decoded store of ``--store_rows`` synthetic S x S images behind `decoded.DecodedInput`.
 
     The rows are a repeated block of random images (written at memory speed, not decoded: the
     store's read side is what is timed here).
@@ -79,13 +80,13 @@ def make_store_input(args, mesh) -> inputs.DecodedInput:
     labels = (np.arange(rows) % args.num_classes).astype(np.int32)
     split = decoded_store.DecodedSplit(np.load(path, mmap_mode="r"), labels)
     counts = np.bincount(labels, minlength=args.num_classes)
-    options = inputs.StreamOptions(args.image_size, args.workers, prefetch_steps=args.prefetch)
-    return inputs.DecodedInput(
+    options = streamed.StreamOptions(args.image_size, args.workers, prefetch_steps=args.prefetch)
+    return decoded.DecodedInput(
         split, split, args.num_classes, long_tail.shot_groups(counts, 100, 20), mesh, options
     )
 
 
-def make_step(stage: str, args, data: inputs.StreamingInput, mesh):
+def make_step(stage: str, args, data: streamed.StreamingInput, mesh):
     """(jitted step, initial state, feed) of one stage on streamed data: the stage module's
     ``make_setup`` built by ``train_lib.build`` (`throughput.stage_loop`)."""
     config = config_lib.base_config()
@@ -152,7 +153,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--dtype", default="bfloat16")
     parser.add_argument("--image_size", type=int, default=224)
     parser.add_argument("--batch_size", type=int, default=128)
-    parser.add_argument("--workers", type=int, default=inputs.default_num_workers())
+    parser.add_argument("--workers", type=int, default=streamed.default_num_workers())
     parser.add_argument("--processes", type=int, default=0, help="decode in worker processes")
     parser.add_argument("--prefetch", type=int, default=2, help="batches decoded ahead")
     parser.add_argument("--steps", type=int, default=20)
@@ -161,7 +162,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--num_classes", type=int, default=1000)
     parser.add_argument("--width", type=int, default=500)
     parser.add_argument("--height", type=int, default=375)
-    parser.add_argument("--format", default="jpeg", choices=inputs.FORMATS)
+    parser.add_argument("--format", default="jpeg", choices=decoded.FORMATS)
     parser.add_argument("--store_rows", type=int, default=115_846, help="--format decoded")
     parser.add_argument("--store_size", type=int, default=256, help="--format decoded: S")
     parser.add_argument("--store_dir", default=None, help="--format decoded (default: a tmp dir)")

@@ -4,8 +4,8 @@ Synthetic JPEGs at ImageNet sizes (default 500x375, quality 90) are generated in
 smooth random colour field plus pixel noise (``--noise`` 25: about 105 KB a file, printed),
 close to the ImageNet-2012 training set's mean of about 110 KB (its 138 GB over 1.28 M files),
 where pure noise would compress badly and decode slowly. They are fed through
-`streaming.make_iterator` (Grain, worker threads, prefetch) exactly as training would read
-them, for each worker count in ``--workers``; a ``serial`` row times `streaming.augment_image`
+`grain_pipeline.make_iterator` (Grain, worker threads, prefetch) exactly as training would read
+them, for each worker count in ``--workers``; a ``serial`` row times `grain_pipeline.augment_image`
 in a plain loop on one core (no pipeline) as the per-core cost floor.
 
 images/s per core = images/s / min(workers, cores), the cores the case can actually use.
@@ -14,9 +14,9 @@ ASSUMPTION, not a measurement (no GPU here): ``--model_images_per_s`` defaults t
 a ballpark for ResNet-50 bf16 training on one H100 from published vendor benchmarks. Pass a
 measured number (e.g. from ``bench/throughput.py``) when there is one.
 
-    python bench/streaming.py                            # ~10 s on 2 idle cores
-    python bench/streaming.py --workers 1,2,4,8 --batches 20 --num_images 512
-    python bench/streaming.py --num_views 2 --out bench/results/streaming_cpu_2views.json
+    python bench/grain_pipeline.py                            # ~10 s on 2 idle cores
+    python bench/grain_pipeline.py --workers 1,2,4,8 --batches 20 --num_images 512
+    python bench/grain_pipeline.py --num_views 2 --out bench/results/streaming_cpu_2views.json
 
 Rates count images (decoded once), each giving ``--num_views`` crops (stage 1's two views).
 """
@@ -34,7 +34,7 @@ import numpy as np
 from bench_lib import csv_list, machine_info, markdown_table, write_json
 from PIL import Image
 
-from ltr_jax.data import streaming
+from ltr_jax.data.input import grain_pipeline
 
 ASSUMED_RESNET50_H100_IMAGES_PER_S = 3000.0  # an assumption (see the module docstring)
 
@@ -85,7 +85,7 @@ def time_serial(source: list[dict], args: argparse.Namespace) -> dict:
         start = time.perf_counter()
         for i in range(count):
             rng = np.random.default_rng([0, i])
-            streaming.augment_image(source[i]["image"], rng, args.image_size, args.num_views)
+            grain_pipeline.augment_image(source[i]["image"], rng, args.image_size, args.num_views)
         times.append(time.perf_counter() - start)
     return {"case": "serial", "workers": 0, "cores_used": 1, "images_per_s": count / min(times)}
 
@@ -99,7 +99,7 @@ def time_pipeline(
     # batch; processes: the per-worker buffers of 2 batches each, ready at once).
     warm = 1 + 2 * processes
     per_window = args.batches + warm
-    spec = streaming.IteratorSpec(
+    spec = grain_pipeline.IteratorSpec(
         seed=0,
         global_batch_size=args.batch_size,
         image_size=args.image_size,
@@ -109,7 +109,7 @@ def time_pipeline(
         num_processes=processes,
         prefetch_steps=2,
     )
-    batches = streaming.make_iterator(source, spec)
+    batches = grain_pipeline.make_iterator(source, spec)
     rates = window_rates(batches, args, warm)
     batches.close()
     cores = min(processes or workers, os.cpu_count() or 1)

@@ -64,7 +64,8 @@ import numpy as np
 from flax import nnx
 
 from ltr_jax import config_lib, pipeline, runtime, train_lib
-from ltr_jax.data import batches, inputs, long_tail
+from ltr_jax.data.datasets import long_tail, records
+from ltr_jax.data.input import in_memory
 from ltr_jax.models import registry
 from ltr_jax.stages import common
 
@@ -82,7 +83,7 @@ def bench_config(backbone: str, dtype: str):
     return config
 
 
-def synthetic_input(num_images: int, mesh, image_size: int = 32) -> inputs.InMemoryInput:
+def synthetic_input(num_images: int, mesh, image_size: int = 32) -> in_memory.InMemoryInput:
     """About ``num_images`` random uint8 square images (CIFAR-shaped by default) with the
     class counts of CIFAR-10-LT IF100 scaled to that total (12,406: those counts exactly), so
     that stage 2's subset (k = 10 x the smallest class) has the recipe's size."""
@@ -91,16 +92,18 @@ def synthetic_input(num_images: int, mesh, image_size: int = 32) -> inputs.InMem
     labels = np.repeat(np.arange(bench_lib.NUM_CLASSES), counts).astype(np.int32)
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (len(labels), image_size, image_size, 3), dtype=np.uint8)
-    lt = batches.LongTailData(
-        images,
-        labels,
-        images[:8],
-        labels[:8],
-        bench_lib.NUM_CLASSES,
-        counts,
-        long_tail.shot_groups(counts, 100, 20),
+    index = np.arange(len(labels))
+    lt = records.LongTail(
+        name="synthetic",
+        train=records.Split(images, labels, index),
+        test=records.Split(images[:8], labels[:8], index[:8]),
+        num_classes=bench_lib.NUM_CLASSES,
+        class_names=(),
+        class_counts=counts,
+        groups=long_tail.shot_groups(counts, 100, 20),
+        streamed=False,
     )
-    return inputs.InMemoryInput(lt, mesh)
+    return in_memory.InMemoryInput(lt, mesh)
 
 
 def stage_loop(stage: str, config, data, mesh) -> train_lib.Loop:

@@ -9,15 +9,14 @@ functions at run time and never written back. Nothing here calls JAX.
 from __future__ import annotations
 
 import importlib.util
+import math
 import os
 
 import ml_collections as mlc
 from ml_collections import config_dict
 
-# Built-in datasets read by the streaming pipeline, which ``:smoke`` replaces by synthetic JPEGs.
-STREAMED_DATASETS = ("imagenet_lt", "inaturalist2018", "synthetic_jpeg")
-# In-memory datasets that ``:smoke`` replaces by synthetic arrays (others keep their data).
-SMOKE_SYNTHETIC = ("cifar10", "cifar100", "synthetic")
+from ltr_jax.data.datasets import registry
+
 SMOKE_PER_CLASS = 50  # ``:smoke`` on your own data: at most this many images per class
 
 
@@ -98,6 +97,7 @@ def base_config() -> mlc.ConfigDict:
             tfds=dict(image_key="image", label_key="label", train_split="train", test_split="test"),
             class_counts=(),  # explicit per-class train counts (instead of imbalance_factor)
             max_per_class=0,  # at most this many images per class in each split (0: all)
+            dataset_name="",  # the name in results and reports ("": folder/file name, or name)
             stream_above=20000,  # image_folder: stream (not decode into memory) above this
             jpeg_draft=True,  # format=jpeg: decode at 1/2..1/8 size where every crop allows
             format="jpeg",  # streamed: jpeg (decode every epoch) | decoded (a store, decoded once)
@@ -196,18 +196,25 @@ def smoke(config: mlc.ConfigDict) -> mlc.ConfigDict:
     A config of a streamed dataset (ImageNet-LT, iNaturalist) gets synthetic JPEGs through
     the same streaming pipeline, at 32 x 32; CIFAR configs synthetic arrays in device memory.
     Any other dataset (your own: image_folder, arrays, tfds:<name>, ...) is kept, cut to a
-    fixed subset of at most ``SMOKE_PER_CLASS`` images per class in each split.
+    fixed subset of at most ``SMOKE_PER_CLASS`` images per class in each split (more when
+    ``data.imbalance_factor`` or ``data.class_counts`` need them: the cap comes before the long
+    tail, whose smallest class keeps 1 / IF of the largest). The dataset registry's entry
+    says which (`registry.DatasetEntry.smoke`).
     """
-    streamed = config.data.name in STREAMED_DATASETS
-    if streamed or config.data.name in SMOKE_SYNTHETIC:
+    entry = registry.DATASETS.get(config.data.name)  # None: tfds:<name>, or not yet registered
+    streamed = entry is not None and entry.kind == "streamed"
+    if entry is not None and entry.smoke:
         config.data.update(
-            name="synthetic_jpeg" if streamed else "synthetic",
+            name=entry.smoke,
             imbalance_factor=10,
             many_threshold=50,
             few_threshold=20,
         )
-    else:
-        config.data.max_per_class = SMOKE_PER_CLASS
+    else:  # the cap comes before the long tail: keep room for the smallest class's one image
+        counts = tuple(config.data.class_counts)
+        config.data.max_per_class = max(
+            SMOKE_PER_CLASS, math.ceil(config.data.imbalance_factor), *counts
+        )
     if streamed:
         config.data.update(image_size=32, num_workers=2, decoded_size=40, prepare_processes=1)
     config.model.update(encoder="cifar_resnet8", proj_hidden=64, proj_dim=32, dtype="float32")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ltr_jax.data.long_tail import ShotGroups
+from ltr_jax.data.datasets.records import ShotGroups
 
 
 def per_class_accuracy(preds: np.ndarray, labels: np.ndarray, num_classes: int) -> np.ndarray:

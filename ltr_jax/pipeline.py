@@ -16,7 +16,7 @@ from collections.abc import Sequence
 import jax
 
 from ltr_jax import runtime, stopping, train_lib, validation, writers
-from ltr_jax.data import inputs
+from ltr_jax.data.input import make
 from ltr_jax.stages import common, crt, probe, rebalance, representation, supervised
 
 # Every stage, declared by its module (`common.Stage`: validate, make_setup, run, needs).
@@ -132,7 +132,7 @@ def run(config, workdir: str, stages: Sequence[str] | None = None) -> dict[str, 
     needs = {name: STAGES[name].needs(config) for name in names}
     validation.check_earlier_stages(names, needs, workdir)
     mesh = runtime.make_mesh()
-    data = inputs.load(config.data, mesh)
+    data = make.load_input(config.data, mesh)
     warnings = validation.validate_data(config, names, data.class_counts, data.class_names)
     for stage_warnings in warnings.values():
         for warning in stage_warnings:

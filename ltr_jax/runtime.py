@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 import jax
 import numpy as np
@@ -117,3 +118,23 @@ def check_same_on_all_processes(tree, what: str) -> None:
 
 def root_key(seed: int) -> jax.Array:
     return jax.random.key(seed)
+
+
+def apply_in_batches(fn: Callable, arrays: tuple, batch_size: int, mesh) -> np.ndarray:
+    """Applies a jitted ``fn(*batch)`` over host arrays in padded, sharded batches.
+
+    The last batch is padded to full size (so one compiled shape serves every batch) and the
+    padded rows are dropped from the output.
+
+    Returns:
+      The outputs of every real row, concatenated on the host (of every process).
+    """
+    n = len(arrays[0])
+    outs = []
+    for start in range(0, n, batch_size):
+        chunk = [a[start : start + batch_size] for a in arrays]
+        real = len(chunk[0])
+        chunk = [np.concatenate([c, np.repeat(c[-1:], batch_size - real, 0)]) for c in chunk]
+        out = fn(*[put_batch_sharded(mesh, c) for c in chunk])
+        outs.append(jax.tree.map(lambda x, r=real: x[:r], to_host(out)))
+    return jax.tree.map(lambda *xs: np.concatenate(xs), *outs)

@@ -24,7 +24,7 @@ import optax
 from flax import nnx
 
 from ltr_jax import checkpointing, param_groups, runtime, stopping, writers
-from ltr_jax.data import sampler
+from ltr_jax.data.input import sampler, sampler_registry
 from ltr_jax.errors import UserError
 from ltr_jax.models import modes
 
@@ -39,7 +39,7 @@ class TrainState:
     frozen: Any  # every other variable (e.g. a frozen encoder)
     opt_state: Any
     # int32 [n] training positions of the current subset (the probe's balanced subset, the
-    # current IP-DPP draw), which `inputs.Sampling(subset_size=n)` samples from; or None.
+    # current IP-DPP draw), which `Sampling(subset_size=n)` samples from; or None.
     subset: Any = None
 
 
@@ -272,9 +272,6 @@ def build(setup: TrainSetup, mesh) -> Loop:
     Benchmarks time ``loop.train_step`` over ``loop.feed.data(step, state)``: exactly what a
     run executes.
     """
-    # Imported here: `ltr_jax.data.inputs` imports this module for `apply_in_batches`.
-    from ltr_jax.data import inputs
-
     spe = setup.steps_per_epoch
     tx, schedule = make_optimizer(
         setup.optim, batch_size=setup.batch_size, num_steps=setup.num_steps, steps_per_epoch=spe
@@ -282,7 +279,7 @@ def build(setup: TrainSetup, mesh) -> Loop:
     subset = None if setup.subset is None else np.asarray(setup.subset, np.int32)
     graphdef, state = init_train_state(setup.model, tx, setup.trainable, subset=subset)
     size = None if subset is None else len(subset)
-    sampling = inputs.Sampling(
+    sampling = sampler_registry.Sampling(
         setup.sampler,
         jax.random.fold_in(setup.key, 1),
         setup.batch_size,
@@ -533,23 +530,3 @@ class DivergenceGuard:
             f"Stage {self.stage} diverged: loss {loss} at step {step} (last finite loss: "
             f"{last}); {advice}, or set --config.train.stop_on_nonfinite=False to train on."
         )
-
-
-def apply_in_batches(fn: Callable, arrays: tuple, batch_size: int, mesh) -> np.ndarray:
-    """Applies a jitted ``fn(*batch)`` over host arrays in padded, sharded batches.
-
-    The last batch is padded to full size (so one compiled shape serves every batch) and the
-    padded rows are dropped from the output.
-
-    Returns:
-      The outputs of every real row, concatenated on the host (of every process).
-    """
-    n = len(arrays[0])
-    outs = []
-    for start in range(0, n, batch_size):
-        chunk = [a[start : start + batch_size] for a in arrays]
-        real = len(chunk[0])
-        chunk = [np.concatenate([c, np.repeat(c[-1:], batch_size - real, 0)]) for c in chunk]
-        out = fn(*[runtime.put_batch_sharded(mesh, c) for c in chunk])
-        outs.append(jax.tree.map(lambda x, r=real: x[:r], runtime.to_host(out)))
-    return jax.tree.map(lambda *xs: np.concatenate(xs), *outs)

@@ -17,8 +17,11 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from ltr_jax import config_lib
+from ltr_jax import train_lib
+from ltr_jax.data.datasets import registry as datasets_registry
+from ltr_jax.data.input import decoded
 from ltr_jax.errors import UserError
+from ltr_jax.models import registry
 
 
 class ConfigError(UserError, ValueError):
@@ -26,27 +29,19 @@ class ConfigError(UserError, ValueError):
 
 
 def _optim_names():
-    from ltr_jax import train_lib
-
     return tuple(train_lib.OPTIMIZERS)
 
 
 def _encoders():
-    from ltr_jax.models import registry
-
     return tuple(sorted(registry.ENCODERS))
 
 
 def _dtypes():
-    from ltr_jax.models import registry
-
     return tuple(registry.DTYPES)
 
 
 def _formats():
-    from ltr_jax.data import inputs
-
-    return inputs.FORMATS
+    return decoded.FORMATS
 
 
 def choices(*values):
@@ -164,10 +159,8 @@ def validate(config, stages: Sequence[str], num_devices: int) -> None:
     Raises:
       ConfigError: the first invalid value, in one line.
     """
-    from ltr_jax.data import datasets
-
     try:
-        datasets.lookup(config.data.name)
+        entry = datasets_registry.DATASETS[config.data.name]
     except ValueError as e:
         raise ConfigError(f"config.data.name: {e}") from None
     for section in ("data", "model", "train"):
@@ -181,7 +174,7 @@ def validate(config, stages: Sequence[str], num_devices: int) -> None:
             f"{data.many_threshold}: Few must lie below Many."
         )
     for s in ("probe", "stage2"):  # a kept partial batch is weighted on device only
-        if s in stages and not config[s].drop_last and data.name in config_lib.STREAMED_DATASETS:
+        if s in stages and not config[s].drop_last and entry.kind == "streamed":
             raise ConfigError(
                 f"config.{s}.drop_last=False needs in-memory data; {data.name} is streamed: "
                 f"set --config.{s}.drop_last=True."

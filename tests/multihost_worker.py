@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ltr_jax import checkpointing, runtime, train_lib
+from ltr_jax import checkpointing, runtime
 
 
 def check_host_round_trips(mesh) -> None:
@@ -27,7 +27,7 @@ def check_host_round_trips(mesh) -> None:
     replicated = runtime.put_replicated(mesh, x)
     assert not replicated.is_fully_addressable and replicated.is_fully_replicated
     np.testing.assert_array_equal(runtime.to_host(replicated), x)
-    doubled = train_lib.apply_in_batches(jax.jit(lambda a: 2 * a), (np.arange(10.0),), 4, mesh)
+    doubled = runtime.apply_in_batches(jax.jit(lambda a: 2 * a), (np.arange(10.0),), 4, mesh)
     np.testing.assert_array_equal(doubled, 2 * np.arange(10.0))  # 3 batches, last one padded
 
 

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ltr_jax.data import augment
+from ltr_jax.data.input import augment
 
 OPS = ("brightness", "contrast", "saturation", "hue")
 simclr_jit = jax.jit(augment.simclr, static_argnames=("strength", "min_scale"))

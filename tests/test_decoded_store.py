@@ -1,4 +1,4 @@
-"""The decoded store (`decoded_store`) and training from it (`inputs.DecodedInput`).
+"""The decoded store (`decoded_store`) and training from it (`decoded.DecodedInput`).
 
 Fidelity: a crop taken on device from the stored S = 256 square matches the same crop taken
 by the JPEG path (Pillow, bilinear, from the full-size decoded JPEG) within a mean absolute
@@ -21,7 +21,15 @@ from ml_collections import FrozenConfigDict
 from PIL import Image
 
 from ltr_jax import config_lib, runtime
-from ltr_jax.data import augment, decoded_store, inputs, streaming, synthetic_jpeg
+from ltr_jax.data.datasets import synthetic
+from ltr_jax.data.input import (
+    augment,
+    decoded,
+    decoded_store,
+    grain_pipeline,
+    make,
+    sampler_registry,
+)
 
 FIDELITY_MEAN = 1.5
 FIDELITY_P99 = 4.0
@@ -83,11 +91,11 @@ def test_a_store_crop_matches_the_same_crop_of_the_jpeg(shape):
         )
 
 
-def _encoded_split(n: int, seed: int = 0) -> synthetic_jpeg.EncodedSplit:
+def _encoded_split(n: int, seed: int = 0) -> synthetic.EncodedSplit:
     rng = np.random.default_rng(seed)
     images = rng.integers(0, 256, size=(n, 24, 24, 3), dtype=np.uint8)
-    encoded = synthetic_jpeg.encode_jpegs(images, (30, 50), seed)
-    return synthetic_jpeg.EncodedSplit(encoded, rng.integers(0, 3, n).astype(np.int32))
+    encoded = synthetic.encode_jpegs(images, (30, 50), seed)
+    return synthetic.EncodedSplit(encoded, rng.integers(0, 3, n).astype(np.int32))
 
 
 def test_preparation_resumes_after_a_kill_and_stores_each_image_decoded(tmp_path, monkeypatch):
@@ -141,23 +149,25 @@ def test_decode_square_is_the_centre_square():
 def _smoke_data(tmp_path, **data):
     config = config_lib.load_config_file("configs/imagenet_lt.py:smoke")
     config.data.update(decoded_dir=str(tmp_path / "store"), **data)
-    return inputs.load(FrozenConfigDict(config).data, runtime.make_mesh(1))
+    return make.load_input(FrozenConfigDict(config).data, runtime.make_mesh(1))
 
 
 def test_decoded_feed_is_step_indexed_and_each_process_gathers_its_rows(tmp_path):
     data = _smoke_data(tmp_path)
-    assert isinstance(data, inputs.DecodedInput) and data.train.source.shape[1:] == (40, 40, 3)
-    sampling = inputs.Sampling("uniform", jax.random.key(0), 8)
+    assert isinstance(data, decoded.DecodedInput) and data.train.source.shape[1:] == (40, 40, 3)
+    sampling = sampler_registry.Sampling("uniform", jax.random.key(0), 8)
     feed = data.train_feed(sampling, augment="crop_flip", num_views=2)
     straight = [np.asarray(feed.data(step, None)["images"]) for step in range(4)]
     resumed = data.train_feed(sampling, augment="crop_flip", num_views=2)
     np.testing.assert_array_equal(np.asarray(resumed.data(3, None)["images"]), straight[3])
     feed.close(), resumed.close()
-    plan = streaming.BatchPlan(len(data.train_labels), 8, inputs.key_to_seed(sampling.key))
+    plan = grain_pipeline.BatchPlan(
+        len(data.train_labels), 8, sampler_registry.key_to_seed(sampling.key)
+    )
     np.testing.assert_array_equal(straight[3], data.train.source[plan.global_positions(3)])
     halves = []
     for i in range(2):
-        half = streaming.BatchPlan(len(data.train_labels), 8, plan.seed, i, 2)
+        half = grain_pipeline.BatchPlan(len(data.train_labels), 8, plan.seed, i, 2)
         local = next(decoded_store.make_iterator(data.train, plan=half, start_step=3))
         halves.append(local["images"])
     np.testing.assert_array_equal(np.concatenate(halves), straight[3])
@@ -198,22 +208,22 @@ def test_format_errors():
     assert config_lib.load_config_file("configs/inat2018.py").data.format == "decoded"
     config.data.format = "png"
     with pytest.raises(ValueError, match="Unknown data.format 'png'"):
-        inputs.check_format(config.data)
+        decoded.check_format(config.data)
     config.data.update(format="decoded", decoded_size=200)
     with pytest.raises(ValueError, match="decoded_size=256 or more"):
-        inputs.check_format(config.data)
+        decoded.check_format(config.data)
     with pytest.raises(ValueError, match="Unknown augment"):
-        inputs.store_augment("mixup", 1.0, 224, 256)
+        decoded.store_augment("mixup", 1.0, 224, 256)
 
 
 def test_jpeg_draft_decodes_smaller_only_where_every_crop_allows():
-    assert streaming.draft_scale([(0, 0, 300, 400), (0, 0, 130, 500)], 64) == 2
-    assert streaming.draft_scale([(0, 0, 375, 500)], 64) == 4
-    assert streaming.draft_scale([(0, 0, 100, 90)], 64) == 1
+    assert grain_pipeline.draft_scale([(0, 0, 300, 400), (0, 0, 130, 500)], 64) == 2
+    assert grain_pipeline.draft_scale([(0, 0, 375, 500)], 64) == 4
+    assert grain_pipeline.draft_scale([(0, 0, 100, 90)], 64) == 1
     encoded = _jpeg(_natural(375, 500, seed=1))
     for seed in range(6):
-        full = streaming.augment_image(encoded, np.random.default_rng(seed), 64, num_views=2)
-        drafted = streaming.augment_image(
+        full = grain_pipeline.augment_image(encoded, np.random.default_rng(seed), 64, num_views=2)
+        drafted = grain_pipeline.augment_image(
             encoded, np.random.default_rng(seed), 64, num_views=2, draft=True
         )
         diff = np.abs(full.astype(float) - drafted)

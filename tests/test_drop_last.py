@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from ltr_jax import config_lib, validation
-from ltr_jax.data import sampler
+from ltr_jax.data.input import sampler
 from ltr_jax.losses import classification
 
 

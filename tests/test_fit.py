@@ -8,7 +8,7 @@ from flax import nnx
 from ml_collections import FrozenConfigDict
 
 from ltr_jax import config_lib, pipeline, runtime, train_lib, validation, writers
-from ltr_jax.data import feature_input
+from ltr_jax.data.input import feature_input
 from ltr_jax.losses import classification
 from ltr_jax.models import heads
 

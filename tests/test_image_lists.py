@@ -18,8 +18,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ltr_jax.data import image_lists, split_lists
-from ltr_jax.data.sources import DatasetNotFoundError, UnverifiedArchiveError
+from ltr_jax.data.datasets import image_lists, split_lists
+from ltr_jax.data.datasets.records import DatasetNotFoundError, UnverifiedArchiveError
 
 WNIDS = ("n01000003", "n01000017", "n01000042", "n01000099")  # labels 0..3
 TRAIN_PER_CLASS = 5  # images per class in the training archive

@@ -18,7 +18,9 @@ import pytest
 from ml_collections import FrozenConfigDict
 
 from ltr_jax import config_lib, dpp, pipeline, runtime, writers
-from ltr_jax.data import inputs, streaming, synthetic_jpeg
+from ltr_jax.data.datasets import long_tail, synthetic
+from ltr_jax.data.input import grain_pipeline, make, sampler_registry
+from ltr_jax.data.input import streamed as streamed_input
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMOKE = os.path.join(ROOT, "configs", "imagenet_lt.py") + ":smoke"
@@ -34,7 +36,7 @@ def _config(**data):
 @pytest.fixture(scope="module")
 def streamed():
     config = _config(format="jpeg")
-    return inputs.load(config.data, runtime.make_mesh(1))
+    return make.load_input(config.data, runtime.make_mesh(1))
 
 
 def _results(workdir, stages=STAGES):
@@ -53,7 +55,7 @@ def test_streamed_pipeline_resumes_exactly(tmp_path, monkeypatch):
     straight = str(tmp_path / "straight")
     pipeline.run(_config(), straight)
 
-    original = inputs._StreamFeed.data
+    original = streamed_input.StreamFeed.data
     crash_at = {"train": 15, "subset": 25}  # mid stage 1; stage 2 between draws 1 and 2
 
     def crashing(self, step, state):
@@ -63,7 +65,7 @@ def test_streamed_pipeline_resumes_exactly(tmp_path, monkeypatch):
             raise KeyboardInterrupt(f"simulated kill at step {step}")
         return original(self, step, state)
 
-    monkeypatch.setattr(inputs._StreamFeed, "data", crashing)
+    monkeypatch.setattr(streamed_input.StreamFeed, "data", crashing)
     crashed = str(tmp_path / "crashed")
     for _ in range(2):
         with pytest.raises(KeyboardInterrupt):
@@ -108,7 +110,11 @@ def test_missing_dataset_is_a_clear_one_line_error(tmp_path):
 
 def test_streamed_facts_match_the_long_tail(streamed):
     config = _config()
-    train, test, num_classes = synthetic_jpeg.make_splits(config.data)
+    balanced = synthetic.load_synthetic_jpeg(config.data)  # the LDAM cut, by hand
+    num_classes, imbalance_factor = balanced.num_classes, config.data.imbalance_factor
+    labels = balanced.train.labels
+    pos = long_tail.ldam_subset(labels, np.arange(len(labels)), num_classes, imbalance_factor)
+    train, test = balanced.train.take(pos), balanced.test
     assert streamed.num_classes == num_classes == 10
     np.testing.assert_array_equal(streamed.train_labels, train.labels)
     np.testing.assert_array_equal(streamed.test_labels, test.labels)
@@ -126,23 +132,23 @@ def test_map_split_is_the_centre_crop_in_order(streamed):
     np.testing.assert_array_equal(index, positions)
     np.testing.assert_array_equal(labels, streamed.train_labels[positions])
     for row, pos in enumerate(positions):
-        expected = streaming.center_crop_image(streamed.train.source[pos]["image"], 32)
+        expected = grain_pipeline.center_crop_image(streamed.train.source[pos]["image"], 32)
         np.testing.assert_array_equal(images[row], expected)
 
 
 def test_centre_crop_geometry():
     rng = np.random.default_rng(0)
     image = rng.integers(0, 256, size=(60, 90, 3), dtype=np.uint8)
-    out = streaming.center_crop_image(image, 32)  # shorter side 60 -> 37, crop 32 x 32
+    out = grain_pipeline.center_crop_image(image, 32)  # shorter side 60 -> 37, crop 32 x 32
     assert out.shape == (32, 32, 3)
-    assert streaming.eval_resize(224) == 256
+    assert grain_pipeline.eval_resize(224) == 256
     ramp = np.tile(np.arange(90, dtype=np.uint8)[None, :, None], (60, 1, 3))
-    centre = streaming.center_crop_image(ramp, 32)[:, :, 0].astype(float)
+    centre = grain_pipeline.center_crop_image(ramp, 32)[:, :, 0].astype(float)
     assert abs(centre.mean() - 44.5) < 1.5  # the middle of the ramp
 
 
 def test_train_feed_views_are_independent_crops(streamed):
-    sampling = inputs.Sampling("uniform", jax.random.key(0), 8)
+    sampling = sampler_registry.Sampling("uniform", jax.random.key(0), 8)
     feed = streamed.train_feed(sampling, augment="simclr", strength=1.0, num_views=2)
     batch = feed.data(0, None)
     assert batch["images"].shape == (8, 2, 32, 32, 3)
@@ -155,7 +161,9 @@ def test_train_feed_views_are_independent_crops(streamed):
 
 def test_train_feed_over_a_population(streamed):
     population = np.array([5, 9, 11, 40, 41, 42, 90, 91], np.int32)
-    sampling = inputs.Sampling("uniform", jax.random.key(0), 4, subset_size=len(population))
+    sampling = sampler_registry.Sampling(
+        "uniform", jax.random.key(0), 4, subset_size=len(population)
+    )
     feed = streamed.train_feed(sampling, augment="none")
     feed.set_population(population, 0)
     seen = [feed.data(step, None)["labels"] for step in range(2)]  # one epoch: each once
@@ -165,14 +173,16 @@ def test_train_feed_over_a_population(streamed):
 
 def test_class_balanced_plan_is_balanced_and_step_indexed():
     labels = np.repeat(np.arange(4), [100, 30, 5, 1])
-    plan = streaming.class_balanced_plan(labels, 4, 64, seed=[1, 2])
-    again = streaming.class_balanced_plan(labels, 4, 64, seed=[1, 2])
+    plan = grain_pipeline.class_balanced_plan(labels, 4, 64, seed=[1, 2])
+    again = grain_pipeline.class_balanced_plan(labels, 4, 64, seed=[1, 2])
     np.testing.assert_array_equal(plan.global_positions(7), again.global_positions(7))
     drawn = np.concatenate([labels[plan.global_positions(s)] for s in range(200)])
     freq = np.bincount(drawn, minlength=4) / len(drawn)
     np.testing.assert_allclose(freq, 0.25, atol=0.02)
     halves = [
-        streaming.class_balanced_plan(labels, 4, 64, seed=[1, 2], process_index=i, process_count=2)
+        grain_pipeline.class_balanced_plan(
+            labels, 4, 64, seed=[1, 2], process_index=i, process_count=2
+        )
         for i in range(2)
     ]
     rows = [np.array([h.locate(j)[2] for j in range(32)]) for h in halves]
@@ -181,15 +191,15 @@ def test_class_balanced_plan_is_balanced_and_step_indexed():
 
 def test_sampling_errors():
     with pytest.raises(ValueError, match="only the uniform"):
-        inputs._check_sampling(
-            inputs.Sampling("class_balanced", jax.random.key(0), 4, subset_size=4)
+        sampler_registry.check_sampling(
+            sampler_registry.Sampling("class_balanced", jax.random.key(0), 4, subset_size=4)
         )
     with pytest.raises(ValueError, match="Unknown sampler"):
-        inputs._check_sampling(inputs.Sampling("balanced", jax.random.key(0), 4))
+        sampler_registry.check_sampling(sampler_registry.Sampling("balanced", jax.random.key(0), 4))
     with pytest.raises(ValueError, match="Unknown augment"):
-        inputs.host_augment("mixup", 1.0)
+        streamed_input.host_augment("mixup", 1.0)
     with pytest.raises(ValueError, match="Unknown dataset name"):
-        inputs.load(FrozenConfigDict({"name": "imagenet"}), None)
+        make.load_input(FrozenConfigDict({"name": "imagenet"}), None)
 
 
 # --- Grouped IP-DPP draws ------------------------------------------------------------------

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from ltr_jax.data import long_tail
+from ltr_jax.data.datasets import long_tail
 
 C10 = {10: 20431, 20: 17023, 50: 13996, 100: 12406, 200: 11203}
 C100 = {10: 19573, 20: 15907, 50: 12608, 100: 10847, 200: 9502}

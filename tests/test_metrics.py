@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from ltr_jax import metrics
-from ltr_jax.data.long_tail import ShotGroups
+from ltr_jax.data.datasets.records import ShotGroups
 
 # 4 classes; class 3 has no test example (but is predicted twice, which counts as wrong).
 LABELS = np.array([0, 0, 0, 0, 1, 1, 2, 2, 2])

@@ -24,7 +24,7 @@ import pytest
 from flax import nnx
 
 from ltr_jax import config_lib, runtime, train_lib
-from ltr_jax.data import batches, sampler
+from ltr_jax.data.input import in_memory, sampler
 from ltr_jax.models import registry
 from ltr_jax.stages import representation
 
@@ -84,7 +84,7 @@ def _run(dtype: str) -> dict:
 
     def batch_fn(device_data, state):
         positions = sampler.uniform_batch(jax.random.key(1), state.step, N, BATCH)
-        return batches.gather(device_data, positions, mesh)
+        return in_memory.gather(device_data, positions, mesh)
 
     step = train_lib.make_train_step(
         graphdef, tx, batch_fn, representation.make_loss_fn(STAGE1), mesh

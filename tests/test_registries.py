@@ -15,18 +15,18 @@ import numpy as np
 import pytest
 
 from ltr_jax import config_lib, pipeline, report, runtime, train_lib, validation
-from ltr_jax.data import (
+from ltr_jax.data.datasets import long_tail, records, synthetic
+from ltr_jax.data.input import (
     augment,
-    augmentations,
-    batches,
-    inputs,
-    long_tail,
+    augment_registry,
+    decoded,
+    grain_pipeline,
+    in_memory,
     protocols,
     sampler,
-    samplers,
-    streaming,
-    synthetic_jpeg,
+    sampler_registry,
 )
+from ltr_jax.data.input import streamed as streamed_input
 from ltr_jax.dpp import kernels as dpp_kernels
 from ltr_jax.dpp import sampling as dpp_sampling
 from ltr_jax.losses import bns, classification, stage1, supcon
@@ -56,12 +56,14 @@ def test_stage1_builtin_losses_match_their_functions():
     section = _stage1_config().stage1
     key = jax.random.key(3)
     want = bns.bns_loss(z1, z2, LABELS, key, tau=0.5, m=4, form="reference")
-    np.testing.assert_allclose(stage1.lookup("bns").loss(z1, z2, LABELS, key, section), want)
+    np.testing.assert_allclose(stage1.STAGE1_LOSSES["bns"].loss(z1, z2, LABELS, key, section), want)
     want = supcon.supcon_loss(z1, z2, LABELS, tau=0.1)
-    np.testing.assert_allclose(stage1.lookup("supcon").loss(z1, z2, LABELS, key, section), want)
+    np.testing.assert_allclose(
+        stage1.STAGE1_LOSSES["supcon"].loss(z1, z2, LABELS, key, section), want
+    )
     assert report.method_label({"stage1": section.to_dict()}, ["stage1"]) == "BNS(reference)"
     with pytest.raises(ValueError, match="Unknown stage1.loss 'nope'; valid: bns, supcon"):
-        stage1.lookup("nope")
+        stage1.STAGE1_LOSSES["nope"]
 
 
 def _dummy_loss(z1, z2, labels, key, section):
@@ -142,64 +144,64 @@ def test_a_registered_classification_loss_is_valid_used_and_labelled(monkeypatch
 def _jpegs(n, seed=0):
     rng = np.random.default_rng(seed)
     pixels = rng.integers(0, 256, (n, 24, 20, 3), dtype=np.uint8)
-    return synthetic_jpeg.encode_jpegs(pixels, (20, 28), seed)
+    return synthetic.encode_jpegs(pixels, (20, 28), seed)
 
 
 def _tiny_streamed(n=16):
     """A streamed input of ``n`` JPEGs, image ``i`` alone in class ``i`` (labels name images)."""
-    split = synthetic_jpeg.EncodedSplit(_jpegs(n), np.arange(n, dtype=np.int32))
+    split = synthetic.EncodedSplit(_jpegs(n), np.arange(n, dtype=np.int32))
     groups = long_tail.shot_groups(np.ones(n), 10, 0)
-    options = inputs.StreamOptions(image_size=8, num_workers=0, prefetch_steps=1)
-    return inputs.StreamingInput(split, split, n, groups, runtime.make_mesh(1), options)
+    options = streamed_input.StreamOptions(image_size=8, num_workers=0, prefetch_steps=1)
+    return streamed_input.StreamingInput(split, split, n, groups, runtime.make_mesh(1), options)
 
 
 def test_a_registered_augmentation_serves_every_input_kind(monkeypatch):
-    entry = augmentations.Augmentation(
+    entry = augment_registry.Augmentation(
         device=lambda s: lambda key, x: x + s,
         host_crop="eval",  # the host's centre crop, then the device half
         after_host_crop=lambda s: lambda key, x: 1.0 - x,
         from_store=lambda s, size, eval_side: lambda key, x: x[:, :size, :size] * s,
     )
-    monkeypatch.setitem(augmentations.AUGMENTS, "mark", entry)
+    monkeypatch.setitem(augment_registry.AUGMENTS, "mark", entry)
     config = config_lib.base_config()
     config.ce.augment = config.stage2.augment = "mark"
     pipeline.STAGES["ce"].validate(config)
     pipeline.STAGES["stage2"].validate(config)
     x = jnp.full((2, 6, 6, 3), 0.25)
     key = jax.random.key(0)
-    np.testing.assert_allclose(inputs.device_augment("mark", 0.5)(key, x), 0.75)
-    assert inputs.store_augment("mark", 2.0, 4, 6)(key, x).shape == (2, 4, 4, 3)
+    np.testing.assert_allclose(in_memory.device_augment("mark", 0.5)(key, x), 0.75)
+    assert decoded.store_augment("mark", 2.0, 4, 6)(key, x).shape == (2, 4, 4, 3)
     streamed = _tiny_streamed()
-    sampling = inputs.Sampling("uniform", key, 4)
+    sampling = sampler_registry.Sampling("uniform", key, 4)
     feed = streamed.train_feed(sampling, augment="mark", num_views=2)
     batch = feed.data(0, None)
     assert batch["images"].shape == (4, 8, 8, 3)  # "eval": one centre crop, not 2 views
     for image, label in zip(np.asarray(batch["images"]), np.asarray(batch["labels"])):
-        want = streaming.center_crop_image(streamed.train.source[int(label)]["image"], 8)
+        want = grain_pipeline.center_crop_image(streamed.train.source[int(label)]["image"], 8)
         np.testing.assert_array_equal(image, want)
     view = feed.view(key, batch)
     np.testing.assert_allclose(view, 1.0 - augment.to_float(batch["images"]), atol=1e-6)
     feed.close()
     with pytest.raises(ValueError, match="Unknown augment 'mix'; valid: crop_flip, simclr, none"):
-        inputs.host_augment("mix", 1.0)
+        streamed_input.host_augment("mix", 1.0)
 
 
 def test_builtin_augmentations_keep_their_halves():
     x = jax.random.uniform(jax.random.key(1), (2, 12, 12, 3))
     key = jax.random.key(2)
-    simclr = augmentations.lookup("simclr")
+    simclr = augment_registry.AUGMENTS["simclr"]
     same = lambda f, g: str(jax.make_jaxpr(f)(key, x)) == str(jax.make_jaxpr(g)(key, x))
     assert same(simclr.device(0.5), lambda k, v: augment.simclr(k, v, strength=0.5))
     assert same(simclr.after_host_crop(0.5), lambda k, v: augment.simclr_colour(k, v, strength=0.5))
     assert not same(simclr.device(0.5), lambda k, v: augment.simclr(k, v, strength=1.0))
     np.testing.assert_array_equal(
-        augmentations.lookup("crop_flip").device(1.0)(key, x), augment.crop_flip(key, x)
+        augment_registry.AUGMENTS["crop_flip"].device(1.0)(key, x), augment.crop_flip(key, x)
     )
-    side = 12 * 8 / streaming.eval_resize(8)
+    side = 12 * 8 / grain_pipeline.eval_resize(8)
     np.testing.assert_array_equal(
-        inputs.store_augment("none", 1.0, 8, 12)(key, x), augment.centre_crop_resize(x, side, 8)
+        decoded.store_augment("none", 1.0, 8, 12)(key, x), augment.centre_crop_resize(x, side, 8)
     )
-    hosts = {name: a.host_crop for name, a in augmentations.AUGMENTS.items()}
+    hosts = {name: a.host_crop for name, a in augment_registry.AUGMENTS.items()}
     assert hosts == {"crop_flip": "train", "simclr": "train", "none": "eval"}
 
 
@@ -216,27 +218,27 @@ def _in_memory(n=16):
     images = np.broadcast_to(np.arange(n, dtype=np.uint8)[:, None, None, None], (n, 4, 4, 3))
     labels = np.arange(n, dtype=np.int32) % 4
     counts = np.bincount(labels)
-    lt = batches.LongTailData(
-        images, labels, images, labels, 4, counts, long_tail.shot_groups(counts, 10, 0)
-    )
-    return inputs.InMemoryInput(lt, runtime.make_mesh(1))
+    split = records.Split(images, labels, np.arange(n))
+    groups = long_tail.shot_groups(counts, 10, 0)
+    lt = records.LongTail("test", split, split, 4, (), counts, groups, streamed=False)
+    return in_memory.InMemoryInput(lt, runtime.make_mesh(1))
 
 
 def test_a_registered_sampler_serves_device_and_host(monkeypatch):
-    entry = samplers.Sampler(
+    entry = sampler_registry.Sampler(
         device=lambda key, labels, num_classes, b: (
             lambda step: jnp.asarray(_reverse_positions(step, len(labels), b), jnp.int32)
         ),
-        host_plan=lambda labels, num_classes, b, seed, pi, pc: streaming.StepPlan(
+        host_plan=lambda labels, num_classes, b, seed, pi, pc: grain_pipeline.StepPlan(
             lambda step: _reverse_positions(step, len(labels), b), b, seed, pi, pc
         ),
     )
-    monkeypatch.setitem(samplers.SAMPLERS, "reverse", entry)
+    monkeypatch.setitem(sampler_registry.SAMPLERS, "reverse", entry)
     config = config_lib.base_config()
     config.ce.sampler = config.crt.sampler = "reverse"
     pipeline.STAGES["ce"].validate(config)
     pipeline.STAGES["crt"].validate(config)
-    sampling = inputs.Sampling("reverse", jax.random.key(0), 4)
+    sampling = sampler_registry.Sampling("reverse", jax.random.key(0), 4)
     memory = _in_memory()
     feed = memory.train_feed(sampling)
     state = types.SimpleNamespace(step=jnp.int32(1))
@@ -247,19 +249,19 @@ def test_a_registered_sampler_serves_device_and_host(monkeypatch):
     np.testing.assert_array_equal(feed.data(1, None)["labels"], [11, 10, 9, 8])
     feed.close()
     with pytest.raises(ValueError, match="Unknown sampler 'nope'; valid: uniform, class_bal"):
-        memory.train_feed(inputs.Sampling("nope", jax.random.key(0), 4))
+        memory.train_feed(sampler_registry.Sampling("nope", jax.random.key(0), 4))
 
 
 def test_builtin_samplers_device_and_host_agree_on_their_contract():
     labels = np.repeat(np.arange(4), [9, 4, 2, 1]).astype(np.int32)
     key = jax.random.key(5)
-    uniform = samplers.lookup("uniform")
+    uniform = sampler_registry.SAMPLERS["uniform"]
     sample = jax.jit(uniform.device(key, labels, 4, 4))
     epoch = np.concatenate([sample(s) for s in range(4)])
     assert sorted(epoch) == list(range(16))  # one epoch: every position once
     plan = uniform.host_plan(labels, 4, 4, [5], 0, 1)
     assert sorted(np.concatenate([plan.global_positions(s) for s in range(4)])) == list(range(16))
-    balanced = samplers.lookup("class_balanced")
+    balanced = sampler_registry.SAMPLERS["class_balanced"]
     np.testing.assert_array_equal(
         balanced.device(key, labels, 4, 8)(3), sampler.class_balanced_batch(key, 3, labels, 4, 8)
     )
@@ -274,8 +276,11 @@ def test_builtin_samplers_device_and_host_agree_on_their_contract():
 
 def test_sampling_over_the_train_state_subset():
     subset = np.array([2, 3, 5, 7, 11, 13], np.int32)
-    sampling = inputs.Sampling("uniform", jax.random.key(0), 3, subset_size=len(subset))
-    assert sampling.over_subset and not inputs.Sampling("uniform", sampling.key, 3).over_subset
+    sampling = sampler_registry.Sampling("uniform", jax.random.key(0), 3, subset_size=len(subset))
+    assert (
+        sampling.over_subset
+        and not sampler_registry.Sampling("uniform", sampling.key, 3).over_subset
+    )
     memory = _in_memory()
     feed = memory.train_feed(sampling)
     feed.set_population(subset, 0)  # read from the state in memory: nothing to do
@@ -300,12 +305,12 @@ def _params(fn):
 
 def test_every_input_and_feed_satisfies_its_protocol():
     memory, streamed = _in_memory(), _tiny_streamed()
-    decoded = inputs.DecodedInput(
+    store = decoded.DecodedInput(
         streamed.train, streamed.test, 16, streamed.groups, streamed.mesh, streamed.options
     )
-    sampling = inputs.Sampling("uniform", jax.random.key(0), 4)
+    sampling = sampler_registry.Sampling("uniform", jax.random.key(0), 4)
     feeds = [memory.train_feed(sampling), streamed.train_feed(sampling)]
-    for data in (memory, streamed, decoded):
+    for data in (memory, streamed, store):
         assert isinstance(data, protocols.DataInput), type(data).__name__
         for method in ("train_feed", "map_split"):
             want = _params(getattr(protocols.DataInput, method))

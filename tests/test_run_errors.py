@@ -229,26 +229,26 @@ def test_k_per_class_above_every_class_warns():
 
 
 def test_offline_first_run_fails_fast_with_fitting_advice(tmp_path, monkeypatch):
-    from ltr_jax.data import sources
+    from ltr_jax.data.datasets import cifar, records
 
     def refuse(*args, **kwargs):
         raise OSError("no network")
 
-    monkeypatch.setattr(sources.socket, "create_connection", refuse)
-    for v in sources._PROXY_VARIABLES:
+    monkeypatch.setattr(cifar.socket, "create_connection", refuse)
+    for v in cifar._PROXY_VARIABLES:
         monkeypatch.delenv(v, raising=False)
-    assert not sources.network_reachable("https://example.org/a.tar.gz")
+    assert not cifar.network_reachable("https://example.org/a.tar.gz")
     monkeypatch.setenv("HTTPS_PROXY", "http://proxy:3128")
-    assert sources.network_reachable("https://example.org/a.tar.gz")
+    assert cifar.network_reachable("https://example.org/a.tar.gz")
     monkeypatch.delenv("HTTPS_PROXY")
     config = config_lib.base_config()
     config.data.data_dir = str(tmp_path)
-    with pytest.raises(sources.DatasetNotFoundError, match="unreachable") as e:
-        sources.load_dataset(FrozenConfigDict(config).data)
+    with pytest.raises(records.DatasetNotFoundError, match="unreachable") as e:
+        cifar.load_dataset(FrozenConfigDict(config).data)
     assert "download=True" not in str(e.value) and "manual_dir" in str(e.value)
     config.data.download = False
-    with pytest.raises(sources.DatasetNotFoundError, match="download=True"):
-        sources.load_dataset(FrozenConfigDict(config).data)
+    with pytest.raises(records.DatasetNotFoundError, match="download=True"):
+        cifar.load_dataset(FrozenConfigDict(config).data)
 
 
 def test_divergence_guard_unit(tmp_path):

@@ -4,7 +4,7 @@ import jax
 import numpy as np
 import pytest
 
-from ltr_jax.data import sampler, samplers
+from ltr_jax.data.input import sampler, sampler_registry
 
 
 def test_uniform_is_a_pure_function_of_step():
@@ -47,7 +47,7 @@ def test_class_balanced_is_balanced_and_deterministic():
 
 def test_unknown_sampler():
     with pytest.raises(ValueError, match="uniform, class_balanced"):
-        samplers.make_batch_sampler("nope", jax.random.key(0), np.zeros(4, int), 1, 2)
+        sampler_registry.make_batch_sampler("nope", jax.random.key(0), np.zeros(4, int), 1, 2)
 
 
 def test_process_slices_partition_the_global_batch():

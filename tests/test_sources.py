@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from ltr_jax.data import sources
+from ltr_jax.data.datasets import cifar, records, synthetic
 
 C10_TRAIN_SIZES = (2, 3, 1, 2, 2)  # records in data_batch_1..5
 C10_TEST_SIZE = 4
@@ -116,7 +116,7 @@ def _sha256(path) -> str:
 def test_cifar10_round_trip_unverified(tmp_path, c10_archive):
     manual, expected = c10_archive
     config = _config(tmp_path, manual_dir=str(manual), allow_unverified_archive=True)
-    ds = sources.load_dataset(config)
+    ds = cifar.load_dataset(config)
     for split in ("train", "test"):
         got = getattr(ds, split)
         np.testing.assert_array_equal(got.images, expected[f"{split}_images"])
@@ -131,9 +131,9 @@ def test_cifar10_round_trip_unverified(tmp_path, c10_archive):
 
 def test_metadata_records_unverified_archive(tmp_path, c10_archive):
     manual, _ = c10_archive
-    sources.load_dataset(_config(tmp_path, manual_dir=str(manual), allow_unverified_archive=True))
+    cifar.load_dataset(_config(tmp_path, manual_dir=str(manual), allow_unverified_archive=True))
     # A fresh builder reads what the preparation persisted.
-    builder = sources.LtrCifar10(data_dir=str(tmp_path / "tfds"))
+    builder = cifar.LtrCifar10(data_dir=str(tmp_path / "tfds"))
     assert builder.is_prepared()
     assert builder.info.metadata["verified"] is False
     assert builder.info.metadata["archive_sha256"] == _sha256(manual / "cifar-10-binary.tar.gz")
@@ -144,14 +144,14 @@ def test_cifar100_round_trip_fine_and_coarse(tmp_path, c100_archive):
     config = _config(
         tmp_path, name="cifar100", manual_dir=str(manual), allow_unverified_archive=True
     )
-    ds = sources.load_dataset(config)
+    ds = cifar.load_dataset(config)
     for split in ("train", "test"):
         got = getattr(ds, split)
         np.testing.assert_array_equal(got.images, expected[f"{split}_images"])
         np.testing.assert_array_equal(got.labels, expected[f"{split}_fine"])
         np.testing.assert_array_equal(got.index, np.arange(len(got.labels)))
     assert ds.num_classes == 100 and ds.class_names == tuple(C100_FINE)
-    builder = sources.LtrCifar100(data_dir=str(tmp_path / "tfds"))
+    builder = cifar.LtrCifar100(data_dir=str(tmp_path / "tfds"))
     records = builder.as_data_source(split="train").__getitems__(range(C100_TRAIN_SIZE))
     coarse = sorted((int(r["index"]), int(r["coarse_label"])) for r in records)
     np.testing.assert_array_equal([c for _, c in coarse], expected["train_coarse"])
@@ -160,36 +160,36 @@ def test_cifar100_round_trip_fine_and_coarse(tmp_path, c100_archive):
 
 def test_unverified_archive_is_refused(tmp_path, c10_archive):
     manual, _ = c10_archive
-    with pytest.raises(sources.UnverifiedArchiveError) as info:
-        sources.load_dataset(_config(tmp_path, manual_dir=str(manual)))
+    with pytest.raises(records.UnverifiedArchiveError) as info:
+        cifar.load_dataset(_config(tmp_path, manual_dir=str(manual)))
     message = str(info.value)
     assert "allow_unverified_archive" in message
-    assert sources.CIFAR10_SHA256 in message
+    assert cifar.CIFAR10_SHA256 in message
     assert _sha256(manual / "cifar-10-binary.tar.gz") in message
     assert "cifar-10-binary.tar.gz" in message
-    assert not sources.LtrCifar10(data_dir=str(tmp_path / "tfds")).is_prepared()
+    assert not cifar.LtrCifar10(data_dir=str(tmp_path / "tfds")).is_prepared()
 
 
 def test_verified_archive_builds(tmp_path, c10_archive, monkeypatch):
     manual, expected = c10_archive
     digest = _sha256(manual / "cifar-10-binary.tar.gz")
-    monkeypatch.setattr(sources.LtrCifar10, "ARCHIVE_SHA256", digest)
-    ds = sources.load_dataset(_config(tmp_path, manual_dir=str(manual)))
+    monkeypatch.setattr(cifar.LtrCifar10, "ARCHIVE_SHA256", digest)
+    ds = cifar.load_dataset(_config(tmp_path, manual_dir=str(manual)))
     assert ds.verified is True
     np.testing.assert_array_equal(ds.train.images, expected["train_images"])
-    metadata = sources.LtrCifar10(data_dir=str(tmp_path / "tfds")).info.metadata
+    metadata = cifar.LtrCifar10(data_dir=str(tmp_path / "tfds")).info.metadata
     assert metadata["verified"] is True and metadata["archive_sha256"] == digest
 
 
 def test_unverified_preparation_is_not_reused_silently(tmp_path, c10_archive, caplog):
     manual, _ = c10_archive
-    sources.load_dataset(_config(tmp_path, manual_dir=str(manual), allow_unverified_archive=True))
+    cifar.load_dataset(_config(tmp_path, manual_dir=str(manual), allow_unverified_archive=True))
     # Already prepared: the refusal must come from the recorded flag, not from the archive.
     (manual / "cifar-10-binary.tar.gz").unlink()
-    with pytest.raises(sources.UnverifiedArchiveError, match="allow_unverified_archive"):
-        sources.load_dataset(_config(tmp_path, manual_dir=str(manual)))
+    with pytest.raises(records.UnverifiedArchiveError, match="allow_unverified_archive"):
+        cifar.load_dataset(_config(tmp_path, manual_dir=str(manual)))
     with caplog.at_level(logging.WARNING):
-        ds = sources.load_dataset(_config(tmp_path, allow_unverified_archive=True))
+        ds = cifar.load_dataset(_config(tmp_path, allow_unverified_archive=True))
     assert ds.verified is False
     assert any("UNVERIFIED" in r.getMessage() for r in caplog.records)
 
@@ -197,17 +197,17 @@ def test_unverified_preparation_is_not_reused_silently(tmp_path, c10_archive, ca
 def test_missing_archive_without_download(tmp_path):
     manual = tmp_path / "empty_manual"
     manual.mkdir()
-    with pytest.raises(sources.DatasetNotFoundError) as info:
-        sources.load_dataset(_config(tmp_path, manual_dir=str(manual)))
+    with pytest.raises(records.DatasetNotFoundError) as info:
+        cifar.load_dataset(_config(tmp_path, manual_dir=str(manual)))
     message = str(info.value)
-    for needle in ("cifar-10-binary.tar.gz", str(manual), sources.CIFAR10_SHA256, "manual_dir"):
+    for needle in ("cifar-10-binary.tar.gz", str(manual), cifar.CIFAR10_SHA256, "manual_dir"):
         assert needle in message
     assert "download" in message
 
 
 def test_missing_archive_names_default_manual_folder(tmp_path):
-    with pytest.raises(sources.DatasetNotFoundError, match="downloads/manual"):
-        sources.load_dataset(_config(tmp_path, name="cifar100"))
+    with pytest.raises(records.DatasetNotFoundError, match="downloads/manual"):
+        cifar.load_dataset(_config(tmp_path, name="cifar100"))
 
 
 def test_download_network_error_is_clear(tmp_path, monkeypatch):
@@ -215,9 +215,9 @@ def test_download_network_error_is_clear(tmp_path, monkeypatch):
         raise ConnectionError(f"cannot reach {url}")
 
     monkeypatch.setattr(tfds.download.DownloadManager, "download", unreachable)
-    monkeypatch.setattr(sources, "network_reachable", lambda url: True)  # the probe passes
-    with pytest.raises(sources.DatasetNotFoundError, match="download failed") as info:
-        sources.load_dataset(_config(tmp_path, download=True))
+    monkeypatch.setattr(cifar, "network_reachable", lambda url: True)  # the probe passes
+    with pytest.raises(records.DatasetNotFoundError, match="download failed") as info:
+        cifar.load_dataset(_config(tmp_path, download=True))
     assert "cifar-10-binary.tar.gz" in str(info.value)
 
 
@@ -230,27 +230,27 @@ def test_download_is_used_when_not_in_manual_folder(tmp_path, c10_archive, monke
         return manual / "cifar-10-binary.tar.gz"
 
     monkeypatch.setattr(tfds.download.DownloadManager, "download", fake_download)
-    monkeypatch.setattr(sources, "network_reachable", lambda url: True)
+    monkeypatch.setattr(cifar, "network_reachable", lambda url: True)
     config = _config(tmp_path, download=True, allow_unverified_archive=True)
-    ds = sources.load_dataset(config)
-    assert urls == [sources.LtrCifar10.ARCHIVE_URL]
+    ds = cifar.load_dataset(config)
+    assert urls == [cifar.LtrCifar10.ARCHIVE_URL]
     np.testing.assert_array_equal(ds.test.labels, expected["test_labels"])
 
 
 def test_truncated_records_are_rejected():
     with pytest.raises(ValueError, match="whole number"):
-        sources._parse_records(b"\x00" * 3074, 1, "data_batch_1.bin")
+        cifar._parse_records(b"\x00" * 3074, 1, "data_batch_1.bin")
 
 
 def test_unknown_name_lists_valid_names(tmp_path):
     with pytest.raises(ValueError, match="cifar10.*cifar100.*synthetic"):
-        sources.load_dataset(_config(tmp_path, name="mnist"))
+        cifar.load_dataset(_config(tmp_path, name="mnist"))
 
 
 def test_synthetic_shapes_dtypes_and_determinism(tmp_path):
     config = _config(tmp_path, name="synthetic")
-    ds = sources.load_dataset(config)
-    again = sources.load_dataset(config)
+    ds = cifar.load_dataset(config)
+    again = cifar.load_dataset(config)
     assert ds.train.images.shape == (500, 32, 32, 3) and ds.test.images.shape == (200, 32, 32, 3)
     assert ds.train.images.dtype == np.uint8 and ds.train.labels.dtype == np.int32
     assert ds.train.index.dtype == np.int64
@@ -261,12 +261,12 @@ def test_synthetic_shapes_dtypes_and_determinism(tmp_path):
     for split in ("train", "test"):
         np.testing.assert_array_equal(getattr(ds, split).images, getattr(again, split).images)
         np.testing.assert_array_equal(getattr(ds, split).labels, getattr(again, split).labels)
-    other = sources.make_synthetic_dataset(10, 50, 20, seed=1)
+    other = synthetic.make_synthetic_dataset(10, 50, 20, seed=1)
     assert not np.array_equal(other.train.images, ds.train.images)
 
 
 def test_synthetic_classes_are_distinguishable():
-    ds = sources.make_synthetic_dataset(10, 50, 20, seed=0)
+    ds = synthetic.make_synthetic_dataset(10, 50, 20, seed=0)
     train = ds.train.images.reshape(500, -1).astype(np.float32)
     means = np.stack([train[ds.train.labels == c].mean(0) for c in range(10)])  # [C, D]
     test = ds.test.images.reshape(200, -1).astype(np.float32)

@@ -9,7 +9,7 @@ import os
 import numpy as np
 import pytest
 
-from ltr_jax.data import split_lists
+from ltr_jax.data.datasets import split_lists
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SPLITS = os.path.join(os.path.dirname(ROOT), "shared", "data", "lt_splits")

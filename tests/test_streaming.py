@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from ltr_jax import runtime
-from ltr_jax.data import augment, streaming
+from ltr_jax.data.input import augment, grain_pipeline
 
 NUM_IMAGES = 64
 BATCH = 8  # 8 steps per epoch
@@ -32,8 +32,8 @@ def source() -> list[dict]:
 
 def _batches(source, num_steps: int, **kwargs) -> list[dict]:
     kwargs = {"seed": 3, "global_batch_size": BATCH, "image_size": SIZE, "num_workers": 2} | kwargs
-    spec = streaming.IteratorSpec(num_steps=num_steps, **kwargs)
-    return list(streaming.make_iterator(source, spec))
+    spec = grain_pipeline.IteratorSpec(num_steps=num_steps, **kwargs)
+    return list(grain_pipeline.make_iterator(source, spec))
 
 
 def _assert_same(a: list[dict], b: list[dict]) -> None:
@@ -85,7 +85,7 @@ def test_epoch_covers_every_image_once_dropping_remainder(source):
     for seen in epochs:
         np.testing.assert_array_equal(np.sort(seen), np.arange(NUM_IMAGES))
     assert not np.array_equal(epochs[0], epochs[1])  # a new permutation every epoch
-    plan = streaming.BatchPlan(NUM_IMAGES + 5, BATCH, seed=3)  # 8 steps, 5 dropped per epoch
+    plan = grain_pipeline.BatchPlan(NUM_IMAGES + 5, BATCH, seed=3)  # 8 steps, 5 dropped per epoch
     assert plan.steps_per_epoch == 8
     for epoch in range(2):
         positions = np.concatenate([plan.global_positions(epoch * 8 + s) for s in range(8)])
@@ -97,7 +97,7 @@ def test_crop_box_matches_on_device_sampler():
     shapes = [(40, 48), (375, 500), (10, 200), (200, 10)]
     for (height, width), scale in itertools.product(shapes, [(0.08, 1.0), (0.9, 1.0)]):
         u = rng.random(22).astype(np.float32)
-        ours = streaming.crop_box_from_uniforms(u, height, width, scale)
+        ours = grain_pipeline.crop_box_from_uniforms(u, height, width, scale)
         ref = augment._crop_box_from_uniforms(u, height, width, scale, (3 / 4, 4 / 3))
         np.testing.assert_array_equal(np.asarray(ours), np.asarray(ref))
 
@@ -115,12 +115,12 @@ class _FixedRng:
 def test_full_image_box_is_a_plain_resize_then_flip(source):
     # Area 1 at ratio 1 (44x44) does not fit 48x40: the centre fallback is the whole image.
     crop_u = np.array([1.0 - 1e-9] * 10 + [0.5] * 10 + [0.0, 0.0])
-    assert streaming.crop_box_from_uniforms(crop_u, 40, 48) == (0, 0, 40, 48)
+    assert grain_pipeline.crop_box_from_uniforms(crop_u, 40, 48) == (0, 0, 40, 48)
     image = Image.open(io.BytesIO(source[0]["image"])).convert("RGB")
     expected = np.asarray(image.resize((SIZE, SIZE), Image.Resampling.BILINEAR))
-    got = streaming.augment_image(source[0]["image"], _FixedRng(crop_u, 0.9), SIZE)
+    got = grain_pipeline.augment_image(source[0]["image"], _FixedRng(crop_u, 0.9), SIZE)
     np.testing.assert_array_equal(got, expected)
-    flipped = streaming.augment_image(source[0]["image"], _FixedRng(crop_u, 0.1), SIZE)
+    flipped = grain_pipeline.augment_image(source[0]["image"], _FixedRng(crop_u, 0.1), SIZE)
     np.testing.assert_array_equal(flipped, expected[:, ::-1])
 
 
@@ -130,7 +130,7 @@ def test_global_batch_is_sharded_over_data():
         "images": np.arange(16 * 2 * 2 * 3, dtype=np.uint8).reshape(16, 2, 2, 3),
         "labels": np.arange(16, dtype=np.int32),
     }
-    (batch,) = streaming.global_batches(mesh, iter([local]))
+    (batch,) = grain_pipeline.global_batches(mesh, iter([local]))
     assert batch["images"].shape == (16, 2, 2, 3)
     assert batch["labels"].sharding == runtime.batch_sharded(mesh)
     np.testing.assert_array_equal(jax.device_get(batch["labels"]), local["labels"])
@@ -138,9 +138,9 @@ def test_global_batch_is_sharded_over_data():
 
 def test_invalid_batch_sizes_fail_loudly(source):
     with pytest.raises(ValueError, match="not divisible"):
-        streaming.make_iterator(source, streaming.IteratorSpec(9, process_count=2))
+        grain_pipeline.make_iterator(source, grain_pipeline.IteratorSpec(9, process_count=2))
     with pytest.raises(ValueError, match="exceeds"):
-        streaming.make_iterator(source, streaming.IteratorSpec(128))
+        grain_pipeline.make_iterator(source, grain_pipeline.IteratorSpec(128))
 
 
 def test_worker_processes_give_the_thread_batches(source):
@@ -148,7 +148,7 @@ def test_worker_processes_give_the_thread_batches(source):
     for the default plan from a resume step, two views, and an evaluation plan."""
     kwargs = dict(start_step=6, num_views=2, process_index=1, process_count=2)
     _assert_same(_batches(source, 4, num_processes=2, **kwargs), _batches(source, 4, **kwargs))
-    plan, num_batches = streaming.eval_plan(np.arange(5, 30), BATCH)
+    plan, num_batches = grain_pipeline.eval_plan(np.arange(5, 30), BATCH)
     evals = dict(plan=plan, mode="eval", seed=0)
     _assert_same(
         _batches(source, num_batches, num_processes=2, **evals),
@@ -157,6 +157,6 @@ def test_worker_processes_give_the_thread_batches(source):
 
 
 def test_worker_processes_refuse_a_too_small_shared_memory(tmp_path, monkeypatch):
-    streaming.check_shared_memory(1, str(tmp_path))  # plenty free
+    grain_pipeline.check_shared_memory(1, str(tmp_path))  # plenty free
     with pytest.raises(ValueError, match="shm-size"):
-        streaming.check_shared_memory(1 << 60, str(tmp_path))
+        grain_pipeline.check_shared_memory(1 << 60, str(tmp_path))

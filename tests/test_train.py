@@ -8,7 +8,7 @@ import pytest
 from flax import nnx
 
 from ltr_jax import config_lib, runtime, train_lib
-from ltr_jax.data import augment, batches, sampler
+from ltr_jax.data.input import augment, in_memory, sampler
 from ltr_jax.losses import classification
 from ltr_jax.models import registry
 
@@ -27,7 +27,7 @@ def _setup(mesh, batch_size=16, n=64):
     sample = lambda step: sampler.uniform_batch(jax.random.key(1), step, n, batch_size)
 
     def batch_fn(device_data, state):
-        return batches.gather(device_data, sample(state.step), mesh)
+        return in_memory.gather(device_data, sample(state.step), mesh)
 
     def loss_fn(model, batch, key):
         logits = model(augment.crop_flip(key, augment.to_float(batch["images"])))
@@ -59,7 +59,7 @@ def test_data_parallel_step_equals_single_device():
 def test_batch_is_sharded_over_data_axis():
     mesh = runtime.make_mesh(8)
     data = runtime.put_replicated(mesh, {"images": np.zeros((32, 2)), "labels": np.zeros(32)})
-    out = jax.jit(lambda d: batches.gather(d, jnp.arange(16), mesh))(data)
+    out = jax.jit(lambda d: in_memory.gather(d, jnp.arange(16), mesh))(data)
     assert out["images"].sharding.spec[0] == runtime.DATA_AXIS
 
 
@@ -93,5 +93,5 @@ def test_unknown_optimizer():
 def test_apply_in_batches_pads_and_drops_padding():
     mesh = runtime.make_mesh(8)
     x = np.arange(37, dtype=np.float32)
-    out = train_lib.apply_in_batches(jax.jit(lambda v: v * 2), (x,), 16, mesh)
+    out = runtime.apply_in_batches(jax.jit(lambda v: v * 2), (x,), 16, mesh)
     np.testing.assert_array_equal(out, x * 2)

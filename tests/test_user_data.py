@@ -19,7 +19,9 @@ from ml_collections import ConfigDict
 from PIL import Image
 
 from ltr_jax import config_lib, report, runtime
-from ltr_jax.data import datasets, inputs, long_tail, sources, user_sources
+from ltr_jax.data.datasets import long_tail, own_data, records, registry
+from ltr_jax.data.input import make
+from ltr_jax.data.input import streamed as streamed_input
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXAMPLE = os.path.join(ROOT, "configs", "examples", "image_folder_lt.py")
@@ -111,31 +113,31 @@ def _data_config(**kw) -> ConfigDict:
 
 def test_to_rgb_expands_gray_drops_alpha_and_names_a_bad_shape():
     gray = np.arange(2 * 3 * 4, dtype=np.uint8).reshape(2, 3, 4)
-    rgb = user_sources.to_rgb(gray, "x")
+    rgb = own_data.to_rgb(gray, "x")
     assert rgb.shape == (2, 3, 4, 3) and all((rgb[..., c] == gray).all() for c in range(3))
     rgba = np.random.default_rng(0).integers(0, 255, (1, 2, 2, 4), dtype=np.uint8)
-    np.testing.assert_array_equal(user_sources.to_rgb(rgba, "x"), rgba[..., :3])
+    np.testing.assert_array_equal(own_data.to_rgb(rgba, "x"), rgba[..., :3])
     with pytest.raises(ValueError, match=r"my.npz: images of shape \(2, 3, 4, 2\)"):
-        user_sources.to_rgb(np.zeros((2, 3, 4, 2), np.uint8), "my.npz")
+        own_data.to_rgb(np.zeros((2, 3, 4, 2), np.uint8), "my.npz")
     with pytest.raises(ValueError, match="float32"):
-        user_sources.to_rgb(np.zeros((2, 3, 4), np.float32), "x")
+        own_data.to_rgb(np.zeros((2, 3, 4), np.float32), "x")
 
 
 def test_fit_image_resizes_the_shorter_side_and_centre_crops():
     image = np.random.default_rng(0).integers(0, 255, (20, 40), dtype=np.uint8)
-    same = user_sources.fit_image(Image.fromarray(image), 20)  # no resize: the centre crop
+    same = own_data.fit_image(Image.fromarray(image), 20)  # no resize: the centre crop
     np.testing.assert_array_equal(same, image[:, 10:30, None].repeat(3, -1))
     flat = np.full((20, 40, 3), 77, np.uint8)
-    small = user_sources.fit_image(Image.fromarray(flat), 10)  # 40 x 20 -> 20 x 10 -> crop
+    small = own_data.fit_image(Image.fromarray(flat), 10)  # 40 x 20 -> 20 x 10 -> crop
     assert small.shape == (10, 10, 3) and (small == 77).all()
 
 
 def test_split_fraction_holds_out_a_seeded_share_of_every_class():
     labels = np.repeat([0, 1, 2], [10, 5, 1])
-    train, test = user_sources.split_fraction(labels, 0.2, seed=3)
+    train, test = own_data.split_fraction(labels, 0.2, seed=3)
     assert np.bincount(labels[test], minlength=3).tolist() == [2, 1, 0]
     assert sorted(np.concatenate([train, test]).tolist()) == list(range(16))
-    again = user_sources.split_fraction(labels, 0.2, seed=3)
+    again = own_data.split_fraction(labels, 0.2, seed=3)
     np.testing.assert_array_equal(again[1], test)
 
 
@@ -186,35 +188,35 @@ def test_image_folder_in_memory_and_streamed(tmp_path):
         test_path=str(tmp_path / "test"),
         image_size=8,
     )
-    ds = datasets.load(config)
+    ds = registry.load_source(config)
     assert ds.class_names == NAMES and ds.num_classes == 2
     assert ds.train.images.shape == (6, 8, 8, 3) and ds.test.images.shape == (2, 8, 8, 3)
     assert ds.train.labels.tolist() == [0, 0, 0, 1, 1, 1]  # class, then file name order
     # Files sort by name within a class: circle 000.png 002.png 004.jpg, square 001.jpg ...
     for pos, i in ((0, 0), (4, 3), (1, 2), (5, 5)):  # grayscale and RGBA PNGs: lossless
         assert (ds.train.images[pos] == images[i][..., None]).all()
-    streamed = datasets.load(_data_config(**dict(config, stream_above=0, imbalance_factor=3)))
-    assert isinstance(streamed, user_sources.StreamedDataset)
+    streamed = registry.load(_data_config(**dict(config, stream_above=0, imbalance_factor=3)))
+    assert streamed.streamed and isinstance(streamed.train, own_data.ImageFiles)
     assert np.bincount(streamed.train.labels).tolist() == [3, 1]  # the long tail, on the list
     record = streamed.train.source[0]
     assert record["label"] == 0 and record["image"][:4] == b"\x89PNG"
     # Through the streaming input: class names kept, test images centre-cropped at image_size.
     streamed_config = _data_config(**dict(config, stream_above=0, imbalance_factor=1))
-    data = inputs.load(streamed_config, runtime.make_mesh())
-    assert isinstance(data, inputs.StreamingInput) and data.class_names == NAMES
+    data = make.load_input(streamed_config, runtime.make_mesh())
+    assert isinstance(data, streamed_input.StreamingInput) and data.class_names == NAMES
     shapes = data.map_split(lambda x, y, i: np.full(len(y), x.shape[1]), "test", batch_size=8)
     assert data.test_labels.tolist() == [0, 1] and shapes[:2].tolist() == [8, 8]
 
 
 def test_image_folder_errors_say_what_to_fix(tmp_path):
     with pytest.raises(FileNotFoundError, match="root/<class>/<image>"):
-        datasets.load(_data_config(name="image_folder", train_path=str(tmp_path / "none")))
+        registry.load_source(_data_config(name="image_folder", train_path=str(tmp_path / "none")))
     with pytest.raises(ValueError, match="needs --config.data.train_path"):
-        datasets.load(_data_config(name="image_folder"))
+        registry.load_source(_data_config(name="image_folder"))
     write_folder(tmp_path / "train", per_class=1, size=8, seed=0)
     os.makedirs(tmp_path / "test" / "triangle")
     with pytest.raises(ValueError, match=r"\['triangle'\] do not match"):
-        datasets.load(
+        registry.load_source(
             _data_config(
                 name="image_folder",
                 train_path=str(tmp_path / "train"),
@@ -227,38 +229,38 @@ def test_arrays_gray_several_files_and_held_out_split(tmp_path):
     write_npz(tmp_path / "a.npz", per_class=5, size=6, seed=0)
     write_npz(tmp_path / "b.npz", per_class=5, size=6, seed=1, names=False)
     paths = f"{tmp_path / 'a.npz'}, {tmp_path / 'b.npz'}"
-    ds = datasets.load(_data_config(name="arrays", train_path=paths, test_fraction=0.2))
+    ds = registry.load_source(_data_config(name="arrays", train_path=paths, test_fraction=0.2))
     assert ds.class_names == NAMES
     assert len(ds.train.labels) == 16 and np.bincount(ds.test.labels).tolist() == [2, 2]
     a, _ = _images(5, 6, seed=0)
     b, _ = _images(5, 6, seed=1)
     every = np.concatenate([a, b])[..., None].repeat(3, -1)
-    train, test = user_sources.split_fraction(np.tile([0, 1], 10), 0.2, seed=0)
+    train, test = own_data.split_fraction(np.tile([0, 1], 10), 0.2, seed=0)
     np.testing.assert_array_equal(ds.train.images, every[train])
     np.testing.assert_array_equal(ds.test.images, every[test])
     np.savez(tmp_path / "bad.npz", images=np.zeros((3, 4, 4), np.uint8), labels=np.zeros(2))
     with pytest.raises(ValueError, match=r"labels must be integers of shape \(3,\)"):
-        datasets.load(_data_config(name="arrays", train_path=str(tmp_path / "bad.npz")))
+        registry.load_source(_data_config(name="arrays", train_path=str(tmp_path / "bad.npz")))
 
 
 def test_tfds_source_keys_splits_and_class_names(tmp_path):
     write_tfds(tmp_path)
     config = _data_config(name="tfds:tiny_shapes", data_dir=str(tmp_path), image_size=16)
     config.tfds.update(image_key="picture", label_key="shape", test_split="validation")
-    ds = datasets.load(config)
+    ds = registry.load_source(config)
     assert ds.class_names == NAMES
     assert ds.train.images.shape == (80, 16, 16, 3) and len(ds.test.labels) == 16
     images, labels = _images(40, 24, seed=len("train"))
     # TFDS stores records in its own (hashed) order: compare (label, pixels) pairs as sets.
-    fitted = [user_sources.fit_image(Image.fromarray(x), 16) for x in images]
+    fitted = [own_data.fit_image(Image.fromarray(x), 16) for x in images]
     expected = sorted((int(y), x.tobytes()) for y, x in zip(labels, fitted, strict=True))
     got = sorted((int(y), x.tobytes()) for y, x in zip(ds.train.labels, ds.train.images))
     assert got == expected
     config.tfds.label_key = "label"
     with pytest.raises(ValueError, match=r"no feature 'label' \(has \['picture', 'shape'\]\)"):
-        datasets.load(config)
-    with pytest.raises(sources.DatasetNotFoundError, match="not prepared"):
-        datasets.load(_data_config(name="tfds:no_such_set", data_dir=str(tmp_path)))
+        registry.load_source(config)
+    with pytest.raises(records.DatasetNotFoundError, match="not prepared"):
+        registry.load_source(_data_config(name="tfds:no_such_set", data_dir=str(tmp_path)))
 
 
 # --------------------------------------------------------------------------------------------
@@ -267,35 +269,36 @@ def test_tfds_source_keys_splits_and_class_names(tmp_path):
 
 def test_register_dataset_and_unknown_names():
     def loader(data_config):
-        split = sources.Split(
+        split = records.Split(
             np.zeros((4, 8, 8, 3), np.uint8), np.array([0, 1, 0, 1], np.int32), np.arange(4)
         )
-        return sources.Dataset(split, split, 2, ("a", "b"), verified=True)
+        return records.Dataset(split, split, 2, ("a", "b"), verified=True)
 
-    datasets.register_dataset("test_user_data_set", lambda c: None)
-    datasets.register_dataset("test_user_data_set", loader)  # again (a re-imported config)
-    assert datasets.load(_data_config(name="test_user_data_set")).class_names == ("a", "b")
+    registry.register_dataset("test_user_data_set", lambda c: None)
+    registry.register_dataset("test_user_data_set", loader)  # again (a re-imported config)
+    assert registry.load_source(_data_config(name="test_user_data_set")).class_names == ("a", "b")
     with pytest.raises(ValueError, match="'cifar10' is built in"):
-        datasets.register_dataset("cifar10", loader)
-    datasets.register_dataset("test_user_data_bad", lambda c: "pixels")
+        registry.register_dataset("cifar10", loader)
+    registry.register_dataset("test_user_data_bad", lambda c: "pixels")
     with pytest.raises(TypeError, match="returned str; it must return Dataset"):
-        datasets.load(_data_config(name="test_user_data_bad"))
+        registry.load_source(_data_config(name="test_user_data_bad"))
     with pytest.raises(ValueError, match="image_folder, arrays.*register_dataset"):
-        datasets.lookup("mnist")
+        registry.DATASETS["mnist"]
 
 
 REGISTERING_CONFIG = """
 import numpy as np
 from ltr_jax import config_lib
-from ltr_jax.data import datasets, sources
+from ltr_jax.data.datasets import records, registry
+
 
 
 def load(data_config):
-    split = sources.Split(np.zeros((2, 4, 4, 3), np.uint8), np.array([0, 1]), np.arange(2))
-    return sources.Dataset(split, split, 2, ("cat", "dog"), verified=True)
+    split = records.Split(np.zeros((2, 4, 4, 3), np.uint8), np.array([0, 1]), np.arange(2))
+    return records.Dataset(split, split, 2, ("cat", "dog"), verified=True)
 
 
-datasets.register_dataset("test_user_data_file", load)
+registry.register_dataset("test_user_data_file", load)
 
 
 def get_config(arg=None):
@@ -310,15 +313,19 @@ def test_a_config_file_registers_its_dataset_even_when_imported_twice(tmp_path):
     path.write_text(REGISTERING_CONFIG)
     config_lib.load_config_file(str(path))  # run.py's override check imports it too
     config = config_lib.load_config_file(str(path))
-    assert datasets.load(config.data).class_names == ("cat", "dog")
+    assert registry.load_source(config.data).class_names == ("cat", "dog")
 
 
 def test_smoke_keeps_your_data_and_thresholds_default_to_the_standard():
     config = config_lib.base_config()
     assert (config.data.many_threshold, config.data.few_threshold) == (100, 20)
-    config.data.update(name="arrays", train_path="x.npz")
+    config.data.update(name="arrays", train_path="x.npz", imbalance_factor=10)
     smoke = config_lib.smoke(config)
     assert smoke.data.name == "arrays" and smoke.data.max_per_class == 50
+    # The cap comes before the long tail: at IF 100 it keeps 100 per class, so the smallest
+    # class keeps one image and the run keeps the configured imbalance.
+    config.data.imbalance_factor = 100
+    assert config_lib.smoke(config).data.max_per_class == 100
     assert smoke.model.encoder == "cifar_resnet8"
     cifar = config_lib.load_config_file(os.path.join(ROOT, "configs", "cifar10_lt.py"), "smoke")
     assert cifar.data.name == "synthetic" and cifar.data.max_per_class == 0

@@ -21,6 +21,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from ltr_jax.registry import Registry
+
 Loss = Callable[..., jax.Array]
 
 
@@ -162,28 +164,24 @@ class ClassificationLoss:
 
 # ``<section>.loss`` -> its loss. Adding one here makes it valid in the config, usable by the
 # supervised stages and labelled in reports; its parameters go in ``<section>.<name>``.
-LOSSES: dict[str, ClassificationLoss] = {
-    "ce": ClassificationLoss(make=lambda counts, params: cross_entropy, label=lambda p: "ce"),
-    "balanced_softmax": ClassificationLoss(
-        make=lambda counts, params: _shifted_by_prior(counts, 1.0),
-        label=lambda p: "balanced_softmax",
-    ),
-    "logit_adjust": ClassificationLoss(
-        make=lambda counts, params: _shifted_by_prior(counts, params["tau"]),
-        label=lambda p: f"logit_adjust(tau={p['tau']:g})",
-        defaults={"tau": 1.0},
-    ),
-    "ldam": ClassificationLoss(
-        make=_ldam, label=lambda p: "ldam", defaults={"max_margin": 0.5, "scale": 30.0}
-    ),
-}
-
-
-def lookup(name: str) -> ClassificationLoss:
-    """The registered loss ``name``; an unknown name fails with the valid ones."""
-    if name not in LOSSES:
-        raise ValueError(f"Unknown loss {name!r}; valid: {', '.join(LOSSES)}.")
-    return LOSSES[name]
+LOSSES: Registry[ClassificationLoss] = Registry(
+    "loss",
+    {
+        "ce": ClassificationLoss(make=lambda counts, params: cross_entropy, label=lambda p: "ce"),
+        "balanced_softmax": ClassificationLoss(
+            make=lambda counts, params: _shifted_by_prior(counts, 1.0),
+            label=lambda p: "balanced_softmax",
+        ),
+        "logit_adjust": ClassificationLoss(
+            make=lambda counts, params: _shifted_by_prior(counts, params["tau"]),
+            label=lambda p: f"logit_adjust(tau={p['tau']:g})",
+            defaults={"tau": 1.0},
+        ),
+        "ldam": ClassificationLoss(
+            make=_ldam, label=lambda p: "ldam", defaults={"max_margin": 0.5, "scale": 30.0}
+        ),
+    },
+)
 
 
 def make_classification_loss(
@@ -208,7 +206,7 @@ def make_classification_loss(
     Raises:
       ValueError: for an unknown name, listing the valid ones.
     """
-    entry = lookup(name)
+    entry = LOSSES[name]
     return entry.make(class_counts, {**entry.defaults, **dict(params or {})})
 
 

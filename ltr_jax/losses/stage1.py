@@ -19,6 +19,7 @@ from typing import Any
 import jax
 
 from ltr_jax.losses import bns, supcon
+from ltr_jax.registry import Registry
 
 LossFn = Callable[[jax.Array, jax.Array, jax.Array, jax.Array, Any], jax.Array]
 
@@ -47,23 +48,16 @@ def _supcon(z1, z2, labels, key, section) -> jax.Array:
     return supcon.supcon_loss(z1, z2, labels, tau=section["supcon"]["tau"])
 
 
-STAGE1_LOSSES: dict[str, Stage1Loss] = {
-    "bns": Stage1Loss(loss=_bns, label=lambda section: f"BNS({section['bns']['form']})"),
-    "supcon": Stage1Loss(loss=_supcon, label=lambda section: "SupCon"),
-}
-
-
-def lookup(name: str) -> Stage1Loss:
-    """The registered loss ``name``; an unknown name fails with the valid ones."""
-    if name not in STAGE1_LOSSES:
-        valid = ", ".join(STAGE1_LOSSES)
-        raise ValueError(f"Unknown stage1.loss {name!r}; valid: {valid}.")
-    return STAGE1_LOSSES[name]
+STAGE1_LOSSES: Registry[Stage1Loss] = Registry(
+    "stage1.loss",
+    {
+        "bns": Stage1Loss(loss=_bns, label=lambda section: f"BNS({section['bns']['form']})"),
+        "supcon": Stage1Loss(loss=_supcon, label=lambda section: "SupCon"),
+    },
+)
 
 
 def report_label(section: Mapping) -> str:
     """The report label of a stage-1 run from its config section (``loss`` defaults to bns;
     a loss not registered in this process is labelled by its name)."""
-    name = section.get("loss", "bns")
-    entry = STAGE1_LOSSES.get(name)
-    return entry.label(section) if entry is not None else name
+    return STAGE1_LOSSES.label(section.get("loss", "bns"), section)

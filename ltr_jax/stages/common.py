@@ -22,7 +22,7 @@ import numpy as np
 from flax import nnx
 
 from ltr_jax import checkpointing, metrics, train_lib, validation, writers
-from ltr_jax.data import augment, protocols
+from ltr_jax.data.input import augment, protocols
 from ltr_jax.models import modes, pretrained
 
 
@@ -65,7 +65,7 @@ class StageContext:
     config: ml_collections.FrozenConfigDict
     workdir: str
     mesh: jax.sharding.Mesh
-    data: protocols.DataInput  # an ltr_jax.data.inputs InMemoryInput, StreamingInput, ...
+    data: protocols.DataInput  # an ltr_jax.data.input InMemoryInput, StreamingInput, ...
     root_key: jax.Array
 
 
@@ -137,7 +137,7 @@ def dataset_facts(ctx: StageContext) -> dict:
     its class names, the Many/Few thresholds, the per-class training counts and groups."""
     data, data_config = ctx.data, ctx.config.data
     return dict(
-        dataset=data_config.name,
+        dataset=data.dataset_name,
         class_names=list(data.class_names),
         train_class_counts=np.asarray(data.class_counts).tolist(),
         groups=data.groups.as_dict(),

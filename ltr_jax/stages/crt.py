@@ -16,7 +16,7 @@ import numpy as np
 from flax import nnx
 
 from ltr_jax import train_lib
-from ltr_jax.data import samplers
+from ltr_jax.data.input import sampler_registry
 from ltr_jax.models import registry
 from ltr_jax.stages import common, probe
 
@@ -38,7 +38,7 @@ def frozen_features(ctx: common.StageContext, key: jax.Array) -> tuple[np.ndarra
 
 
 # The stage's own keys (relative to its section) and their checks (`ltr_jax.validation`).
-CHECKS: dict[str, object] = {"sampler": lambda: samplers.SAMPLERS}
+CHECKS: dict[str, object] = {"sampler": lambda: sampler_registry.SAMPLERS}
 
 
 def make_setup(ctx: common.StageContext) -> train_lib.TrainSetup:

@@ -20,7 +20,7 @@ import numpy as np
 from flax import nnx
 
 from ltr_jax import metrics, runtime, train_lib, validation
-from ltr_jax.data import augment, feature_input
+from ltr_jax.data.input import augment, feature_input
 from ltr_jax.losses import classification
 from ltr_jax.models import batchnorm, heads, init, modes, registry
 from ltr_jax.stages import common
@@ -131,7 +131,7 @@ def head_on_features(
     logits_fn = jax.jit(lambda state, x: train_lib.merge_model(graphdef, state)(x))
 
     def evaluate(state):
-        logits = train_lib.apply_in_batches(
+        logits = runtime.apply_in_batches(
             lambda x: logits_fn(state, x), (test_x,), ctx.config.train.eval_batch_size, mesh
         )
         return metrics.classification_report(

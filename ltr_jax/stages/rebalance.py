@@ -22,7 +22,7 @@ import numpy as np
 from flax import nnx
 
 from ltr_jax import dpp, runtime, train_lib, validation, writers
-from ltr_jax.data import augment, augmentations, sampler
+from ltr_jax.data.input import augment, augment_registry, sampler
 from ltr_jax.dpp import kernels as dpp_kernels
 from ltr_jax.dpp import sampling as dpp_sampling
 from ltr_jax.losses import classification
@@ -208,7 +208,7 @@ CHECKS: dict[str, object] = {
     "redraw_every_epochs": validation.POS_INT,
     "redraw_rule": lambda: REDRAW_RULES,
     "fixed_subset": validation.choices(True, False),
-    "augment": lambda: augmentations.AUGMENTS,
+    "augment": lambda: augment_registry.AUGMENTS,
     "augment_strength": validation.NON_NEG,
     "drop_last": validation.choices(True, False),
 }

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from ltr_jax import train_lib, validation
-from ltr_jax.data import augment, inputs
+from ltr_jax.data.input import augment, in_memory
 from ltr_jax.losses import bns, stage1
 from ltr_jax.models import registry
 from ltr_jax.stages import common
@@ -50,7 +50,7 @@ CHECKS: dict[str, object] = {
 def make_loss(cfg):
     """``loss(model, batch, key, view)``: two views, the ``stage1.loss`` of `losses.stage1`
     (BNS, SupCon, ...), over the batch."""
-    loss_of = stage1.lookup(cfg.loss).loss
+    loss_of = stage1.STAGE1_LOSSES[cfg.loss].loss
 
     def loss(model, batch, key, view):
         key_v1, key_v2, key_loss = jax.random.split(key, 3)
@@ -67,7 +67,7 @@ def make_loss_fn(cfg, feed=None):
     the parity harness): views from ``feed.view``, or on-device SimCLR views of in-memory
     images without a feed."""
     if feed is None:
-        aug = inputs.device_augment("simclr", cfg.augment_strength)
+        aug = in_memory.device_augment("simclr", cfg.augment_strength)
         view = lambda key, batch, v: aug(key, augment.to_float(batch["images"]))
     else:
         view = feed.view

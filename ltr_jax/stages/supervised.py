@@ -16,15 +16,15 @@ import jax.numpy as jnp
 from flax import nnx
 
 from ltr_jax import train_lib, validation
-from ltr_jax.data import augmentations, sampler, samplers
+from ltr_jax.data.input import augment_registry, sampler, sampler_registry
 from ltr_jax.losses import classification
 from ltr_jax.models import registry
 from ltr_jax.stages import common
 
 # The stage's own keys (relative to its section) and their checks (`ltr_jax.validation`).
 CHECKS: dict[str, object] = {
-    "sampler": lambda: samplers.SAMPLERS,
-    "augment": lambda: augmentations.AUGMENTS,
+    "sampler": lambda: sampler_registry.SAMPLERS,
+    "augment": lambda: augment_registry.AUGMENTS,
     "loss": lambda: classification.LOSSES,
     "head": lambda: registry.HEADS,
     "augment_strength": validation.NON_NEG,

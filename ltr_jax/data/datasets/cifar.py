@@ -9,15 +9,14 @@ TensorFlow. (The stock `cifar10`/`cifar100` builders, `tfds.load` and
 
 The rest of the project calls only `load_dataset(config.data)`, which returns every image of
 both official splits as numpy arrays sorted by their original position in the official split
-(the long-tailed subsetting, which needs that order, happens elsewhere). `name="synthetic"`
-gives a small, deterministic, learnable CIFAR-like dataset for tests and smoke runs.
+(the long-tailed subsetting, which needs that order, is `long_tail.apply`). `name="synthetic"`
+gives the small, deterministic, learnable CIFAR-like dataset of `synthetic`.
 
 CIFAR: A. Krizhevsky, "Learning Multiple Layers of Features from Tiny Images", 2009.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import inspect
 import logging
@@ -34,7 +33,13 @@ import numpy as np
 import tensorflow_datasets as tfds
 from etils import epath
 
-from ltr_jax.errors import UserError
+from ltr_jax.data.datasets import synthetic
+from ltr_jax.data.datasets.records import (
+    Dataset,
+    DatasetNotFoundError,
+    Split,
+    UnverifiedArchiveError,
+)
 
 CIFAR10_SHA256 = "c4a38c50a1bc5f3a1c5537f2155ab9d68f9f25eb1ed8d9ddda3db29a59bca1dd"
 CIFAR100_SHA256 = "58a81ae192c23a4be8b1804d68e518ed807d710a4eb253b1f2a199162a40d8ec"
@@ -46,34 +51,6 @@ _READ_CHUNK = 4096  # records per bulk `__getitems__` call
 _CITATION = """@techreport{krizhevsky2009learning,
   title={Learning Multiple Layers of Features from Tiny Images},
   author={Krizhevsky, Alex}, institution={University of Toronto}, year={2009}}"""
-
-
-class UnverifiedArchiveError(UserError, ValueError):
-    """The archive's (or prepared dataset's) sha256 is not the official one."""
-
-
-class DatasetNotFoundError(UserError, FileNotFoundError):
-    """The archive is neither in the manual folder nor downloadable."""
-
-
-@dataclasses.dataclass(frozen=True)
-class Split:
-    """One split as numpy arrays, sorted by original index."""
-
-    images: np.ndarray  # uint8 [N, 32, 32, 3]
-    labels: np.ndarray  # int32 [N]
-    index: np.ndarray  # int64 [N], original position in the official split
-
-
-@dataclasses.dataclass(frozen=True)
-class Dataset:
-    """Both splits of a dataset plus what the rest of the project needs to know about it."""
-
-    train: Split
-    test: Split
-    num_classes: int
-    class_names: tuple[str, ...]
-    verified: bool  # archive checksum verified (True for synthetic)
 
 
 # --------------------------------------------------------------------------------------------
@@ -376,11 +353,8 @@ def load_dataset(data_config: Any) -> Dataset:
             `allow_unverified_archive` is False.
     """
     name = data_config.name
-    if name == "synthetic":
-        syn = data_config.synthetic
-        return make_synthetic_dataset(
-            syn.num_classes, syn.train_per_class, syn.test_per_class, syn.seed
-        )
+    if name == "synthetic":  # kept for callers of this function; the registry has its own
+        return synthetic.load_synthetic(data_config)
     if name not in _BUILDERS:
         raise ValueError(f"Unknown dataset name {name!r}; valid names: {DATASET_NAMES}.")
     builder = _BUILDERS[name](
@@ -467,57 +441,3 @@ def _read_all(source: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     if not images:
         return np.zeros((0, *_IMAGE_SHAPE), np.uint8), np.zeros(0, np.int32), np.zeros(0, np.int64)
     return np.concatenate(images), np.concatenate(labels), np.concatenate(index)
-
-
-# --------------------------------------------------------------------------------------------
-# Synthetic data.
-
-
-def make_synthetic_dataset(
-    num_classes: int, train_per_class: int, test_per_class: int, seed: int
-) -> Dataset:
-    """Deterministic, learnable CIFAR-like data: a fixed template per class plus noise.
-
-    Each class's template is a mean colour plus a class-specific oriented grating, so both
-    colour and texture tell the classes apart. Images appear in a seeded shuffled order.
-
-    Args:
-        num_classes: number of classes.
-        train_per_class: training images per class (balanced; long-tailing happens later).
-        test_per_class: test images per class.
-        seed: everything is a function of this.
-
-    Returns:
-        A `Dataset` with `verified=True`.
-    """
-    if num_classes < 1 or train_per_class < 1 or test_per_class < 1:
-        raise ValueError("synthetic: num_classes and the per-class counts must be positive.")
-    templates = _synthetic_templates(num_classes, np.random.default_rng([seed, 0]))
-    return Dataset(
-        train=_synthetic_split(templates, train_per_class, np.random.default_rng([seed, 1])),
-        test=_synthetic_split(templates, test_per_class, np.random.default_rng([seed, 2])),
-        num_classes=num_classes,
-        class_names=tuple(f"class_{c}" for c in range(num_classes)),
-        verified=True,
-    )
-
-
-def _synthetic_templates(num_classes: int, rng: np.random.Generator) -> np.ndarray:
-    """Per-class templates, int16 [C, 32, 32, 3] in [10, 245]."""
-    colour = rng.uniform(60.0, 195.0, size=(num_classes, 1, 1, 3))
-    angle = rng.uniform(0.0, np.pi, size=(num_classes, 1, 1, 1))
-    freq = rng.uniform(0.15, 0.6, size=(num_classes, 1, 1, 1))
-    y, x = np.mgrid[0:32, 0:32].astype(np.float64)
-    phase = freq * (x[..., None] * np.cos(angle) + y[..., None] * np.sin(angle))
-    return np.rint(colour + 50.0 * np.sin(phase)).astype(np.int16)
-
-
-def _synthetic_split(templates: np.ndarray, per_class: int, rng: np.random.Generator) -> Split:
-    """`per_class` noisy copies of every template, in a seeded random order."""
-    num_classes = len(templates)
-    labels = rng.permutation(np.repeat(np.arange(num_classes, dtype=np.int32), per_class))
-    # Uniform integer noise (std ~28): Gaussian noise would cost ~10x more to draw.
-    images = templates[labels]  # [N, 32, 32, 3] int16
-    images += rng.integers(-48, 49, size=images.shape, dtype=np.int16)
-    images = np.clip(images, 0, 255, out=images).astype(np.uint8)
-    return Split(images=images, labels=labels, index=np.arange(len(labels), dtype=np.int64))

@@ -23,7 +23,7 @@ temporary file next to the output; for a list in random order (iNaturalist's are
 order) that file grows to about the size of the listed images, and is freed when preparation
 ends. Extracted folders are read in list order directly and need no temporary space.
 
-Why not `GeneratorBasedBuilder` (as `sources.py` does for CIFAR): its writer shuffles examples
+Why not `GeneratorBasedBuilder` (as `cifar.py` does for CIFAR): its writer shuffles examples
 through a buffer that, past 1 GB, spills to disk with `tf.io.gfile` and so imports TensorFlow.
 `ShardBasedBuilder` (TFDS >= 4.9.10) writes each shard from our generator in our order.
 
@@ -61,8 +61,9 @@ import numpy as np
 import tensorflow_datasets as tfds
 from etils import epath
 
-from ltr_jax.data import sources, split_lists
-from ltr_jax.data.sources import DatasetNotFoundError, UnverifiedArchiveError, sha256_of_file
+from ltr_jax.data.datasets import cifar, records, split_lists
+from ltr_jax.data.datasets.cifar import sha256_of_file
+from ltr_jax.data.datasets.records import DatasetNotFoundError, UnverifiedArchiveError
 
 IMAGENET_LT_LIST_SHA256 = {
     "train": "efdbdad4f050237c310b2f354cf95a8b1d7c8d57a63c4ea4bb6bf2bcb012f37f",
@@ -78,12 +79,9 @@ class MissingImagesError(DatasetNotFoundError):
     """Images named by a split list are not in the manual download."""
 
 
-@dataclasses.dataclass(frozen=True)
-class ImageSplit:
-    """One split: random access to encoded images, and its labels without reading them."""
-
-    source: Any  # len(), [i] -> {"image": bytes, "label": int, "index": int}; record i = line i
-    labels: np.ndarray  # int32 [N], in source order (from the metadata, not the records)
+# One split: random access to encoded images (record i = line i of its list), and its int32
+# labels in source order, read from the metadata without reading the records.
+ImageSplit = records.SourceSplit
 
 
 @dataclasses.dataclass(frozen=True)
@@ -430,7 +428,7 @@ def _class_names(lists: Mapping[str, _SplitList], num_classes: int) -> list[str]
 # TFDS builders.
 
 
-class _ImageListBuilder(sources.LocalCodePath, tfds.core.ShardBasedBuilder, skip_registration=True):
+class _ImageListBuilder(cifar.LocalCodePath, tfds.core.ShardBasedBuilder, skip_registration=True):
     """Shared code: split lists + manual image download -> ArrayRecord in list order."""
 
     VERSION = tfds.core.Version("1.0.0")
@@ -502,7 +500,7 @@ class _ImageListBuilder(sources.LocalCodePath, tfds.core.ShardBasedBuilder, skip
     def _shard_iterators_per_split(
         self, dl_manager: tfds.download.DownloadManager
     ) -> dict[str, list[Callable[[], Iterator[tuple[int, dict[str, Any]]]]]]:
-        manual = sources.manual_folder(dl_manager)
+        manual = cifar.manual_folder(dl_manager)
         lists = self._read_lists(self._split_dir or manual)
         verified = self._check_lists(lists)
         self.info.features["label"].names = _class_names(lists, self.NUM_CLASSES)
@@ -792,7 +790,7 @@ def load_image_list_dataset(data_config: Any) -> ImageListDataset:
         split_dir=split_dir,
         allow_unverified_archive=data_config.allow_unverified_archive,
     )
-    sources.prepare(builder, data_config.manual_dir)
+    cifar.prepare(builder, data_config.manual_dir)
     verified = _check_prepared(builder, data_config.allow_unverified_archive)
     if split_dir:
         _check_same_lists(builder, epath.Path(split_dir))

@@ -1,9 +1,10 @@
 """Your own dataset: an image folder, NumPy arrays, or any prepared TFDS dataset, no TensorFlow.
 
-Each loader turns ``config.data`` into a `sources.Dataset` (both splits in memory, balanced or
-not; the long tail of ``data.imbalance_factor`` / ``data.class_counts`` is applied later, as
-for CIFAR) or, for a large image folder, a `StreamedDataset` of image files that the
-streaming pipeline decodes on the fly:
+Each loader turns ``config.data`` into a `records.Dataset` (both splits in memory, balanced or
+not) or, for a large image folder, a `records.StreamedDataset` of image files that the
+streaming inputs decode on the fly; the long tail of ``data.imbalance_factor`` /
+``data.class_counts`` and the cap of ``data.max_per_class`` are applied afterwards to either,
+as for CIFAR (`long_tail.apply`):
 
 - ``image_folder``: ``train_path/<class>/<image>`` (any format Pillow reads, in nested folders
   too), classes in sorted folder-name order; ``test_path`` the same layout, or, when it is
@@ -35,22 +36,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from ltr_jax.data import long_tail, sources
-from ltr_jax.errors import UserError
-
-
-class DatasetError(UserError, ValueError):
-    """Your dataset's files or layout do not fit its source (run.py prints it, no traceback)."""
-
-
-@dataclasses.dataclass(frozen=True)
-class StreamedDataset:
-    """Both splits as random-access sources of encoded images, for the streaming pipeline."""
-
-    train: Any  # .source[i] -> {"image": bytes, "label": int, "index": int}; .labels int [N]
-    test: Any
-    num_classes: int
-    class_names: tuple[str, ...]
+from ltr_jax.data.datasets import records
+from ltr_jax.data.datasets.records import DatasetError, StreamedDataset
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,6 +57,10 @@ class ImageFiles:
     def __getitem__(self, i: int) -> dict:
         with open(self.paths[i], "rb") as f:
             return {"image": f.read(), "label": int(self.labels[i]), "index": int(i)}
+
+    def take(self, positions: np.ndarray) -> ImageFiles:
+        """The files at ``positions``."""
+        return ImageFiles(tuple(self.paths[i] for i in positions), self.labels[positions])
 
 
 # --------------------------------------------------------------------------------------------
@@ -133,15 +124,15 @@ def split_fraction(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.n
     return np.setdiff1d(np.arange(len(labels)), test), test
 
 
-def _split(images: np.ndarray, labels: np.ndarray, positions: np.ndarray) -> sources.Split:
-    return sources.Split(
+def _split(images: np.ndarray, labels: np.ndarray, positions: np.ndarray) -> records.Split:
+    return records.Split(
         images=images[positions],
         labels=labels[positions].astype(np.int32),
         index=np.arange(len(positions), dtype=np.int64),
     )
 
 
-def _dataset(train: sources.Split, test: sources.Split, class_names) -> sources.Dataset:
+def _dataset(train: records.Split, test: records.Split, class_names) -> records.Dataset:
     num_classes = len(class_names)
     for name, split in (("train", train), ("test", test)):
         if len(split.labels) and (split.labels.min() < 0 or split.labels.max() >= num_classes):
@@ -149,7 +140,7 @@ def _dataset(train: sources.Split, test: sources.Split, class_names) -> sources.
                 f"{name} labels span {split.labels.min()}..{split.labels.max()}, outside the "
                 f"{num_classes} classes 0..{num_classes - 1}."
             )
-    return sources.Dataset(
+    return records.Dataset(
         train=train,
         test=test,
         num_classes=num_classes,
@@ -158,7 +149,7 @@ def _dataset(train: sources.Split, test: sources.Split, class_names) -> sources.
     )
 
 
-def _held_out(images, labels, class_names, data_config) -> sources.Dataset:
+def _held_out(images, labels, class_names, data_config) -> records.Dataset:
     train, test = split_fraction(labels, data_config.test_fraction, data_config.split_seed)
     return _dataset(_split(images, labels, train), _split(images, labels, test), class_names)
 
@@ -186,7 +177,7 @@ def list_image_folder(root: str, class_names: tuple[str, ...] | None = None):
         sub-folder outside them is an error.
     """
     if not os.path.isdir(root):
-        raise sources.DatasetNotFoundError(
+        raise records.DatasetNotFoundError(
             f"Image folder {root} does not exist (root/<class>/<image>)."
         )
     found = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)))
@@ -219,7 +210,7 @@ def _decode(paths, size: int) -> np.ndarray:
     return out
 
 
-def load_image_folder(data_config) -> sources.Dataset | StreamedDataset:
+def load_image_folder(data_config) -> records.Dataset | StreamedDataset:
     """The ``image_folder`` source of ``data_config`` (see the module docstring)."""
     train_dir = _require(data_config.train_path, "train_path", "image_folder")
     paths, labels, names = list_image_folder(train_dir)
@@ -240,33 +231,24 @@ def load_image_folder(data_config) -> sources.Dataset | StreamedDataset:
         size,
         size,
     )
-    train = sources.Split(_decode(paths, size), labels, np.arange(len(labels), dtype=np.int64))
-    test = sources.Split(
+    train = records.Split(_decode(paths, size), labels, np.arange(len(labels), dtype=np.int64))
+    test = records.Split(
         _decode(test_paths, size), test_labels, np.arange(len(test_labels), dtype=np.int64)
     )
     return _dataset(train, test, names)
 
 
 def _streamed_folder(paths, labels, test_paths, test_labels, names, data_config):
-    """A large folder: long tail and ``max_per_class`` applied to the file lists, streamed."""
-    pos = long_tail.train_subset(
-        labels,
-        np.arange(len(labels)),
-        len(names),
-        data_config.imbalance_factor,
-        tuple(data_config.class_counts),
-    )
-    pos = pos[long_tail.cap_per_class(labels[pos], data_config.max_per_class)]
-    test_pos = long_tail.cap_per_class(test_labels, data_config.max_per_class)
+    """A large folder: its file lists, streamed (cut by `long_tail.apply` like any other)."""
     logging.info(
-        "image_folder %s: streaming %d + %d images.",
+        "image_folder %s: streaming from %d + %d images.",
         data_config.train_path,
-        len(pos),
-        len(test_pos),
+        len(paths),
+        len(test_paths),
     )
     return StreamedDataset(
-        train=ImageFiles(tuple(paths[i] for i in pos), labels[pos]),
-        test=ImageFiles(tuple(test_paths[i] for i in test_pos), test_labels[test_pos]),
+        train=ImageFiles(tuple(paths), np.asarray(labels, np.int32)),
+        test=ImageFiles(tuple(test_paths), np.asarray(test_labels, np.int32)),
         num_classes=len(names),
         class_names=tuple(names),
     )
@@ -282,7 +264,7 @@ def read_arrays(paths: str) -> tuple[np.ndarray, np.ndarray, tuple[str, ...] | N
     images, labels, names = [], [], None
     for path in [p.strip() for p in paths.split(",") if p.strip()]:
         if not os.path.exists(path):
-            raise sources.DatasetNotFoundError(f"data.train_path/test_path: {path} does not exist.")
+            raise records.DatasetNotFoundError(f"data.train_path/test_path: {path} does not exist.")
         with np.load(path, allow_pickle=False) as f:
             missing = {"images", "labels"} - set(f.files)
             if missing:
@@ -309,7 +291,7 @@ def _int_labels(labels: np.ndarray, n: int, path: str) -> np.ndarray:
     return labels.astype(np.int32)
 
 
-def load_arrays(data_config) -> sources.Dataset:
+def load_arrays(data_config) -> records.Dataset:
     """The ``arrays`` source of ``data_config`` (see the module docstring)."""
     images, labels, names = read_arrays(_require(data_config.train_path, "train_path", "arrays"))
     if not data_config.test_path:
@@ -329,7 +311,7 @@ def _index_names(labels: np.ndarray) -> tuple[str, ...]:
     return tuple(str(c) for c in range(int(labels.max()) + 1))
 
 
-def _whole(images: np.ndarray, labels: np.ndarray) -> sources.Split:
+def _whole(images: np.ndarray, labels: np.ndarray) -> records.Split:
     return _split(images, labels, np.arange(len(labels)))
 
 
@@ -337,7 +319,7 @@ def _whole(images: np.ndarray, labels: np.ndarray) -> sources.Split:
 # tfds:<name>.
 
 
-def load_tfds(name: str, data_config) -> sources.Dataset:
+def load_tfds(name: str, data_config) -> records.Dataset:
     """A prepared TFDS dataset ``name`` in ``data.data_dir`` (see the module docstring)."""
     import tensorflow_datasets as tfds
 
@@ -350,12 +332,12 @@ def load_tfds(name: str, data_config) -> sources.Dataset:
     try:
         builder = tfds.builder(name, data_dir=data_config.data_dir)
     except Exception as e:  # TFDS raises several types for "not there"
-        raise sources.DatasetNotFoundError(
+        raise records.DatasetNotFoundError(
             f"TFDS dataset {name!r} is not prepared in data_dir={data_config.data_dir} ({e}). "
             + hint
         ) from e
     if not builder.is_prepared() or builder.info.file_format != tfds.core.FileFormat.ARRAY_RECORD:
-        raise sources.DatasetNotFoundError(
+        raise records.DatasetNotFoundError(
             f"TFDS dataset {name!r} is not prepared as ArrayRecord in {builder.data_dir}. " + hint
         )
     features = builder.info.features

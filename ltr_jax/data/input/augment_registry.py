@@ -4,7 +4,7 @@ A named augmentation runs wholly on device for data in device memory, is split b
 host (the crop) and the device (the rest) for streamed JPEGs, and runs on device from the
 squares of a decoded store. `Augmentation` holds the three, so one entry here makes a name
 valid in the config (``ce.augment``, ``stage2.augment``) and usable by every input of
-`ltr_jax.data.inputs`::
+`ltr_jax.data.input`::
 
     AUGMENTS["my_aug"] = Augmentation(
         device=lambda strength: my_aug,  # my_aug(key, x) -> x: the whole recipe in memory
@@ -23,7 +23,8 @@ from collections.abc import Callable
 
 import jax
 
-from ltr_jax.data import augment
+from ltr_jax.data.input import augment
+from ltr_jax.registry import Registry
 
 AugmentFn = Callable[[jax.Array, jax.Array], jax.Array]
 HOST_CROPS = ("train", "eval")  # random resized crop + flip per view | resize + centre crop
@@ -59,33 +60,29 @@ def _centre(strength: float, size: int, eval_side: float) -> AugmentFn:
     return lambda key, x: augment.centre_crop_resize(x, eval_side, size)
 
 
-AUGMENTS: dict[str, Augmentation] = {
-    "crop_flip": Augmentation(
-        device=lambda strength: lambda key, x: augment.crop_flip(key, x),
-        host_crop="train",
-        after_host_crop=_unchanged,
-        from_store=lambda strength, size, eval_side: (
-            lambda key, x: augment.random_resized_crop_flip(key, x, size)
+AUGMENTS: Registry[Augmentation] = Registry(
+    "augment",
+    {
+        "crop_flip": Augmentation(
+            device=lambda strength: lambda key, x: augment.crop_flip(key, x),
+            host_crop="train",
+            after_host_crop=_unchanged,
+            from_store=lambda strength, size, eval_side: (
+                lambda key, x: augment.random_resized_crop_flip(key, x, size)
+            ),
         ),
-    ),
-    "simclr": Augmentation(
-        device=lambda strength: lambda key, x: augment.simclr(key, x, strength=strength),
-        host_crop="train",
-        after_host_crop=lambda strength: (
-            lambda key, x: augment.simclr_colour(key, x, strength=strength)
+        "simclr": Augmentation(
+            device=lambda strength: lambda key, x: augment.simclr(key, x, strength=strength),
+            host_crop="train",
+            after_host_crop=lambda strength: (
+                lambda key, x: augment.simclr_colour(key, x, strength=strength)
+            ),
+            from_store=lambda strength, size, eval_side: (
+                lambda key, x: augment.simclr(key, x, strength=strength, size=size)
+            ),
         ),
-        from_store=lambda strength, size, eval_side: (
-            lambda key, x: augment.simclr(key, x, strength=strength, size=size)
+        "none": Augmentation(
+            device=_unchanged, host_crop="eval", after_host_crop=_unchanged, from_store=_centre
         ),
-    ),
-    "none": Augmentation(
-        device=_unchanged, host_crop="eval", after_host_crop=_unchanged, from_store=_centre
-    ),
-}
-
-
-def lookup(name: str) -> Augmentation:
-    """The registered augmentation ``name``; an unknown name fails with the valid ones."""
-    if name not in AUGMENTS:
-        raise ValueError(f"Unknown augment {name!r}; valid: {', '.join(AUGMENTS)}.")
-    return AUGMENTS[name]
+    },
+)

@@ -6,7 +6,7 @@ once: `prepare_store` writes each split as one ``<split>.npy`` file of uint8 [N,
 (115,846 ImageNet-LT training images at S = 256: 22.8 GB), read back with
 ``np.load(..., mmap_mode="r")`` so the operating system pages in only what is used; the
 training loop gathers the rows of a step on the host and crops on the accelerator
-(`ltr_jax.data.inputs.DecodedInput`).
+(`ltr_jax.data.input.decoded.DecodedInput`).
 
 What the store changes (the documented choice): each image is reduced to its centred square
 (side = its shorter side) and resized to S x S with Pillow's antialiased bilinear filter,
@@ -296,7 +296,7 @@ class _GatherBatch:
         self.split, self.plan = split, plan
 
     def __call__(self, step: int) -> dict[str, np.ndarray]:
-        from ltr_jax.data import sampler
+        from ltr_jax.data.input import sampler  # JAX (slow): the gathering threads only
 
         plan = self.plan
         local = sampler.process_slice(

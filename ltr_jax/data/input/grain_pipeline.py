@@ -1,7 +1,7 @@
 """Streaming input pipeline for image datasets that do not fit in device memory (issue 6).
 
 A `grain.MapDataset` over the flat index of this process's examples, from the resume step on
-(the stages reach it through `ltr_jax.data.inputs.StreamingInput`):
+(the stages reach it through `ltr_jax.data.input.streamed.StreamingInput`):
 
     local element j  ->  step = start + j // B_local, row = process_index * B_local + j % B_local
                      ->  position = plan.global_positions(step)[row]   (a `StepPlan`: uniform
@@ -71,7 +71,7 @@ from absl import flags
 from PIL import Image
 
 from ltr_jax import runtime
-from ltr_jax.data import augment, sampler
+from ltr_jax.data.input import augment, sampler
 
 # Distinct seed streams so the permutation and the augmentation draws never share a generator.
 _PERMUTATION_STREAM = 0

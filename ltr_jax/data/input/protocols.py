@@ -1,6 +1,6 @@
 """The typed interfaces between the stages and their data: `DataInput` and `Feed`.
 
-`ltr_jax.data.inputs` has three inputs (`InMemoryInput`, `StreamingInput`, `DecodedInput`) and
+`ltr_jax.data.input` has three inputs (`InMemoryInput`, `StreamingInput`, `DecodedInput`) and
 two feeds; a stage sees only these protocols, so a new kind of input is a class with these
 members (checked structurally: ``isinstance(x, DataInput)`` holds for any object that has them).
 """
@@ -13,7 +13,7 @@ from typing import Any, Protocol, runtime_checkable
 import jax
 import numpy as np
 
-from ltr_jax.data import long_tail
+from ltr_jax.data.datasets import records
 
 
 @runtime_checkable
@@ -43,6 +43,7 @@ class DataInput(Protocol):
     """A long-tailed training set and a test set, as the stages see them.
 
     Attributes:
+      dataset_name: the dataset's name in results (`registry.dataset_name`).
       num_classes: ``C``.
       class_names: ``C`` names.
       train_labels: int32 ``[N]`` labels of the long-tailed training set.
@@ -52,18 +53,19 @@ class DataInput(Protocol):
       mesh: the device mesh batches are sharded over.
     """
 
+    dataset_name: str
     num_classes: int
     class_names: tuple[str, ...]
     train_labels: np.ndarray
     test_labels: np.ndarray
     class_counts: np.ndarray
-    groups: long_tail.ShotGroups
+    groups: records.ShotGroups
     mesh: jax.sharding.Mesh
 
     def train_feed(
         self, sampling: Any, *, augment: str = "none", strength: float = 1.0, num_views: int = 1
     ) -> Feed:
-        """The feed of ``sampling`` (an `inputs.Sampling`) with a registered augmentation."""
+        """The feed of ``sampling`` (a `Sampling`) with a registered augmentation."""
         ...
 
     def map_split(

@@ -3,7 +3,7 @@
 The batch at a step is a pure function of (key, step): a resumed run sees exactly the batches
 an uninterrupted run would have seen, and there is no sampler state to checkpoint. Every
 function here is jittable so the sampler can run inside the training step on device. The
-registry of named samplers (with their host twins) is `ltr_jax.data.samplers`.
+registry of named samplers (with their host twins) is `ltr_jax.data.input.sampler_registry`.
 """
 
 from __future__ import annotations

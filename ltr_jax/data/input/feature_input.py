@@ -2,7 +2,7 @@
 
 The features of the training images are computed once (frozen encoder, eval mode), so an epoch
 costs only head updates. `FeatureInput` offers the ``train_feed`` of the other inputs
-(`ltr_jax.data.inputs`), so `ltr_jax.train_lib.fit` trains a head on features as it trains any
+(`ltr_jax.data.input`), so `ltr_jax.train_lib.fit` trains a head on features as it trains any
 stage: the step samples positions (`sampler`) and gathers its batch on device; the "view" of a
 batch is its features (no augmentation applies to features).
 """
@@ -13,7 +13,7 @@ import jax
 import numpy as np
 
 from ltr_jax import runtime
-from ltr_jax.data import batches, sampler, samplers
+from ltr_jax.data.input import in_memory, sampler, sampler_registry
 
 
 class FeatureInput:
@@ -41,7 +41,7 @@ class _FeatureFeed:
         self._data, self._mesh = data, data.mesh
         self._drop_last = sampling.drop_last
         if sampling.drop_last:
-            self._sample = samplers.make_batch_sampler(
+            self._sample = sampler_registry.make_batch_sampler(
                 sampling.kind,
                 sampling.key,
                 data.train_labels,
@@ -65,9 +65,9 @@ class _FeatureFeed:
 
     def batch_fn(self, device_data: dict, state) -> dict:
         if self._drop_last:
-            return batches.gather(device_data, self._sample(state.step), self._mesh)
+            return in_memory.gather(device_data, self._sample(state.step), self._mesh)
         positions, weights = self._sample(state.step)  # weights 0: padding rows
-        return {**batches.gather(device_data, positions, self._mesh), "weights": weights}
+        return {**in_memory.gather(device_data, positions, self._mesh), "weights": weights}
 
     @staticmethod
     def view(key: jax.Array, batch: dict, v: int = 0) -> jax.Array:
