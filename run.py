@@ -19,15 +19,13 @@ from __future__ import annotations
 
 import os
 import shlex
-import sys
 from typing import NoReturn
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from ltr_jax import config_lib, pipeline, runtime, stopping
+from ltr_jax import config_lib, pipeline, runtime
 from ltr_jax.data.input import make
-from ltr_jax.errors import UserError
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Experiment config file.", lock_config=True
@@ -56,7 +54,7 @@ _DEBUG = flags.DEFINE_bool(
     "debug", False, "Show the traceback of a user error (also: environment LTR_DEBUG=1)."
 )
 flags.mark_flags_as_required(["config"])
-USAGE_ERROR = 2  # exit code of every user error (a bad flag, config, workdir or input)
+USAGE_ERROR = pipeline.USAGE_ERROR  # exit code of every user error
 
 
 def default_workdir(config_arg: str) -> str:
@@ -74,8 +72,7 @@ class _QuietLibraries:
 
 def fail(message: object) -> NoReturn:
     """Exits with one ``run.py:`` line on stderr and exit code 2 (a user error)."""
-    sys.stderr.write(f"run.py: {' '.join(str(message).split())}\n")
-    sys.exit(USAGE_ERROR)
+    pipeline.fail("run.py", message)
 
 
 def _debug() -> bool:
@@ -85,12 +82,7 @@ def _debug() -> bool:
 
 
 def main(argv):
-    try:
-        _main(argv)
-    except UserError as e:  # say what is wrong and how to fix it, without a traceback
-        if _debug():
-            raise
-        fail(f"{type(e).__name__}: {e}")
+    pipeline.run_or_exit("run.py", lambda: _main(argv), debug=_debug)
 
 
 def _main(argv):
@@ -112,13 +104,9 @@ def _main(argv):
 
     config = FrozenConfigDict(_CONFIG.value)
     workdir = _WORKDIR.value or default_workdir(flags.FLAGS["config"].config_filename)
-    try:
-        if _PREPARE_DATA.value:
-            return prepare_data(config)
-        results = pipeline.run(config, workdir, _STAGES.value)
-    except stopping.Stopped as e:  # a clean stop (signal, deadline, preemption): resumable
-        logging.warning("%s Exit code %d.", e, stopping.EXIT_CODE)
-        sys.exit(stopping.EXIT_CODE)
+    if _PREPARE_DATA.value:
+        return prepare_data(config)
+    results = pipeline.run(config, workdir, _STAGES.value)
     for name, res in results.items():
         groups = " ".join(
             f"{g}={res[g]:.2f}" for g in ("many", "medium", "few") if res.get(g) is not None

@@ -10,14 +10,19 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import NoReturn, TypeVar
 
 import jax
 
 from ltr_jax import runtime, stopping, train_lib, validation, writers
 from ltr_jax.data.input import make
+from ltr_jax.errors import UserError
 from ltr_jax.stages import common, crt, probe, rebalance, representation, supervised
+
+T = TypeVar("T")
 
 # Every stage, declared by its module (`common.Stage`: validate, make_setup, run, needs).
 STAGES: dict[str, common.Stage] = {
@@ -168,3 +173,30 @@ def stage_timing(workdir: str, stage: str, seconds: float) -> dict:
     loop = train_lib.loop_timing(workdir, stage) or {}
     earlier = loop.get("loop_s", 0.0) - loop.get("last_process_loop_s", 0.0)
     return dict(wall_s=round(seconds + earlier, 3), **loop)
+
+
+USAGE_ERROR = 2  # exit code of every user error (a bad flag, config, workdir or input)
+
+
+def fail(prog: str, message: object) -> NoReturn:
+    """Exits with one ``<prog>: message`` line on stderr and exit code 2 (a user error)."""
+    sys.stderr.write(f"{prog}: {' '.join(str(message).split())}\n")
+    sys.exit(USAGE_ERROR)
+
+
+def run_or_exit(prog: str, fn: Callable[[], T], *, debug: Callable[[], bool] = bool) -> T:
+    """``fn()``, with the failure handling of every command line (run.py, sweep).
+
+    A user error (`errors.UserError`) exits with one line and code 2 (raised with its
+    traceback when ``debug()``); a clean stop (signal, deadline, preemption) exits with
+    `stopping.EXIT_CODE`, resumable by rerunning the same command.
+    """
+    try:
+        return fn()
+    except UserError as e:  # say what is wrong and how to fix it, without a traceback
+        if debug():
+            raise
+        fail(prog, f"{type(e).__name__}: {e}")
+    except stopping.Stopped as e:
+        logging.warning("%s Exit code %d.", e, stopping.EXIT_CODE)
+        sys.exit(stopping.EXIT_CODE)

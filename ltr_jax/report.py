@@ -35,11 +35,12 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from ltr_jax import pipeline
 from ltr_jax.errors import UserError
 
 METRICS = ("top1", "many", "medium", "few")
 HEADERS = ("top-1", "Many", "Medium", "Few")
-STAGE_ORDER = ("ce", "crt", "stage1", "probe", "stage2")
+STAGE_ORDER = tuple(pipeline.STAGES)  # the declared stages, in the pipeline's order
 _SEED_DIR = re.compile(r"seed_\d+$")
 _MAX_DIFF_KEYS = 3  # differing config keys named in a label; more are counted
 NOT_RUN = "not run"
@@ -94,8 +95,8 @@ def load_run(workdir: str) -> Run:
     if not os.path.exists(os.path.join(workdir, "config.json")):
         raise ReportError(f"{workdir} has no config.json: it is not an ltr_jax workdir.")
     config = _read_json(os.path.join(workdir, "config.json"))
-    pipeline = list(config.get("pipeline", ()))
-    stages = pipeline + [s for s in STAGE_ORDER if s not in pipeline]
+    configured = list(config.get("pipeline", ()))
+    stages = configured + [s for s in STAGE_ORDER if s not in configured]
     results = {
         s: _read_json(os.path.join(workdir, s, "results.json"))
         for s in stages
@@ -113,34 +114,14 @@ def load_run(workdir: str) -> Run:
     )
 
 
-def _ce_label(ce: dict) -> str:
-    from ltr_jax.losses import classification
-
-    label = classification.report_label(ce)
-    if ce.get("drw_start_epoch", -1) >= 0:
-        label += "-DRW"
-    if ce["sampler"] != "uniform":
-        label += f" [{ce['sampler']}]"
-    return label
-
-
 def method_label(config: dict, stages: Sequence[str]) -> str:
-    """A readable method name from the finished stages and their key settings."""
-    parts = []
-    if "ce" in stages:
-        parts.append(_ce_label(config["ce"]))
-    if "crt" in stages:
-        parts.append("cRT")
-    if "stage1" in stages:
-        from ltr_jax.losses import stage1
-
-        parts.append(stage1.report_label(config["stage1"]))
-    if "stage2" in stages:
-        from ltr_jax.dpp import sampling
-
-        parts.append(sampling.report_label(config["stage2"]["sampler"]))
-    elif "probe" in stages:
-        parts.append("probe")
+    """A readable method name from the finished stages and their key settings: each stage's
+    declared part (`common.Stage.label`), in the pipeline's order."""
+    parts = [
+        part
+        for name, stage in pipeline.STAGES.items()
+        if name in stages and (part := stage.label(config, stages))
+    ]
     return " + ".join(parts) or "+".join(stages)
 
 

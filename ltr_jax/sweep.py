@@ -22,15 +22,13 @@ from absl import flags
 from ml_collections import FrozenConfigDict, config_flags
 
 from ltr_jax import pipeline
-from ltr_jax.errors import UserError
 
-USAGE_ERROR = 2  # exit code of a user error, as run.py's
+USAGE_ERROR = pipeline.USAGE_ERROR  # exit code of a user error, as run.py's
 
 
 def _fail(message: object) -> NoReturn:
     """Exits with one ``sweep:`` line on stderr and exit code 2 (a user error)."""
-    sys.stderr.write(f"sweep: {' '.join(str(message).split())}\n")
-    sys.exit(USAGE_ERROR)
+    pipeline.fail("sweep", message)
 
 
 def seed_workdir(workdir_root: str, seed: int) -> str:
@@ -96,10 +94,8 @@ def main(argv: Sequence[str] | None = None) -> dict[int, dict[str, dict]]:
     """The command line: ``argv`` as ``sys.argv`` (program name first)."""
     fv = _parse(sys.argv if argv is None else argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    try:
-        results = run_sweep(fv.config, fv.seeds, fv.workdir_root, fv.stages)
-    except UserError as e:  # config, data or workdir: one line, no traceback
-        _fail(f"{type(e).__name__}: {e}")
+    run = lambda: run_sweep(fv.config, fv.seeds, fv.workdir_root, fv.stages)
+    results = pipeline.run_or_exit("sweep", run)  # run.py's failure handling
     for seed, stage_results in results.items():
         print(_summary_line(seed, stage_results))
     print(f"Report: python -m ltr_jax.report {seed_workdir(fv.workdir_root, '*')}")

@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -37,6 +37,8 @@ class Stage:
       checks: the check table of its section (keys relative to it; `ltr_jax.validation`).
       invariants: ``invariants(config)``: checks across keys of its section, or None.
       needs: ``needs(config)``: the earlier stages whose exports it loads.
+      label: ``label(config, stages) -> str | None``: its part of a method's name in reports,
+        from a workdir's ``config.json`` (a dict) and its finished ``stages``; None: no part.
     """
 
     name: str
@@ -45,6 +47,7 @@ class Stage:
     checks: dict = dataclasses.field(default_factory=dict)
     invariants: Callable | None = None
     needs: Callable = lambda config: ()
+    label: Callable[[Mapping, Sequence[str]], str | None] = lambda config, stages: None
 
     def validate(self, config) -> None:
         """Checks the stage's section (``checks``, then ``invariants``); cheap, runs before

@@ -70,5 +70,10 @@ def run(ctx: common.StageContext) -> dict:
 
 
 DECLARATION = common.Stage(
-    STAGE, checks=CHECKS, run=run, make_setup=make_setup, needs=lambda config: (ENCODER_FROM,)
+    STAGE,
+    checks=CHECKS,
+    run=run,
+    make_setup=make_setup,
+    needs=lambda config: (ENCODER_FROM,),
+    label=lambda config, stages: "cRT",
 )

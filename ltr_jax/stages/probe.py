@@ -248,4 +248,5 @@ DECLARATION = common.Stage(
     run=run,
     make_setup=make_setup,
     needs=lambda config: ("stage1",) if config.probe.encoder_from == "stage1" else (),
+    label=lambda config, stages: None if "stage2" in stages else "probe",  # stage 2 names it
 )

@@ -295,4 +295,5 @@ DECLARATION = common.Stage(
     run=run,
     make_setup=make_setup,
     needs=lambda c: ("stage1", "probe") if c.stage2.head_init == "probe" else ("stage1",),
+    label=lambda config, stages: dpp_sampling.report_label(config["stage2"]["sampler"]),
 )

@@ -123,4 +123,10 @@ def run(ctx: common.StageContext) -> dict:
     }
 
 
-DECLARATION = common.Stage(STAGE, checks=CHECKS, run=run, make_setup=make_setup)
+DECLARATION = common.Stage(
+    STAGE,
+    checks=CHECKS,
+    run=run,
+    make_setup=make_setup,
+    label=lambda config, stages: stage1.report_label(config["stage1"]),
+)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import logging
+from collections.abc import Mapping
 
 import jax
 import jax.numpy as jnp
@@ -126,4 +127,16 @@ def declare(name: str = "ce") -> common.Stage:
         make_setup=bound(make_setup),
         checks=CHECKS,
         invariants=bound(invariants),
+        label=lambda config, stages: report_label(config[name]),
     )
+
+
+def report_label(section: Mapping) -> str:
+    """The method's name in reports from a supervised section of ``config.json``: its loss,
+    ``-DRW`` with deferred re-weighting, and a sampler other than uniform."""
+    label = classification.report_label(section)
+    if section.get("drw_start_epoch", -1) >= 0:
+        label += "-DRW"
+    if section["sampler"] != "uniform":
+        label += f" [{section['sampler']}]"
+    return label
