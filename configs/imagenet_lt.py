@@ -10,7 +10,7 @@
 holds ``ImageNet_LT_{train,val,test}.txt``. The first run prepares an ArrayRecord copy of the
 115,846 + 20,000 + 50,000 listed images in ``data_dir`` (no TensorFlow), then decodes the
 training and test images once into a decoded store (``data.format="decoded"``: 256 x 256 uint8
-centre squares, 22.8 GB for the training set, memory-mapped; ``ltr_jax/data/decoded_store.py``):
+centre squares, 22.8 GB for the training set, memory-mapped; ``data/input/decoded_store.py``):
 each step gathers its rows on the host and crops (random resized crop 224 + flip, SimCLR colour
 ops; evaluation's centre crop) on device. ``--config.data.format=jpeg`` decodes the JPEGs
 every epoch instead (host crops with ``data.num_workers`` threads per process). Evaluated on

@@ -1,4 +1,4 @@
-"""Tests for ltr_jax.data.augment: batch recipes, per-op NumPy references, sharding."""
+"""Tests for ltr_jax.data.input.augment: batch recipes, per-op NumPy references, sharding."""
 
 import colorsys
 import functools

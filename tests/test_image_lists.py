@@ -1,4 +1,4 @@
-"""Tests of ltr_jax.data.image_lists on tiny downloads written here in the official layouts.
+"""Tests of data/datasets/image_lists.py on tiny downloads written here in the official layouts.
 
 ImageNet-2012: a tar of per-class tars plus a flat validation tar, or the extracted folders;
 iNaturalist 2018: ``train_val2018.tar.gz`` or its folder. Images are small PIL files of several

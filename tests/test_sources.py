@@ -1,4 +1,4 @@
-"""Tests of ltr_jax.data.sources on small archives written here in the official layouts.
+"""Tests of ltr_jax.data.datasets.cifar on small archives written here in the official layouts.
 
 No network, no real data: every archive is a few records made with numpy and tarfile, and every
 TFDS folder lives in tmp_path.

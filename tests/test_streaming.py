@@ -1,4 +1,4 @@
-"""Tests of the streaming input pipeline (`ltr_jax.data.streaming`) on tiny synthetic JPEGs."""
+"""Tests of the streaming input pipeline (`grain_pipeline`) on tiny synthetic JPEGs."""
 
 import io
 import itertools
