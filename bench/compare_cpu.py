@@ -123,37 +123,29 @@ def run_case(backbone: str, dtype: str, batch_size: int, args, data: dict) -> li
     return rows
 
 
-COLUMNS = [
-    ("contender", "contender", ""),
-    ("backbone", "backbone", ""),
-    ("dtype", "dtype", ""),
-    ("batch", "batch_size", "d"),
-    ("timed steps", "steps", "d"),
-    ("images/s", "images_per_s", ",.1f"),
-    ("step ms (median)", "step_ms", ".0f"),
-    ("JAX / this", "jax_over_this", ".2f"),
-    ("per-round JAX / this", "rounds", ""),
-]
+COLUMNS = bench_lib.columns(
+    first=[("contender", "contender", "")],
+    measured=[
+        ("timed steps", "steps", "d"),
+        ("JAX / this", "jax_over_this", ".2f"),
+        ("per-round JAX / this", "rounds", ""),
+    ],
+)
 
 
 def table_row(row: dict) -> dict:
-    return dict(
-        row,
-        step_ms=1e3 * row["step_s_median"],
-        rounds=" ".join(f"{r:.2f}" for r in row["round_ratios"]),
-    )
+    shown = bench_lib.shown(row)
+    if "round_ratios" in row:
+        shown["rounds"] = " ".join(f"{r:.2f}" for r in row["round_ratios"])
+    return shown
 
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
     data = throughput.synthetic_input(args.num_images, runtime.make_mesh())
-    rows = []
-    for backbone in args.backbones:
-        for dtype in args.dtypes:
-            for batch_size in args.batch_sizes:
-                rows += run_case(backbone, dtype, batch_size, args, data)
-    print()
-    print(bench_lib.markdown_table([table_row(r) for r in rows], COLUMNS))
+    cases = bench_lib.grid(backbone=args.backbones, dtype=args.dtypes, batch_size=args.batch_sizes)
+    measure = lambda **case: run_case(**case, args=args, data=data)
+    rows = bench_lib.run_cases(cases, measure, COLUMNS, table_row)
     platform = jax.devices()[0].platform
     here = os.path.dirname(os.path.abspath(__file__))
     out = args.out or os.path.join(here, "results", f"compare_{platform}.json")
@@ -161,12 +153,9 @@ def main(argv=None) -> dict:
         benchmark="compare_jax_torch",
         device=throughput.device_info(),
         torch=torch_reference.torch_info(torch_reference.default_device()),
-        machine=bench_lib.machine_info(),
         args=vars(args),
-        results=rows,
     )
-    bench_lib.write_json(out, payload)
-    return payload
+    return bench_lib.report(rows, COLUMNS, out, payload, table_row)
 
 
 if __name__ == "__main__":

@@ -312,27 +312,22 @@ def add_peak_fractions(row: dict, peaks: dict) -> dict:
 
 # --- CLI -------------------------------------------------------------------------------------
 
-COLUMNS = [
-    ("stage", "stage", ""),
-    ("backbone", "backbone", ""),
-    ("dtype", "dtype", ""),
-    ("batch", "batch_size", "d"),
-    ("images/s", "images_per_s", ",.0f"),
-    ("step ms (median)", "step_ms", ".1f"),
-    ("compile s", "compile_s", ".1f"),
-    ("GFLOP/step", "model_gflop", ",.1f"),
-    ("TFLOP/s", "model_tflops_per_s", ".3f"),
-    ("% bf16 peak", "pct_bf16_peak", ".1f"),
-    ("% own-dtype peak", "pct_dtype_peak", ".1f"),
-    ("error", "error", ""),
-]
+COLUMNS = bench_lib.columns(
+    first=[("stage", "stage", "")],
+    measured=[
+        ("compile s", "compile_s", ".1f"),
+        ("GFLOP/step", "model_gflop", ",.1f"),
+        ("TFLOP/s", "model_tflops_per_s", ".3f"),
+        ("% bf16 peak", "pct_bf16_peak", ".1f"),
+        ("% own-dtype peak", "pct_dtype_peak", ".1f"),
+    ],
+)
 
 
 def table_row(row: dict) -> dict:
     """Display units for one result row."""
-    shown = dict(row)
+    shown = bench_lib.shown(row)
     if "step_s_median" in row:
-        shown["step_ms"] = 1e3 * row["step_s_median"]
         shown["model_gflop"] = row["model_flops"] / 1e9
     for key in ("bf16_peak", "dtype_peak"):
         if f"frac_{key}" in row:
@@ -391,28 +386,13 @@ def device_info() -> dict:
 def run_all(args, mesh, peaks: dict) -> list[dict]:
     """Every requested case in order; a failing case (e.g. out of memory) records its error."""
     data = synthetic_input(args.num_images, mesh, args.image_size)
-    rows = []
-    for stage in args.stages:
-        for backbone in args.backbones:
-            for dtype in args.dtypes:
-                for batch_size in args.batch_sizes:
-                    try:
-                        row = run_case(stage, backbone, dtype, batch_size, args, data, mesh)
-                    except Exception as e:
-                        error = f"{type(e).__name__}: {e}"[:300]
-                        row = dict(
-                            stage=stage,
-                            backbone=backbone,
-                            dtype=dtype,
-                            batch_size=batch_size,
-                            error=error,
-                        )
-                    rows.append(add_peak_fractions(row, peaks))
-                    print(
-                        bench_lib.markdown_table([table_row(rows[-1])], COLUMNS).splitlines()[-1],
-                        flush=True,
-                    )
-    return rows
+    cases = bench_lib.grid(
+        stage=args.stages, backbone=args.backbones, dtype=args.dtypes, batch_size=args.batch_sizes
+    )
+    measure = lambda **case: add_peak_fractions(
+        run_case(**case, args=args, data=data, mesh=mesh), peaks
+    )
+    return bench_lib.run_cases(cases, measure, COLUMNS, table_row)
 
 
 def main(argv=None) -> dict:
@@ -424,20 +404,15 @@ def main(argv=None) -> dict:
     peaks = measure_peaks(peak_size)
     mesh = runtime.make_mesh()
     rows = run_all(args, mesh, peaks)
-    print()
-    print(bench_lib.markdown_table([table_row(r) for r in rows], COLUMNS))
     payload = dict(
         benchmark="throughput",
         device=info,
-        machine=bench_lib.machine_info(),
         nvidia_smi=bench_lib.nvidia_smi(),
         matmul_peak_tflops=peaks,
         peak_size=peak_size,
         args=vars(args),
-        results=rows,
     )
-    bench_lib.write_json(args.out or default_out(), payload)
-    return payload
+    return bench_lib.report(rows, COLUMNS, args.out or default_out(), payload, table_row)
 
 
 if __name__ == "__main__":

@@ -339,23 +339,16 @@ def run_case(backbone, dtype, batch_size, variant, args, data, device) -> dict:
 
 # --- CLI -------------------------------------------------------------------------------------
 
-COLUMNS = [
-    ("variant", "variant", ""),
-    ("backbone", "backbone", ""),
-    ("dtype", "dtype", ""),
-    ("batch", "batch_size", "d"),
-    ("workers", "num_workers", "d"),
-    ("images/s", "images_per_s", ",.0f"),
-    ("step ms (median)", "step_ms", ".1f"),
-    ("waiting for data", "data_pct", ".0f"),
-    ("error", "error", ""),
-]
+COLUMNS = bench_lib.columns(
+    first=[("variant", "variant", "")],
+    measured=[("workers", "num_workers", "d"), ("waiting for data", "data_pct", ".0f")],
+)
 
 
 def table_row(row: dict) -> dict:
-    shown = dict(row)
-    if "step_s_median" in row:
-        shown.update(step_ms=1e3 * row["step_s_median"], data_pct=100 * row["data_frac"])
+    shown = bench_lib.shown(row)
+    if "data_frac" in row:
+        shown["data_pct"] = 100 * row["data_frac"]
     return shown
 
 
@@ -418,41 +411,23 @@ def main(argv=None) -> dict:
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     data = synthetic_data(args.num_images)
-    rows = []
-    for variant in args.variants:
-        for backbone in args.backbones:
-            for dtype in args.dtypes:
-                for batch_size in args.batch_sizes:
-                    try:
-                        row = run_case(backbone, dtype, batch_size, variant, args, data, device)
-                    except Exception as e:
-                        error = f"{type(e).__name__}: {e}"[:300]
-                        row = dict(
-                            variant=variant,
-                            backbone=backbone,
-                            dtype=dtype,
-                            batch_size=batch_size,
-                            error=error,
-                        )
-                    rows.append(row)
-                    print(
-                        bench_lib.markdown_table([table_row(row)], COLUMNS).splitlines()[-1],
-                        flush=True,
-                    )
-    print()
-    print(bench_lib.markdown_table([table_row(r) for r in rows], COLUMNS))
+    cases = bench_lib.grid(
+        variant=args.variants,
+        backbone=args.backbones,
+        dtype=args.dtypes,
+        batch_size=args.batch_sizes,
+    )
+    measure = lambda **case: run_case(**case, args=args, data=data, device=device)
+    rows = bench_lib.run_cases(cases, measure, COLUMNS, table_row)
     here = os.path.dirname(os.path.abspath(__file__))
     out = args.out or os.path.join(here, "results", f"torch_reference_{device.type}.json")
     payload = dict(
         benchmark="torch_reference",
         torch=torch_info(device),
-        machine=bench_lib.machine_info(),
         nvidia_smi=bench_lib.nvidia_smi(),
         args=vars(args),
-        results=rows,
     )
-    bench_lib.write_json(out, payload)
-    return payload
+    return bench_lib.report(rows, COLUMNS, out, payload, table_row)
 
 
 if __name__ == "__main__":

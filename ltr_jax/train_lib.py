@@ -27,6 +27,7 @@ from ltr_jax import checkpointing, param_groups, runtime, stopping, writers
 from ltr_jax.data.input import sampler, sampler_registry
 from ltr_jax.errors import UserError
 from ltr_jax.models import modes
+from ltr_jax.registry import Registry
 
 
 @flax.struct.dataclass
@@ -63,7 +64,7 @@ def _sgd(schedule, optim_config) -> optax.GradientTransformation:
 
 
 # optim.name -> builder(schedule, optim section): the optimiser before clipping / layer decay.
-OPTIMIZERS: dict[str, Callable] = {"adamw": _adamw, "sgd": _sgd}
+OPTIMIZERS: Registry[Callable] = Registry("optim.name", {"adamw": _adamw, "sgd": _sgd})
 
 
 def make_optimizer(optim_config, *, batch_size: int, num_steps: int, steps_per_epoch: int):
@@ -80,9 +81,6 @@ def make_optimizer(optim_config, *, batch_size: int, num_steps: int, steps_per_e
     peak = scaled_learning_rate(optim_config, batch_size)
     warmup = min(int(optim_config.warmup_epochs * steps_per_epoch), max(num_steps - 1, 0))
     schedule = optax.warmup_cosine_decay_schedule(0.0, peak, warmup, max(num_steps, 1), 0.0)
-    if optim_config.name not in OPTIMIZERS:
-        valid = ", ".join(OPTIMIZERS)
-        raise ValueError(f"Unknown optim.name {optim_config.name!r}; valid: {valid}.")
     tx = OPTIMIZERS[optim_config.name](schedule, optim_config)
     return _with_clip_and_layer_decay(tx, optim_config), schedule
 

@@ -369,3 +369,40 @@ def test_bns_forms_and_kernel_scales_are_registries(monkeypatch):
         bns.FORMS["reference"](z1, z2, LABELS, None, 0.3, 4),
         bns.bns_reference(z1, z2, LABELS, tau=0.3),
     )
+
+
+# --------------------------------------------------------------------------------------------
+# One registry type.
+
+
+def test_every_registry_is_the_one_registry_type():
+    from ltr_jax import registry as generic
+    from ltr_jax.data.datasets import registry as datasets_registry
+    from ltr_jax.errors import UserError
+    from ltr_jax.models import registry
+
+    every = {
+        "dataset name": datasets_registry.DATASETS,
+        "sampler": sampler_registry.SAMPLERS,
+        "augment": augment_registry.AUGMENTS,
+        "loss": classification.LOSSES,
+        "stage1.loss": stage1.STAGE1_LOSSES,
+        "stage1.bns.form": bns.FORMS,
+        "stage2.sampler": dpp_sampling.METHODS,
+        "stage2.kernel_scale": dpp_kernels.SCALES,
+        "model.encoder": registry.ENCODERS,
+        "head": registry.HEADS,
+        "model.dtype": registry.DTYPES,
+        "optim.name": train_lib.OPTIMIZERS,
+    }
+    for what, reg in every.items():
+        assert isinstance(reg, generic.Registry) and reg.what == what
+        with pytest.raises(generic.UnknownNameError, match=f"Unknown {what} 'nope'; valid: "):
+            reg["nope"]
+    assert issubclass(generic.UnknownNameError, UserError)
+    assert "tfds:<name>" in datasets_registry.DATASETS.names()
+    assert datasets_registry.DATASETS["tfds:mnist"].kind == "in_memory"  # a prefix family
+    assert (
+        not datasets_registry.DATASETS.valid("tfds:") and "tfds:x" not in datasets_registry.DATASETS
+    )
+    assert stage1.STAGE1_LOSSES.label("not_here", {}) == "not_here"  # another process's entry

@@ -14,6 +14,8 @@ import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
 
+from ltr_jax.registry import Registry
+
 
 class IPKernelParts(NamedTuple):
     """S = diag(d) + alpha p p^T, with zeros on masked items."""
@@ -49,13 +51,12 @@ def _reference_scale(p: jax.Array, valid: jax.Array, n: jax.Array) -> tuple[jax.
 
 
 # ``stage2.kernel_scale`` -> ``fn(p [N] masked, valid [N], n valid items) -> (alpha, 1 - alpha s)``.
-SCALES = {"paper": _paper_scale, "reference": _reference_scale}
+SCALES = Registry("stage2.kernel_scale", {"paper": _paper_scale, "reference": _reference_scale})
 
 
 def check_scale(scale: str) -> None:
     """Raises ValueError unless `scale` is one of SCALES."""
-    if scale not in SCALES:
-        raise ValueError(f"Unknown kernel scale {scale!r}; expected one of {tuple(SCALES)}.")
+    SCALES[scale]  # an unknown name fails with the valid ones
 
 
 def ip_dpp_parts(

@@ -27,6 +27,7 @@ from ltr_jax.dpp.kernels import (
 from ltr_jax.dpp.rejection import sample_structured_core
 from ltr_jax.dpp.spectral import sample_k_dpp
 from ltr_jax.dpp.structured import sample_structured_dp_core
+from ltr_jax.registry import Registry
 
 
 def sample_uniform(key: jax.Array, valid: jax.Array, k: int) -> jax.Array:
@@ -54,38 +55,45 @@ class Method:
     label: str
 
 
-METHODS: dict[str, Method] = {
-    "structured": Method(
-        lambda key, p, valid, k, scale: sample_structured_core(
-            key, sampling_parts(p, scale, valid), valid, k
+METHODS: Registry[Method] = Registry(
+    "stage2.sampler",
+    {
+        "structured": Method(
+            lambda key, p, valid, k, scale: sample_structured_core(
+                key, sampling_parts(p, scale, valid), valid, k
+            ),
+            label="IP-DPP(structured)",
         ),
-        label="IP-DPP(structured)",
-    ),
-    "structured_dp": Method(
-        lambda key, p, valid, k, scale: sample_structured_dp_core(
-            key, sampling_parts(p, scale, valid), valid, k
+        "structured_dp": Method(
+            lambda key, p, valid, k, scale: sample_structured_dp_core(
+                key, sampling_parts(p, scale, valid), valid, k
+            ),
+            label="IP-DPP(structured_dp)",
         ),
-        label="IP-DPP(structured_dp)",
-    ),
-    "spectral": Method(
-        lambda key, p, valid, k, scale: sample_k_dpp(key, ip_dpp_kernel(p, scale, valid), k, valid),
-        label="IP-DPP(spectral)",
-    ),
-    "paper_alg1": Method(
-        lambda key, p, valid, k, scale: sample_paper_alg1(
-            key, ip_dpp_kernel(p, scale, valid), k, valid
+        "spectral": Method(
+            lambda key, p, valid, k, scale: sample_k_dpp(
+                key, ip_dpp_kernel(p, scale, valid), k, valid
+            ),
+            label="IP-DPP(spectral)",
         ),
-        label="IP-DPP(paper_alg1)",
-    ),
-    "greedy_map": Method(
-        lambda key, p, valid, k, scale: greedy_map_structured(
-            *sampling_parts(p, scale, valid), valid, k
+        "paper_alg1": Method(
+            lambda key, p, valid, k, scale: sample_paper_alg1(
+                key, ip_dpp_kernel(p, scale, valid), k, valid
+            ),
+            label="IP-DPP(paper_alg1)",
         ),
-        label="IP-DPP(greedy_map)",
-    ),
-    # k uniformly random images per class: the released code's effective behaviour.
-    "uniform": Method(lambda key, p, valid, k, scale: sample_uniform(key, valid, k), "uniform-k"),
-}
+        "greedy_map": Method(
+            lambda key, p, valid, k, scale: greedy_map_structured(
+                *sampling_parts(p, scale, valid), valid, k
+            ),
+            label="IP-DPP(greedy_map)",
+        ),
+        # k uniformly random images per class: the released code's effective behaviour.
+        "uniform": Method(
+            lambda key, p, valid, k, scale: sample_uniform(key, valid, k), "uniform-k"
+        ),
+    },
+)
 
 
 def report_label(method: str) -> str:
@@ -95,8 +103,7 @@ def report_label(method: str) -> str:
 
 
 def _check_method(method: str, scale: str) -> None:
-    if method not in METHODS:
-        raise ValueError(f"Unknown IP-DPP method {method!r}; expected one of {tuple(METHODS)}.")
+    METHODS[method]  # an unknown name fails with the valid ones
     check_scale(scale)
 
 

@@ -31,6 +31,8 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
+from ltr_jax.registry import Registry
+
 _EPS = 1e-12
 
 
@@ -216,7 +218,9 @@ def _reference_form(z1, z2, labels, key, tau: float, m: int) -> jax.Array:
 
 
 # ``stage1.bns.form`` -> ``fn(z1, z2, labels, key, tau, m) -> scalar float32 loss``.
-FORMS: dict[str, Callable[..., jax.Array]] = {"paper": _paper_form, "reference": _reference_form}
+FORMS: Registry[Callable[..., jax.Array]] = Registry(
+    "stage1.bns.form", {"paper": _paper_form, "reference": _reference_form}
+)
 
 
 def bns_loss(
@@ -246,6 +250,4 @@ def bns_loss(
     Raises:
       ValueError: for an unknown ``form``, or ``"paper"`` without a key.
     """
-    if form not in FORMS:
-        raise ValueError(f"unknown bns form {form!r}; valid forms: {', '.join(FORMS)}")
     return FORMS[form](z1, z2, labels, key, tau, m)
