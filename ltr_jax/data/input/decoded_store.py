@@ -296,7 +296,7 @@ class _GatherBatch:
         self.split, self.plan = split, plan
 
     def __call__(self, step: int) -> dict[str, np.ndarray]:
-        from ltr_jax.data.input import sampler  # JAX (slow): the gathering threads only
+        from ltr_jax.data.input import sampler  # imports JAX: not in the spawned preparers
 
         plan = self.plan
         local = sampler.process_slice(
