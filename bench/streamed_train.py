@@ -175,7 +175,6 @@ def main() -> None:
     mesh = runtime.make_mesh()
     device = jax.devices()[0].device_kind
     data = make_store_input(args, mesh) if args.format == "decoded" else make_input(args, mesh)
-    rows = [bench_stage(stage, args, data, mesh) for stage in args.stages]
     columns = [
         ("stage", "stage", "s"),
         ("encoder", "encoder", "s"),
@@ -189,15 +188,14 @@ def main() -> None:
         ("streamed img/s", "streamed_images_per_s", ".0f"),
         ("fed", "fed", ".2f"),
         ("compile s", "compile_s", ".1f"),
+        bench_lib.ERROR_COLUMN,
     ]
     print(f"{device} x {len(jax.devices())}, {os.cpu_count()} host cores")
-    print(bench_lib.markdown_table(rows, columns))
+    measure = lambda stage: bench_stage(stage, args, data, mesh)
+    rows = bench_lib.run_cases(bench_lib.grid(stage=args.stages), measure, columns, dict)
     slug = device.lower().replace(" ", "_")
     out = args.out or f"bench/results/streamed_train_{slug}.json"
-    bench_lib.write_json(
-        out,
-        {"machine": bench_lib.machine_info(), "device": device, "args": vars(args), "rows": rows},
-    )
+    bench_lib.report(rows, columns, out, {"device": device, "args": vars(args)}, dict)
 
 
 if __name__ == "__main__":
