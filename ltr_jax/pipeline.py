@@ -25,12 +25,13 @@ from ltr_jax.stages import common, crt, probe, rebalance, representation, superv
 T = TypeVar("T")
 
 # Every stage, declared by its module (`common.Stage`: validate, make_setup, run, needs).
+# Their order is the reports' (baselines first, then the method's stages).
 STAGES: dict[str, common.Stage] = {
     "ce": supervised.declare("ce"),
+    "crt": crt.DECLARATION,
     "stage1": representation.DECLARATION,
     "probe": probe.DECLARATION,
     "stage2": rebalance.DECLARATION,
-    "crt": crt.DECLARATION,
 }
 
 
