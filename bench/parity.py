@@ -35,7 +35,7 @@ sys.path[:0] = [os.path.dirname(_BENCH), _BENCH]  # this checkout's ltr_jax, the
 import parity_lib as pl  # noqa: E402
 
 from ltr_jax import metrics  # noqa: E402
-from ltr_jax.data import long_tail  # noqa: E402
+from ltr_jax.data.datasets import long_tail  # noqa: E402
 from ltr_jax.losses import bns  # noqa: E402
 
 TOL = {

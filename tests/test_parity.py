@@ -22,7 +22,7 @@ sys.path.insert(0, os.path.join(ROOT, "bench"))
 import parity_lib as pl  # noqa: E402
 
 from ltr_jax import metrics  # noqa: E402
-from ltr_jax.data import long_tail  # noqa: E402
+from ltr_jax.data.datasets import long_tail  # noqa: E402
 from ltr_jax.losses import bns  # noqa: E402
 from ltr_jax.models import init  # noqa: E402
 from ltr_jax.stages import rebalance  # noqa: E402
