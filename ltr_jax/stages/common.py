@@ -22,7 +22,7 @@ import numpy as np
 from flax import nnx
 
 from ltr_jax import checkpointing, metrics, train_lib, validation, writers
-from ltr_jax.data import augment, protocols
+from ltr_jax.data import augment, inputs, protocols
 from ltr_jax.models import modes, pretrained
 
 
@@ -144,7 +144,20 @@ def dataset_facts(ctx: StageContext) -> dict:
         many_threshold=data_config.many_threshold,
         few_threshold=data_config.few_threshold,
         imbalance_factor=data_config.imbalance_factor,
+        empty_groups=metrics.empty_group_notes(
+            data.class_counts, data_config.many_threshold, data_config.few_threshold
+        ),
+        preprocessing=eval_preprocessing(ctx),
     )
+
+
+def eval_preprocessing(ctx: StageContext) -> dict:
+    """How evaluation prepared a test image (`ltr_jax.inference` repeats it on new images):
+    ``centre_crop`` (streamed: shorter side to S / 0.875, centred S x S) or ``fit`` (decoded
+    into memory: shorter side to S, centred S x S; S the test images' height)."""
+    if isinstance(ctx.data, inputs.StreamingInput):
+        return dict(kind="centre_crop", image_size=ctx.config.data.image_size)
+    return dict(kind="fit", image_size=int(ctx.data.long_tail.test_images.shape[1]))
 
 
 def final_results(ctx: StageContext, report: dict, *, epochs: int, num_steps: int) -> dict:
