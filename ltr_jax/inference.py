@@ -253,6 +253,11 @@ class Classifier:
             )
         return images
 
+    def device_logits(self, images: jax.Array) -> jax.Array:
+        """float32 ``[B, C]`` logits of a uint8 batch already on the mesh (jitted; for
+        ``DataInput.map_split``)."""
+        return self._logits_fn(self._state, images)
+
     def logits(self, images: np.ndarray) -> np.ndarray:
         """float32 ``[N, C]`` logits of uint8 images ``[N, S, S(, C)]`` (any N)."""
         images = self.check_images(np.asarray(images))
