@@ -157,7 +157,9 @@ def eval_preprocessing(ctx: StageContext) -> dict:
     into memory: shorter side to S, centred S x S; S the test images' height)."""
     if isinstance(ctx.data, inputs.StreamingInput):
         return dict(kind="centre_crop", image_size=ctx.config.data.image_size)
-    return dict(kind="fit", image_size=int(ctx.data.long_tail.test_images.shape[1]))
+    long_tail = getattr(ctx.data, "long_tail", None)  # an InMemoryInput's arrays
+    side = ctx.config.data.image_size if long_tail is None else long_tail.test_images.shape[1]
+    return dict(kind="fit", image_size=int(side))
 
 
 def final_results(ctx: StageContext, report: dict, *, epochs: int, num_steps: int) -> dict:
