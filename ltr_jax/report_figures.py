@@ -112,7 +112,9 @@ def plot_reliability(probs, labels, clf: inference.Classifier, path: str) -> dic
             f"{group.capitalize()}: ECE {eces[group]:.2f}% ({int(rows.sum())} images)", fontsize=9
         )
     axes[0].set_ylabel("accuracy")
-    axes[0].legend(fontsize=8, loc="upper left")
+    drawn = [ax for ax in axes if ax.get_legend_handles_labels()[0]]
+    if drawn:  # the first non-empty group
+        drawn[0].legend(fontsize=8, loc="upper left")
     fig.savefig(path, dpi=120)
     return eces
 
