@@ -389,6 +389,8 @@ def test_image_folder_run_predict_evaluate_export_and_figures(folder_run, tmp_pa
     paths, labels, _ = user_sources.list_image_folder(root)
     _, test = user_sources.split_fraction(labels, 0.25, 0)
     test_paths = [paths[i] for i in test]
+    _, data = _data(workdir, clf.mesh)  # the run's own decoded test images, pixel for pixel
+    np.testing.assert_array_equal(clf.load_images(test_paths), data.long_tail.test_images)
     top1 = 100.0 * np.mean(clf.predict(clf.load_images(test_paths)).argmax(-1) == labels[test])
     assert top1 == pytest.approx(saved["top1"])
     out = tmp_path / "p.csv"
