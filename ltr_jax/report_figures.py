@@ -29,9 +29,18 @@ import numpy as np
 
 from ltr_jax import checkpointing, evaluate, inference, metrics, writers
 from ltr_jax.data import inputs
-from ltr_jax.report import _figure
+from ltr_jax.report import ReportError
 
 GROUPS = ("many", "medium", "few")
+
+
+def _figure(width: float, height: float):
+    """A matplotlib figure on the Agg canvas (no pyplot, no global backend state)."""
+    try:
+        from matplotlib.figure import Figure  # an optional dependency (ltr_jax[report])
+    except ImportError as e:
+        raise ReportError("The figures need matplotlib: pip install 'ltr_jax[report]'.") from e
+    return Figure(figsize=(width, height), dpi=110, layout="constrained")
 
 
 def confusion_matrix(preds: np.ndarray, labels: np.ndarray, num_classes: int) -> np.ndarray:
