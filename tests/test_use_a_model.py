@@ -13,6 +13,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -207,7 +208,7 @@ def test_predict_equals_the_stages_own_evaluation(smoke_run):
 
 
 @pytest.mark.slow
-def test_predict_command_on_files_folders_and_npz(smoke_run, tmp_path):
+def test_predict_command_on_files_folders_and_npz(smoke_run, tmp_path, monkeypatch, caplog):
     clf = ltr_jax.load_classifier(smoke_run)
     _, data = _data(smoke_run, clf.mesh)
     images = data.long_tail.test_images[:6]
@@ -218,6 +219,8 @@ def test_predict_command_on_files_folders_and_npz(smoke_run, tmp_path):
     Image.fromarray(images[0, :, :, 0]).save(tmp_path / "gray.png")  # 1 channel
     np.savez(tmp_path / "batch.npz", images=images[:2])
     out = tmp_path / "preds" / "p.csv"
+    monkeypatch.setattr(predict, "CHUNK", 4)  # 9 images: 3 chunks, with a progress bar
+    caplog.set_level(logging.INFO)
     predict.main(
         [
             smoke_run,
@@ -231,6 +234,7 @@ def test_predict_command_on_files_folders_and_npz(smoke_run, tmp_path):
         rows = list(csv.reader(f))
     assert rows[0] == ["input", "class_1", "prob_1", "class_2", "prob_2", "class_3", "prob_3"]
     rows = {r[0]: r[1:] for r in rows[1:]}
+    assert "predict: step 3/3 (100.0%)" in caplog.text
     assert len(rows) == 6 + 1 + 2
     probs = clf.predict(images)
     for i in range(6):
