@@ -101,12 +101,12 @@ def write_folder(root: str, seed: int = 0) -> None:
 
 @pytest.fixture(scope="module")
 def folder_run(tmp_path_factory) -> tuple[str, str]:
-    """(workdir, image folder) of a ``ce`` run on a tiny image folder (Many / Few at the
-    example's 100 / 20: no class has more than 100 images, so Many is empty)."""
+    """(workdir, image folder) of a ``ce`` + ``cRT`` run on a tiny image folder (Many / Few at
+    the example's 100 / 20: no class has more than 100 images, so Many is empty)."""
     root = str(tmp_path_factory.mktemp("folder") / "images")
     write_folder(root)
     config = config_lib.load_config_file(EXAMPLE, "smoke")
-    config.pipeline = ("ce",)
+    config.pipeline = ("ce", "crt")
     config.data.update(train_path=root, imbalance_factor=1, test_fraction=0.25)
     config.ce.update(epochs=2, batch_size=8)
     return _train(config, os.path.join(os.path.dirname(root), "run")), root
@@ -384,7 +384,7 @@ def test_the_command_line_exits_2_with_one_line():
 @pytest.mark.slow
 def test_image_folder_run_predict_evaluate_export_and_figures(folder_run, tmp_path):
     workdir, root = folder_run
-    clf = ltr_jax.load_classifier(workdir)
+    clf = ltr_jax.load_classifier(workdir, "ce")
     saved = _results(workdir, "ce")
     assert clf.stage == "ce" and clf.class_names == NAMES
     assert clf.preprocessing == {"kind": "fit", "image_size": 32}
@@ -398,21 +398,26 @@ def test_image_folder_run_predict_evaluate_export_and_figures(folder_run, tmp_pa
     top1 = 100.0 * np.mean(clf.predict(clf.load_images(test_paths)).argmax(-1) == labels[test])
     assert top1 == pytest.approx(saved["top1"])
     out = tmp_path / "p.csv"
-    predict.main([workdir, root, "--out", str(out)])
+    predict.main([workdir, root, "--out", str(out), "--stage=ce"])
     with open(out) as f:
         assert len(list(csv.reader(f))) == 1 + sum(PER_CLASS)
-    results = evaluate.main([workdir])
+    results = evaluate.main([workdir, "--stage=ce"])
     for key in ("top1", "many", "medium", "few", "per_class_acc"):
         assert results[key] == pytest.approx(saved[key]), key
     assert results["many"] is None and results["empty_groups"] == saved["empty_groups"]
-    card = export.main([workdir, "--out", str(tmp_path / "export")])
+    card = export.main([workdir, "--out", str(tmp_path / "export"), "--stage=ce"])
     assert card["class_names"] == list(NAMES) and card["stage"] == "ce"
     assert {m["source"] for m in card["metrics"]} == {
         "ce/results.json",
         "eval/image_folder_test/results.json",
     }
-    paths = report_figures.main([workdir, "--out", str(tmp_path / "figures")])
+    paths = report_figures.main([workdir, "--out", str(tmp_path / "figures"), "--stage=ce"])
     assert set(paths) == {"confusion", "reliability"}  # no IP-DPP draw in a ce run
+    # cRT (the default: the last finished stage): a new head on the ce stage's encoder.
+    crt = evaluate.main([workdir, "--name=crt"])
+    assert (
+        crt["stage"] == "crt" and crt["per_class_acc"] == _results(workdir, "crt")["per_class_acc"]
+    )
     rep = report.make_report([workdir], str(tmp_path / "report"))
     assert "Many is empty" not in rep["notes"] and "no class in many" in rep["notes"]
 
