@@ -61,6 +61,26 @@ class Checkpointer:
         logging.info("Restored %s at step %d.", self.directory, step)
         return restored
 
+    def restore_latest_raw(self):
+        """The newest checkpoint as saved (nested dicts of arrays, no target), or None.
+
+        For readers that know no train state (`ltr_jax.inference`: the trained variables).
+
+        Raises:
+          CorruptCheckpointError: the newest checkpoint cannot be read.
+        """
+        step = self.latest_step()
+        if step is None:
+            return None
+        try:
+            return self._manager.restore(step, args=ocp.args.StandardRestore())
+        except Exception as e:  # Orbax raises many types for truncated/corrupt files
+            path = os.path.join(self.directory, str(step))
+            raise CorruptCheckpointError(
+                f"Checkpoint {path} cannot be read ({type(e).__name__}: {_first_line(e)}): "
+                "rerun the stage in a copy of the workdir to write it again."
+            ) from e
+
     def close(self) -> None:
         self._manager.wait_until_finished()
         self._manager.close()

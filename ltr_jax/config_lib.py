@@ -117,7 +117,7 @@ def base_config() -> mlc.ConfigDict:
     c.model.update(  # transformer encoders, local pretrained weights (README: Transformers)
         drop_path_rate=config_dict.placeholder(float),  # None: the encoder's default
         init_from=config_dict.placeholder(str),  # a local .safetensors (timm) / .npz (big_vision)
-        init_format="auto",  # auto (from the suffix) | timm | big_vision
+        init_format="auto",  # auto (from the suffix) | timm | big_vision | ltr_jax (export)
         init_prefix="",  # stripped from the file's keys, e.g. "module."
         init_head=False,  # also load the file's classifier head (same number of classes)
     )

@@ -17,7 +17,7 @@ from typing import NoReturn, TypeVar
 
 import jax
 
-from ltr_jax import runtime, stopping, train_lib, validation, writers
+from ltr_jax import metrics, runtime, stopping, train_lib, validation, writers
 from ltr_jax.data.input import make
 from ltr_jax.errors import UserError
 from ltr_jax.stages import common, crt, probe, rebalance, representation, supervised
@@ -143,6 +143,9 @@ def run(config, workdir: str, stages: Sequence[str] | None = None) -> dict[str, 
     for stage_warnings in warnings.values():
         for warning in stage_warnings:
             logging.warning("%s", warning)
+    thresholds = config.data.many_threshold, config.data.few_threshold
+    for note in metrics.empty_group_notes(data.class_counts, *thresholds):
+        logging.warning("%s", note)
     os.makedirs(workdir, exist_ok=True)
     record_config(config, workdir)  # only once the config is valid and its data loads
     ctx = common.StageContext(config, workdir, mesh, data, runtime.root_key(config.seed))

@@ -211,32 +211,51 @@ def _per_class(results: Sequence[dict]) -> dict | None:
 
 def summarise(groups: dict[str, list[Run]]) -> list[dict]:
     """One row per method: the final stage's metrics over runs, per-class accuracy, counts."""
+    return [_row(method, runs, final_stage(runs)) for method, runs in groups.items()]
+
+
+def evaluated_stage_rows(groups: dict[str, list[Run]]) -> list[dict]:
+    """One row per method and evaluated stage that every run of it finished (the probe on
+    BNS too, not only the last stage), in pipeline order: the report's table."""
     rows = []
     for method, runs in groups.items():
-        stage = final_stage(runs)
-        results = [r.results[stage] for r in runs]
-        row = {
-            "method": method,
-            "stage": stage,
-            "runs": len(runs),
-            "seeds": [r.config.get("seed") for r in runs],
-            "workdirs": [r.workdir for r in runs],
-            "metrics": {m: mean_std([res.get(m) for res in results]) for m in METRICS},
-            "train_class_counts": results[0].get("train_class_counts"),
-            "per_class_acc": _per_class(results),
-            "thresholds": {
-                k: results[0].get(
-                    f"{k}_threshold", runs[0].config.get("data", {}).get(f"{k}_threshold")
-                )
-                for k in ("many", "few")
-            },
-            "dataset": dataset_of(runs[0]),
-            "class_names": results[0].get("class_names"),
-            "unfinished": {r.workdir: r.unfinished for r in runs if r.unfinished},
-            "nonfinite_loss": {r.workdir: nonfinite_losses(r) for r in runs if nonfinite_losses(r)},
-        }
-        rows.append(row)
+        stages = [s for s in runs[0].results if all(s in r.results for r in runs)]
+        evaluated = [s for s in stages if "top1" in runs[0].results[s]] or stages[-1:]
+        rows += [_row(method, runs, stage) for stage in evaluated]
     return rows
+
+
+def _row(method: str, runs: Sequence[Run], stage: str) -> dict:
+    """The row of one method's ``stage``: its metrics over runs and the dataset facts."""
+    results = [r.results[stage] for r in runs]
+    row = {
+        "method": method,
+        "stage": stage,
+        "runs": len(runs),
+        "seeds": [r.config.get("seed") for r in runs],
+        "workdirs": [r.workdir for r in runs],
+        "metrics": {m: mean_std([res.get(m) for res in results]) for m in METRICS},
+        "train_class_counts": results[0].get("train_class_counts"),
+        "per_class_acc": _per_class(results),
+        "thresholds": {
+            k: results[0].get(
+                f"{k}_threshold", runs[0].config.get("data", {}).get(f"{k}_threshold")
+            )
+            for k in ("many", "few")
+        },
+        "dataset": dataset_of(runs[0]),
+        "class_names": results[0].get("class_names"),
+        "unfinished": {r.workdir: r.unfinished for r in runs if r.unfinished},
+        "nonfinite_loss": {r.workdir: nonfinite_losses(r) for r in runs if nonfinite_losses(r)},
+        "empty_groups": empty_groups(results[0]),
+    }
+    return row
+
+
+def empty_groups(results: dict) -> list[str]:
+    """Many / Medium / Few groups without a class in a stage's results (their column is n/a)."""
+    groups = results.get("groups") or {}
+    return [g for g in ("many", "medium", "few") if g in groups and not groups[g]]
 
 
 def nonfinite_losses(run: Run) -> dict[str, int]:
@@ -259,7 +278,20 @@ def notes(rows: Sequence[dict]) -> str:
         for workdir, stages in row["nonfinite_loss"].items():
             said = ", ".join(f"{s} from step {step}" for s, step in stages.items())
             lines.append(f"- {row['method']}: `{workdir}`: non-finite training loss ({said}).")
+        if row.get("empty_groups"):
+            t = row["thresholds"]
+            lines.append(
+                f"- {row['method']}: no class in {', '.join(row['empty_groups'])} with Many > "
+                f"{t['many']} / Few < {t['few']} training images (counts "
+                f"{_count_span(row)}): n/a in the table; choose data.many_threshold / "
+                "data.few_threshold inside the counts (README: Many / Few thresholds)."
+            )
     return "\n".join(lines) + "\n" if lines else ""
+
+
+def _count_span(row: dict) -> str:
+    counts = row.get("train_class_counts") or []
+    return f"{min(counts)}..{max(counts)}" if counts else "unknown"
 
 
 def dataset_of(run: Run) -> str:
@@ -621,7 +653,10 @@ def _markdown_document(
     table: str, figures: Sequence[str], dataset: str = "", per_class: str = "", notes_md: str = ""
 ) -> str:
     images = "".join(f"![{os.path.basename(p)}]({os.path.basename(p)})\n" for p in figures)
-    intro = "Final stage of each method, test accuracy in percent, mean ± std over runs."
+    intro = (
+        "Every evaluated stage that all runs of a method finished (the last one is the "
+        "method's result), test accuracy in percent, mean ± std over runs."
+    )
     if dataset:
         intro = f"Dataset: {dataset}. {intro}"
     if per_class:
@@ -631,7 +666,7 @@ def _markdown_document(
     return f"# ltr_jax report\n\n{intro}\n\n{table}{notes_md}{per_class}\n{images}"
 
 
-NOTES_TITLE = "Warnings (the table shows the last stage that every run of a method finished):"
+NOTES_TITLE = "Warnings (the table shows the stages that every run of a method finished):"
 
 
 def make_report(workdirs: Sequence[str], out_dir: str, labels: Sequence[str] | None = None) -> dict:
@@ -644,7 +679,7 @@ def make_report(workdirs: Sequence[str], out_dir: str, labels: Sequence[str] | N
     dataset = check_one_dataset(runs)
     groups = group_runs(runs, labels)
     rows = summarise(groups)
-    table = markdown_table(rows)
+    table = markdown_table(evaluated_stage_rows(groups))
     per_class = per_class_table(rows)
     notes_md = notes(rows)
     os.makedirs(out_dir, exist_ok=True)

@@ -87,7 +87,7 @@ CHECKS: dict[str, object] = {
     "model.dtype": _dtypes,
     "model.init": choices("flax", "torch"),
     "model.bn_running_var": choices("biased", "unbiased"),
-    "model.init_format": choices("auto", "timm", "big_vision"),
+    "model.init_format": choices("auto", "timm", "big_vision", "ltr_jax"),
     "train.log_every_steps": POS_INT,
     "train.eval_every_epochs": NON_NEG,
     "train.checkpoint_every_steps": NON_NEG,

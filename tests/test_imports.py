@@ -52,7 +52,15 @@ LAYERS = (
     ("ltr_jax.validation",),
     ("ltr_jax.stages",),
     ("ltr_jax.pipeline",),
-    ("ltr_jax.report", "ltr_jax.sweep"),
+    ("ltr_jax.inference",),  # a finished run's classifier
+    (  # the command lines on top
+        "ltr_jax.report",
+        "ltr_jax.sweep",
+        "ltr_jax.predict",
+        "ltr_jax.evaluate",
+        "ltr_jax.export",
+        "ltr_jax.report_figures",
+    ),
 )
 _PACKAGES = ("ltr_jax", "ltr_jax.data")  # namespace __init__ files: no imports, no layer
 

@@ -105,7 +105,7 @@ def test_classification_losses_read_their_own_section_and_label_it():
     section = config.ce.to_dict()
     assert report.method_label({"ce": section}, ["ce"]) == "logit_adjust(tau=2.5)"
     section.update(loss="ldam", drw_start_epoch=3, sampler="class_balanced")
-    assert report.method_label({"ce": section}, ["ce"]) == "ldam-DRW [class_balanced]"
+    assert report.method_label({"ce": section}, ["ce"]) == "ldam-DRW+cb_resample"
     logits = jax.random.normal(jax.random.key(0), (6, 4))
     labels = jnp.array([0, 1, 2, 3, 3, 2])
     loss = supervised.make_loss(config.ce, COUNTS, steps_per_epoch=10)

@@ -202,10 +202,10 @@ def test_labels_and_derived_names(workdirs, tmp_path):
     assert [(r["method"], r["runs"]) for r in rep["methods"]] == [("x", 2), ("y", 1)]
     with pytest.raises(ValueError, match="2 labels given for 3 workdirs"):
         report.make_report(paths, str(tmp_path / "b"), labels=["x", "y"])
+    balanced = _config(["ce"], 0, sampler="class_balanced")
+    assert report.method_label(balanced, ["ce"]) == "cb_resample"  # its method, not ce [...]
     config = _config(["ce", "crt"], 0, loss="logit_adjust", sampler="class_balanced")
-    assert (
-        report.method_label(config, ["ce", "crt"]) == "logit_adjust(tau=1) [class_balanced] + cRT"
-    )
+    assert report.method_label(config, ["ce", "crt"]) == "logit_adjust(tau=1)+cb_resample + cRT"
     config = _config(["stage1", "probe", "stage2"], 0)
     config["stage1"]["loss"] = "supcon"
     assert report.method_label(config, ["stage1", "probe"]) == "SupCon + probe"

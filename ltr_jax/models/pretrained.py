@@ -1,12 +1,15 @@
 """Pretrained weights from local files (``model.init_from``); nothing is ever downloaded.
 
-Two formats, a registry of readers that each return a timm-named state dict of NumPy arrays:
+Three formats, a registry of readers that each return a state dict of NumPy arrays:
 
 - ``timm``: a timm / Hugging Face Hub ``safetensors`` state dict (PyTorch layouts, names such
   as ``blocks.0.attn.qkv.weight``), read with the ``safetensors`` NumPy API (no torch);
 - ``big_vision``: a big_vision / AugReg ``.npz`` ViT checkpoint (Flax layouts, names such as
   ``Transformer/encoderblock_0/MultiHeadDotProductAttention_1/query/kernel``), re-laid out
-  to the timm names.
+  to the timm names;
+- ``ltr_jax``: a model that ``python -m ltr_jax.export`` wrote (``model.safetensors``, told
+  apart by its metadata): our own flat names (``encoder.layers.0.conv1.kernel``) and layouts,
+  BatchNorm statistics included, loaded as they are (`load_exported`).
 
 The timm names match the module attributes of ltr_jax's encoders (:mod:`ltr_jax.models.vit`,
 :mod:`ltr_jax.models.swin`): ``weight`` is a ``kernel`` (transposed) or a LayerNorm ``scale``.
@@ -101,12 +104,28 @@ def read_big_vision(path: str) -> dict[str, np.ndarray]:
     return out
 
 
-FORMATS = {"timm": read_timm, "big_vision": read_big_vision}
+def read_ltr_jax(path: str) -> dict[str, np.ndarray]:
+    """A model exported by ``python -m ltr_jax.export``: our own flat names and layouts."""
+    from safetensors.numpy import load_file  # imported here: only runs that load need it
+
+    return dict(load_file(path))
+
+
+FORMATS = {"timm": read_timm, "big_vision": read_big_vision, "ltr_jax": read_ltr_jax}
 _SUFFIX_FORMAT = {".safetensors": "timm", ".npz": "big_vision"}
+EXPORT_FORMAT = "ltr_jax"  # the ``format`` metadata of an exported model.safetensors
 
 
-def read_state_dict(path: str, fmt: str = "auto", prefix: str = "") -> dict[str, np.ndarray]:
-    """Reads a local checkpoint as a timm-named dict; ``prefix`` is stripped from its keys."""
+def _is_export(path: str) -> bool:
+    from safetensors import safe_open
+
+    with safe_open(path, framework="np") as f:
+        return (f.metadata() or {}).get("format") == EXPORT_FORMAT
+
+
+def resolve_format(path: str, fmt: str = "auto") -> str:
+    """The format of a local checkpoint: ``fmt``, or for ``auto`` by its suffix (a
+    ``.safetensors`` that ``ltr_jax.export`` wrote says so in its metadata)."""
     if not os.path.exists(path):
         raise FileNotFoundError(f"model.init_from={path} does not exist (nothing is downloaded).")
     if fmt == "auto":
@@ -116,10 +135,56 @@ def read_state_dict(path: str, fmt: str = "auto", prefix: str = "") -> dict[str,
                 f"Cannot tell the format of {path} from its suffix: set "
                 f"model.init_format to one of {', '.join(FORMATS)}."
             )
+        if fmt == "timm" and _is_export(path):
+            fmt = EXPORT_FORMAT
     if fmt not in FORMATS:
         raise ValueError(f"Unknown model.init_format {fmt!r}; valid: auto, {', '.join(FORMATS)}.")
-    state = FORMATS[fmt](path)
+    return fmt
+
+
+def read_state_dict(path: str, fmt: str = "auto", prefix: str = "") -> dict[str, np.ndarray]:
+    """Reads a local checkpoint as a dict (timm names, or ours for an ``ltr_jax`` export);
+    ``prefix`` is stripped from its keys."""
+    state = FORMATS[resolve_format(path, fmt)](path)
     return {k.removeprefix(prefix): v for k, v in state.items() if not k.endswith(_IGNORED)}
+
+
+def exported_state(model: nnx.Module) -> dict[str, np.ndarray]:
+    """``{"encoder.layers.0.conv1.kernel": array, ...}``: every parameter and BatchNorm
+    statistic of a model by its path (what ``ltr_jax.export`` writes)."""
+    flat = nnx.to_flat_state(nnx.state(model, (nnx.Param, nnx.BatchStat)))
+    return {".".join(map(str, p)): np.asarray(v.get_value()) for p, v in flat}
+
+
+def load_exported(model: nnx.Module, state: dict[str, np.ndarray], *, keep_head: bool) -> dict:
+    """Loads an ``ltr_jax`` export (`exported_state` names) into ``model``, in place: the
+    encoder's parameters and statistics, and the head's when ``keep_head``.
+
+    Returns:
+      The report, as `load_into`'s.
+    """
+    flat = nnx.to_flat_state(nnx.state(model, (nnx.Param, nnx.BatchStat)))
+    ours = {".".join(map(str, p)): v for p, v in flat}
+    if not keep_head:
+        ours = {k: v for k, v in ours.items() if not k.startswith("head.")}
+    report = {"loaded": [], "unexpected": [], "resized": [], "dropped_head": []}
+    for name, value in sorted(state.items()):
+        if name.startswith("head.") and not keep_head:
+            report["dropped_head"].append(name)
+            continue
+        if name not in ours:
+            report["unexpected"].append(name)
+            continue
+        target = ours.pop(name)
+        if value.shape != target.get_value().shape:
+            raise ValueError(
+                f"{name}: shape {value.shape} in the file, {target.get_value().shape} in the "
+                "model: pick the matching encoder (and model.init_head=False for other classes)."
+            )
+        target.set_value(jnp.asarray(value, target.get_value().dtype))
+        report["loaded"].append(name)
+    report["missing"] = sorted(ours)
+    return report
 
 
 def resize_pos_embed(pos: np.ndarray, tokens: int, prefix: int) -> np.ndarray:
@@ -206,8 +271,10 @@ def init_from_config(model: nnx.Module, model_config) -> dict | None:
     path = model_config.get("init_from")
     if not path:
         return None
-    state = read_state_dict(path, model_config.init_format, model_config.init_prefix)
-    report = load_into(model, state, keep_head=model_config.init_head)
+    fmt = resolve_format(path, model_config.init_format)
+    state = read_state_dict(path, fmt, model_config.init_prefix)
+    load = load_exported if fmt == EXPORT_FORMAT else load_into
+    report = load(model, state, keep_head=model_config.init_head)
     counts = {k: len(v) for k, v in report.items()}
     if not report["loaded"]:
         raise ValueError(

@@ -23,6 +23,7 @@ from flax import nnx
 
 from ltr_jax import checkpointing, metrics, train_lib, validation, writers
 from ltr_jax.data.input import augment, protocols
+from ltr_jax.data.input.streamed import StreamingInput
 from ltr_jax.models import modes, pretrained
 
 
@@ -147,7 +148,22 @@ def dataset_facts(ctx: StageContext) -> dict:
         many_threshold=data_config.many_threshold,
         few_threshold=data_config.few_threshold,
         imbalance_factor=data_config.imbalance_factor,
+        empty_groups=metrics.empty_group_notes(
+            data.class_counts, data_config.many_threshold, data_config.few_threshold
+        ),
+        preprocessing=eval_preprocessing(ctx),
     )
+
+
+def eval_preprocessing(ctx: StageContext) -> dict:
+    """How evaluation prepared a test image (`ltr_jax.inference` repeats it on new images):
+    ``centre_crop`` (streamed: shorter side to S / 0.875, centred S x S) or ``fit`` (decoded
+    into memory: shorter side to S, centred S x S; S the test images' height)."""
+    if isinstance(ctx.data, StreamingInput):
+        return dict(kind="centre_crop", image_size=ctx.config.data.image_size)
+    long_tail = getattr(ctx.data, "long_tail", None)  # an InMemoryInput's arrays
+    side = ctx.config.data.image_size if long_tail is None else long_tail.test.images.shape[1]
+    return dict(kind="fit", image_size=int(side))
 
 
 def final_results(ctx: StageContext, report: dict, *, epochs: int, num_steps: int) -> dict:

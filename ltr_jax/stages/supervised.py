@@ -131,12 +131,17 @@ def declare(name: str = "ce") -> common.Stage:
     )
 
 
+# A supervised stage's sampler -> the name of the method it makes (Kang et al. 2020).
+SAMPLER_LABELS = {"class_balanced": "cb_resample"}
+
+
 def report_label(section: Mapping) -> str:
     """The method's name in reports from a supervised section of ``config.json``: its loss,
     ``-DRW`` with deferred re-weighting, and a sampler other than uniform."""
     label = classification.report_label(section)
     if section.get("drw_start_epoch", -1) >= 0:
         label += "-DRW"
-    if section["sampler"] != "uniform":
-        label += f" [{section['sampler']}]"
+    if section["sampler"] != "uniform":  # class-balanced sampling is a method of its own
+        sampler = SAMPLER_LABELS.get(section["sampler"], section["sampler"])
+        label = sampler if label == "ce" else f"{label}+{sampler}"
     return label
