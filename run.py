@@ -1,4 +1,4 @@
-"""Command line: run an ltr_jax experiment.
+r"""Command line: run an ltr_jax experiment.
 
     python run.py --config=configs/cifar10_lt.py --workdir=workdirs/c10
     python run.py --config=configs/cifar10_lt.py:smoke          # whole pipeline in < 1 min on CPU
@@ -13,6 +13,10 @@ auto-detected and may be left out):
 
     python run.py --config=... --workdir=<shared folder> --multihost \
         --coordinator_address=host0:1234 --num_processes=2 --process_id=<0 or 1>
+
+Every config key (--config.<section>.<key>=...), its default and its valid values: README.md,
+section "Configuration reference"; what a run refuses before training, and why: section
+"Errors before training".
 """
 
 from __future__ import annotations
@@ -29,7 +33,11 @@ from ltr_jax import config_lib, pipeline, runtime, stopping
 from ltr_jax.errors import UserError
 
 _CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "Experiment config file.", lock_config=True
+    "config",
+    None,
+    "Experiment config file, e.g. configs/cifar10_lt.py or configs/cifar10_lt.py:smoke; "
+    'every key: README "Configuration reference".',
+    lock_config=True,
 )
 _WORKDIR = flags.DEFINE_string(
     "workdir", None, "Run folder (default: workdirs/<config name>[_<arg>])."
@@ -56,6 +64,11 @@ _DEBUG = flags.DEFINE_bool(
 )
 flags.mark_flags_as_required(["config"])
 USAGE_ERROR = 2  # exit code of every user error (a bad flag, config, workdir or input)
+USAGE = (
+    "usage: python run.py --config=<config file>[:smoke] [--workdir=<folder>] "
+    "[--config.<section>.<key>=<value> ...], e.g. python run.py "
+    "--config=configs/cifar10_lt.py:smoke (python run.py --help: every flag)"
+)
 
 
 def default_workdir(config_arg: str) -> str:
@@ -178,13 +191,15 @@ def check_overrides(argv: list[str]) -> str | None:
 
 
 def _parse_flags(argv: list[str]) -> list[str]:
+    if len(argv) <= 1:
+        fail(USAGE)
     error = check_overrides(argv)
     if error:
         fail(error)
     try:
         return flags.FLAGS(argv)
     except flags.Error as e:
-        fail(e)
+        fail(USAGE if "--config must have a value" in str(e) else e)
 
 
 if __name__ == "__main__":

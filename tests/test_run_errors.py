@@ -14,6 +14,7 @@ from absl import flags
 from ml_collections import FrozenConfigDict
 
 from ltr_jax import checkpointing, config_lib, pipeline, validation
+from ltr_jax import workdir as workdir_lib
 from ltr_jax.stages import rebalance
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -60,14 +61,19 @@ def _snapshot(folder) -> dict:
     return snap
 
 
-def _assert_one_line(capsys, workdir, *argv, match, config=CE_SMOKE):
+def _assert_one_line(capsys, workdir, *argv, match, config=CE_SMOKE, locked=False):
+    """``locked``: the error comes once the run holds the workdir (its lock file appears)."""
     before = _snapshot(workdir)
     code, lines, err = _cli(capsys, f"--workdir={workdir}", *argv, config=config)
     assert code == 2, err
     assert len(lines) == 1 and "Traceback" not in err, err
     for part in match:
         assert part in lines[0], lines[0]
-    assert _snapshot(workdir) == before  # untouched (not created when it did not exist)
+    after = _snapshot(workdir)
+    if locked:
+        assert after.pop(workdir_lib.LOCK_FILE) is not None
+        before.pop(workdir_lib.LOCK_FILE, None)
+    assert after == before  # untouched (not created when it did not exist)
     return lines[0]
 
 
@@ -120,7 +126,7 @@ def test_workdir_errors(capsys, tmp_path, monkeypatch):
         str(tmp_path / "fresh"),
         "--stages=stage2",
         config=LT_SMOKE,
-        match=("stage2 needs stage stage1", "--stages=stage1,stage2"),
+        match=("needs stage(s) stage1, probe, not finished", "--stages=stage1,probe,stage2"),
     )
     # Read-only (as root, permissions do not stop writes: ask os.access what it would say).
     real_access = os.access
@@ -162,7 +168,8 @@ def test_rerun_errors(capsys, tmp_path):
     _assert_one_line(
         capsys, wd, "--config.data.imbalance_factor=20", match=("data.imbalance_factor: 10 -> 20",)
     )
-    line = _assert_one_line(capsys, wd, match=("CorruptCheckpointError", "cannot be restored"))
+    match = ("CorruptCheckpointError", "cannot be restored")
+    line = _assert_one_line(capsys, wd, match=match, locked=True)
     assert len(line) < 700  # no TensorStore dump
 
 
@@ -307,3 +314,114 @@ def test_sweep_user_errors_are_one_line_exit_2(tmp_path, capsys, argv, match):
     assert exit_info.value.code == 2, err
     assert len(lines) == 1 and "Traceback" not in err and match in lines[0], err
     assert not root.exists()  # nothing trained, no workdir made
+
+
+# --------------------------------------------------------------------------------------------
+# Inputs beyond the config values: files the config names, the environment, the config file.
+
+VIT_FILE = os.path.join(ROOT, "tests", "fixtures", "transformers", "vit_cls.safetensors")
+
+
+def _resnet_safetensors(path) -> str:
+    """A file with a torchvision ResNet's key names (another family than a ViT)."""
+    from safetensors.numpy import save_file
+
+    save_file({"conv1.weight": np.zeros((8, 3, 3, 3), np.float32)}, str(path))
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    "case, encoder, match",
+    [
+        ("missing", "cifar_resnet8", ("InitFromNotFoundError", "does not exist")),
+        ("vit_for_resnet", "cifar_resnet8", ("sets no parameter", "cifar_resnet8", "blocks.0.")),
+        ("resnet_for_vit", "vit_smoke", ("sets no parameter", "vit_smoke", "conv1.weight")),
+        ("garbage", "vit_smoke", ("cannot be read as a timm checkpoint",)),
+        ("garbage_npz", "vit_smoke", ("cannot be read as a big_vision checkpoint",)),
+        ("suffix", "vit_smoke", ("Cannot tell the format", "init_format")),
+    ],
+)
+def test_bad_init_from_is_one_line_before_config_json(capsys, tmp_path, case, encoder, match):
+    files = {
+        "missing": str(tmp_path / "absent.safetensors"),
+        "vit_for_resnet": VIT_FILE,
+        "resnet_for_vit": _resnet_safetensors(tmp_path / "resnet.safetensors"),
+        "garbage": str(tmp_path / "garbage.safetensors"),
+        "garbage_npz": str(tmp_path / "garbage.npz"),
+        "suffix": str(tmp_path / "weights.bin"),
+    }
+    for name in ("garbage.safetensors", "garbage.npz", "weights.bin"):
+        (tmp_path / name).write_bytes(b"\x00not a checkpoint" * 10)
+    argv = (f"--config.model.init_from={files[case]}", f"--config.model.encoder={encoder}")
+    _assert_one_line(capsys, str(tmp_path / "wd"), *argv, match=match)
+
+
+@pytest.mark.parametrize("value", ["soon", "nan", "1e999"])
+def test_malformed_deadline_env_is_one_line(capsys, tmp_path, monkeypatch, value):
+    monkeypatch.setenv("LTR_DEADLINE_UNIX", value)
+    match = ("EnvironmentVariableError", f"LTR_DEADLINE_UNIX={value!r} is not a number")
+    _assert_one_line(capsys, str(tmp_path / "wd"), match=match)
+
+
+def _config_file(tmp_path, body: str) -> str:
+    path = tmp_path / "my_config.py"
+    path.write_text(body)
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    "body, match",
+    [
+        (  # a misspelt key set inside the file (not by an override)
+            f"from ltr_jax import config_lib\n\ndef get_config(arg=None):\n"
+            f"    c = config_lib.load_config_file({CE_SMOKE!r})\n"
+            "    c.data.imbalance_factr = 50\n    return c\n",
+            (
+                "Unknown config key config.data.imbalance_factr",
+                "did you mean config.data.imbalance_factor?",
+                "Valid keys of config.data: allow_unverified_archive,",
+            ),
+        ),
+        (
+            f"from ltr_jax import config_lib\n\ndef get_config(arg=None):\n"
+            f"    c = config_lib.load_config_file({CE_SMOKE!r})\n"
+            "    c.ce.optim.weight_decy = 0.1\n    return c\n",
+            ("config.ce.optim.weight_decy", "did you mean config.ce.optim.weight_decay?"),
+        ),
+        (
+            "def get_config(arg=None)\n    return None\n",
+            ("my_config.py does not import: SyntaxError at line 1", "Fix that line"),
+        ),
+        ("import no_such_module_xyz\n", ("ModuleNotFoundError at line 1", "no_such_module_xyz")),
+        ("CONFIG = {}\n", ("has no get_config(arg=None) function",)),
+    ],
+)
+def test_bad_config_file_is_one_line(capsys, tmp_path, body, match):
+    config = _config_file(tmp_path, body)
+    _assert_one_line(capsys, str(tmp_path / "wd"), config=config, match=match)
+
+
+def test_warmup_longer_than_the_stage_is_refused(capsys, tmp_path):
+    # The full recipe's 20 warm-up epochs on a 2-epoch stage 1.
+    argv = ("--config.stage1.epochs=2", "--config.stage1.optim.warmup_epochs=20", "--stages=stage1")
+    match = (
+        "stage1.optim.warmup_epochs=20.0 exceeds config.stage1.epochs=2",
+        "at most 2 (e.g. 0.2)",
+    )
+    _assert_one_line(capsys, str(tmp_path / "wd"), *argv, config=LT_SMOKE, match=match)
+    config = config_lib.load_config_file(LT_SMOKE)
+    config.stage1.optim.warmup_epochs = config.stage1.epochs  # as long as the stage: accepted
+    validation.check_warmup(FrozenConfigDict(config), ("stage1", "probe", "stage2"))
+
+
+def test_usage_and_help_point_to_the_reference(capsys):
+    _reset_flags()
+    with pytest.raises(SystemExit) as exit_info:
+        run._parse_flags(["run.py"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "usage: python run.py --config=" in err and "configs/cifar10_lt.py:smoke" in err
+    assert "Configuration reference" in run.__doc__ and "\\\n" in run.__doc__
+    assert "Configuration reference" in flags.FLAGS["config"].help
+    readme = open(os.path.join(ROOT, "README.md")).read()
+    assert "\n## Configuration reference\n" in readme  # the section --help names

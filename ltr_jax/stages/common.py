@@ -37,6 +37,9 @@ class Stage:
       checks: the check table of its section (keys relative to it; `ltr_jax.validation`).
       invariants: ``invariants(config)``: checks across keys of its section, or None.
       needs: ``needs(config)``: the earlier stages whose exports it loads.
+      check_inputs: ``check_inputs(config, data)``: checks of the files the stage reads
+        beyond the data (e.g. ``model.init_from``), run once the data has loaded and before
+        anything is written; None: none.
     """
 
     name: str
@@ -45,6 +48,7 @@ class Stage:
     checks: dict = dataclasses.field(default_factory=dict)
     invariants: Callable | None = None
     needs: Callable = lambda config: ()
+    check_inputs: Callable | None = None
 
     def validate(self, config) -> None:
         """Checks the stage's section (``checks``, then ``invariants``); cheap, runs before
