@@ -4,6 +4,9 @@ training, with the workdir untouched; the validation table; the divergence guard
 run.py's ``main`` runs in this process (a subprocess per case would cost seconds each).
 """
 
+import asyncio
+import errno
+import gc
 import json
 import os
 import sys
@@ -160,7 +163,24 @@ def _started_workdir(tmp_path, **ce) -> str:
     return wd
 
 
-def test_rerun_errors(capsys, tmp_path):
+def _unretrieved_futures(restore):
+    """Orbax's restore, first leaving failed asyncio futures behind as a corrupt checkpoint's
+    TensorStore reads do (collected unretrieved, each logs its traceback)."""
+
+    def noisy(self, *args, **kwargs):
+        loop = asyncio.new_event_loop()
+        for _ in range(3):
+            loop.create_future().set_exception(OSError("TensorStore read failed\n" * 50))
+        loop.close()
+        gc.collect()  # the futures' reports, during the restore
+        return restore(self, *args, **kwargs)
+
+    return noisy
+
+
+def test_rerun_errors(capsys, tmp_path, monkeypatch):
+    import orbax.checkpoint as ocp
+
     wd = _started_workdir(tmp_path)
     _assert_one_line(
         capsys, wd, "--config.ce.epochs=3", match=("ce.epochs: 2 -> 3", "new --workdir")
@@ -168,9 +188,14 @@ def test_rerun_errors(capsys, tmp_path):
     _assert_one_line(
         capsys, wd, "--config.data.imbalance_factor=20", match=("data.imbalance_factor: 10 -> 20",)
     )
+    restore = ocp.CheckpointManager.restore
+    monkeypatch.setattr(ocp.CheckpointManager, "restore", _unretrieved_futures(restore))
     match = ("CorruptCheckpointError", "cannot be restored")
     line = _assert_one_line(capsys, wd, match=match, locked=True)
     assert len(line) < 700  # no TensorStore dump
+    gc.collect()
+    err = capsys.readouterr().err
+    assert "exception was never retrieved" not in err and "TensorStore read failed" not in err
 
 
 def test_failed_first_attempt_does_not_poison_the_workdir(tmp_path):
@@ -425,3 +450,23 @@ def test_usage_and_help_point_to_the_reference(capsys):
     assert "Configuration reference" in flags.FLAGS["config"].help
     readme = open(os.path.join(ROOT, "README.md")).read()
     assert "\n## Configuration reference\n" in readme  # the section --help names
+
+
+def test_full_disk_is_one_line(capsys, tmp_path, monkeypatch):
+    from ltr_jax import writers
+
+    def full(path, obj):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path)
+
+    monkeypatch.setattr(writers, "write_json", full)
+    wd = str(tmp_path / "wd")
+    code, lines, err = _cli(capsys, f"--workdir={wd}")
+    assert code == 2 and len(lines) == 1 and "Traceback" not in err, err
+    assert lines[0].startswith("run.py: DiskFullError: No space left on device while writing")
+    assert os.path.join(wd, "config.json") in lines[0] and "free space" in lines[0]
+    # Orbax and TensorStore wrap the OSError, or keep only its text.
+    wrapped = RuntimeError("save failed")
+    wrapped.__cause__ = OSError(errno.ENOSPC, "No space left on device", "/ck/10")
+    assert pipeline.disk_full(wrapped).filename == "/ck/10"
+    assert pipeline.disk_full(ValueError("write: No space left on device")) is not None
+    assert pipeline.disk_full(OSError(errno.EACCES, "Permission denied")) is None

@@ -7,10 +7,14 @@ import os
 import signal
 import subprocess
 import sys
+from types import SimpleNamespace
 
+import numpy as np
 import pytest
+from flax import nnx
 
 from ltr_jax import workdir
+from ltr_jax.stages import common
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "tests"))
@@ -98,3 +102,12 @@ def test_second_run_refused_then_a_killed_holder_does_not_block(capsys, tmp_path
     workdir.check(wd)
     with workdir.lock(wd):
         assert f"pid {os.getpid()}" in open(os.path.join(wd, workdir.LOCK_FILE)).read()
+
+
+def test_an_export_left_by_a_run_killed_before_its_results_is_replaced(tmp_path):
+    ctx = SimpleNamespace(workdir=str(tmp_path))
+    common.save_module(ctx, "ce", "encoder", nnx.Linear(2, 3, rngs=nnx.Rngs(0)))
+    retrained = nnx.Linear(2, 3, rngs=nnx.Rngs(1))  # the rerun's (same in a real rerun)
+    common.save_module(ctx, "ce", "encoder", retrained)  # Orbax: StepAlreadyExistsError
+    loaded = common.load_module(ctx, "ce", "encoder", nnx.Linear(2, 3, rngs=nnx.Rngs(2)))
+    assert np.array_equal(loaded.kernel.get_value(), retrained.kernel.get_value())

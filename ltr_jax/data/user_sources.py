@@ -288,9 +288,10 @@ def load_image_folder(data_config) -> sources.Dataset | StreamedDataset:
         size,
         size,
     )
-    train = sources.Split(_decode(paths, size), labels, np.arange(len(labels), dtype=np.int64))
+    decoded = _decode([*paths, *test_paths], size)  # one pass: every unreadable file named
+    train = sources.Split(decoded[: len(paths)], labels, np.arange(len(labels), dtype=np.int64))
     test = sources.Split(
-        _decode(test_paths, size), test_labels, np.arange(len(test_labels), dtype=np.int64)
+        decoded[len(paths) :], test_labels, np.arange(len(test_labels), dtype=np.int64)
     )
     return _dataset(train, test, names)
 

@@ -179,7 +179,7 @@ def _module_dir(workdir: str, stage: str, what: str) -> str:
 def save_module(ctx: StageContext, stage: str, what: str, module: nnx.Module) -> None:
     """Exports a module's variables (params and batch stats) for later stages."""
     ckpt = checkpointing.Checkpointer(_module_dir(ctx.workdir, stage, what), max_to_keep=1)
-    ckpt.save(0, nnx.state(module))
+    ckpt.replace(0, nnx.state(module))  # a run killed before its results.json left one
     ckpt.close()
 
 
