@@ -320,7 +320,14 @@ def load_config_file(path: str, arg: str | None = None) -> mlc.ConfigDict:
             f"Config file {path} has no get_config(arg=None) function returning the config: "
             "define one (see configs/cifar10_lt.py)."
         )
-    return module.get_config(arg or None)
+    try:
+        return module.get_config(arg or None)
+    except Exception as e:  # e.g. a value of the wrong type for its key, an unknown variant
+        message = " ".join(str(e).split())
+        raise ConfigFileError(
+            f"get_config({arg or None!r}) of config file {path} failed at line "
+            f"{_error_line(e, path)}: {type(e).__name__}: {message}"
+        ) from e
 
 
 def _error_line(error: BaseException, path: str) -> int | str:

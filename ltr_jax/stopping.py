@@ -81,12 +81,17 @@ def _allgather_flags(flags: np.ndarray) -> np.ndarray:
     return np.asarray(multihost_utils.process_allgather(flags))
 
 
-def _preemption_reached(step: int) -> bool:
-    """True on every process at the sync step after a preemption notice (TPU / Cloud)."""
+def _preemption_service_running() -> bool:
+    """True where ``jax.distributed`` runs with its preemption service (TPU / Cloud)."""
     from jax._src import distributed
 
     state = distributed.global_state
-    if state.client is None or state.preemption_sync_manager is None:
+    return state.client is not None and state.preemption_sync_manager is not None
+
+
+def _preemption_reached(step: int) -> bool:
+    """True on every process at the sync step after a preemption notice (TPU / Cloud)."""
+    if not _preemption_service_running():
         return False
     from jax.experimental import multihost_utils
 

@@ -89,6 +89,20 @@ CHECKS: dict[str, object] = {
     "data.many_threshold": NON_NEG,
     "data.few_threshold": NON_NEG,
     "data.max_per_class": NON_NEG,
+    "data.image_size": POS_INT,
+    "data.num_workers": NON_NEG,
+    "data.prefetch_steps": POS_INT,
+    "data.worker_processes": NON_NEG,
+    "data.stream_above": NON_NEG,
+    "data.decoded_size": POS_INT,
+    "data.prepare_processes": NON_NEG,
+    "data.test_fraction": ((lambda x: 0 < x < 1), "in (0, 1)"),
+    "data.synthetic.num_classes": ((lambda x: x >= 2), "an integer >= 2"),
+    "data.synthetic.train_per_class": POS_INT,
+    "data.synthetic.test_per_class": POS_INT,
+    "model.proj_hidden": POS_INT,
+    "model.proj_dim": POS_INT,
+    "model.init_head": choices(True, False),
     "model.encoder": _encoders,
     "model.dtype": _dtypes,
     "model.init": choices("flax", "torch"),
@@ -271,22 +285,6 @@ def train_examples(config, stage: str, class_counts: np.ndarray) -> int:
     return int(counts.sum())
 
 
-def _fix(config, counts: np.ndarray) -> str:
-    """How to give every class a training image: the setting that emptied it, if any."""
-    data = config.data
-    if data.get("class_counts"):
-        return "data.class_counts gives them 0 images: give each class at least 1."
-    if data.imbalance_factor > 1:
-        return (
-            f"config.data.imbalance_factor={data.imbalance_factor} leaves them none: lower it "
-            f"(at most {int(counts.max())} for this dataset)."
-        )
-    return (
-        "the dataset itself has none for them (not the long tail): add images of those "
-        "classes, or remove the classes from the data."
-    )
-
-
 def validate_data(config, stages: Sequence[str], class_counts, class_names) -> dict:
     """Checks the loaded data against the run: every class has images, batches fit the data.
 
@@ -300,8 +298,10 @@ def validate_data(config, stages: Sequence[str], class_counts, class_names) -> d
     empty = np.flatnonzero(counts == 0)
     if len(empty):
         names = ", ".join(str(class_names[c]) for c in empty[:5])
-        raise ConfigError(
-            f"{len(empty)} class(es) have no training images ({names}): {_fix(config, counts)}"
+        raise ConfigError(  # a long tail that empties a class is refused as it is drawn
+            f"{len(empty)} class(es) have no training images ({names}) in the data itself "
+            "(not because of the long tail): add images of those classes, or remove the "
+            "classes from the dataset."
         )
     for stage in stages:
         if "batch_size" not in config[stage]:

@@ -97,6 +97,9 @@ def _assert_one_line(capsys, workdir, *argv, match, config=CE_SMOKE, locked=Fals
         (("--config.stage2.k_per_class=-5",), LT_SMOKE, ("k_per_class=-5", ">= 0")),
         (("--config.stage2.redraw_every_epochs=0",), LT_SMOKE, ("redraw_every_epochs=0",)),
         (("--config.data.few_threshold=60",), CE_SMOKE, ("few_threshold=60", "many_threshold")),
+        (("--config.data.image_size=0",), CE_SMOKE, ("data.image_size=0", "integer >= 1")),
+        (("--config.data.test_fraction=1.5",), CE_SMOKE, ("test_fraction=1.5", "in (0, 1)")),
+        (("--config.model.proj_dim=0",), LT_SMOKE, ("model.proj_dim=0", "integer >= 1")),
         (
             ("--config.train.checkpoint_every_minutes=-1",),
             CE_SMOKE,
@@ -419,6 +422,12 @@ def _config_file(tmp_path, body: str) -> str:
         ),
         ("import no_such_module_xyz\n", ("ModuleNotFoundError at line 1", "no_such_module_xyz")),
         ("CONFIG = {}\n", ("has no get_config(arg=None) function",)),
+        (
+            f"from ltr_jax import config_lib\n\ndef get_config(arg=None):\n"
+            f"    c = config_lib.load_config_file({CE_SMOKE!r})\n"
+            "    c.data.image_size = '32'\n    return c\n",
+            ("get_config(None) of config file", "failed at line 5: TypeError", "image_size"),
+        ),
     ],
 )
 def test_bad_config_file_is_one_line(capsys, tmp_path, body, match):

@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from ltr_jax.data import long_tail, sources
+from ltr_jax.data import long_tail, pixels, sources
 from ltr_jax.errors import UserError
 
 
@@ -94,26 +94,9 @@ def to_rgb(images: np.ndarray, what: str) -> np.ndarray:
     return images[..., :3]
 
 
-def eight_bit(image: Image.Image) -> Image.Image:
-    """``image`` with 8-bit channels: 16-bit grayscale (PNG ``I;16``) scaled by 255 / 65535
-    (Pillow's ``convert`` would clip it at 255); other 8-bit modes unchanged.
-
-    Raises:
-      DatasetError: a 32-bit integer or float image (its range is not known).
-    """
-    if image.mode.startswith("I;16"):
-        values = np.asarray(image, np.float64)  # [H, W] in 0..65535
-        return Image.fromarray(np.rint(values / 257.0).astype(np.uint8), "L")
-    if image.mode in ("I", "F"):
-        raise DatasetError(
-            f"a 32-bit image (Pillow mode {image.mode}): save it with 8 or 16 bits per channel."
-        )
-    return image
-
-
 def fit_image(image: Image.Image, size: int) -> np.ndarray:
     """uint8 [size, size, 3]: RGB, shorter side resized to ``size``, centre-cropped."""
-    image = eight_bit(image).convert("RGB")
+    image = pixels.eight_bit(image).convert("RGB")
     width, height = image.size
     scale = size / min(width, height)
     new_w, new_h = max(size, round(width * scale)), max(size, round(height * scale))
@@ -447,5 +430,5 @@ def _decoded(value: Any) -> np.ndarray:
     """A record's image as an array (decoded by TFDS, or still encoded bytes)."""
     if isinstance(value, bytes | np.bytes_):
         with Image.open(io.BytesIO(value)) as image:
-            return np.asarray(eight_bit(image).convert("RGB"))
+            return np.asarray(pixels.eight_bit(image).convert("RGB"))
     return np.asarray(value)
