@@ -26,6 +26,7 @@ import shlex
 import sys
 from typing import NoReturn
 
+import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
@@ -152,6 +153,7 @@ def prepare_data(config) -> None:
     """Prepares the configured dataset (if needed) and logs what a run would train on."""
     from ltr_jax.data import inputs
 
+    pipeline.validate(config, config.pipeline, jax.device_count())  # e.g. misspelt keys
     data = inputs.load(config.data, runtime.make_mesh())
     counts = data.class_counts
     logging.info(

@@ -479,3 +479,14 @@ def test_full_disk_is_one_line(capsys, tmp_path, monkeypatch):
     assert pipeline.disk_full(wrapped).filename == "/ck/10"
     assert pipeline.disk_full(ValueError("write: No space left on device")) is not None
     assert pipeline.disk_full(OSError(errno.EACCES, "Permission denied")) is None
+
+
+def test_prepare_data_checks_the_config_first(capsys, tmp_path):
+    body = (
+        f"from ltr_jax import config_lib\n\ndef get_config(arg=None):\n"
+        f"    c = config_lib.load_config_file({CE_SMOKE!r})\n"
+        "    c.data.imbalance_factr = 50\n    return c\n"
+    )
+    config = _config_file(tmp_path, body)
+    match = ("config.data.imbalance_factr",)
+    _assert_one_line(capsys, str(tmp_path / "wd"), "--prepare_data", config=config, match=match)
