@@ -193,15 +193,13 @@ def check_overrides(argv: list[str]) -> str | None:
 
 
 def _parse_flags(argv: list[str]) -> list[str]:
-    if len(argv) <= 1:
-        fail(USAGE)
     error = check_overrides(argv)
     if error:
         fail(error)
     try:
         return flags.FLAGS(argv)
     except flags.Error as e:
-        fail(USAGE if "--config must have a value" in str(e) else e)
+        fail(USAGE if "--config must have a value" in str(e) else e)  # e.g. no argument at all
 
 
 if __name__ == "__main__":
