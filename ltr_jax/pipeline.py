@@ -154,7 +154,7 @@ def run(config, workdir: str, stages: Sequence[str] | None = None) -> dict[str, 
     names = check_stages(stages if stages else config.pipeline)
     validate(config, names, jax.device_count())
     stopper = stopping.Stopper.from_env(agree_every=config.train.log_every_steps)
-    workdir_lib.check(workdir)
+    workdir_lib.check(workdir, writer=jax.process_index() == 0)
     needs = {name: STAGES[name].needs(config) for name in STAGES}
     validation.check_earlier_stages(names, needs, workdir)
     check_recorded_config(config, workdir)  # a rerun's config changes, before the data loads

@@ -64,9 +64,10 @@ def is_workdir(folder: str) -> bool:
     return CONFIG_FILE in entries and _is_our_config(os.path.join(folder, CONFIG_FILE))
 
 
-def check(workdir: str) -> None:
+def check(workdir: str, *, writer: bool = True) -> None:
     """Refuses a workdir that is a file, is not writable, is another program's folder, or is
-    locked by a running run; writes nothing.
+    locked by a running run (looked at by the process that will lock it, ``writer``: the
+    other processes of a multi-host run see process 0's lock); writes nothing.
 
     Raises:
       WorkdirError: in one line, saying what to do instead.
@@ -89,7 +90,9 @@ def check(workdir: str) -> None:
             "was written; give a new or empty folder, e.g. a sub-folder of it."
         )
     path = os.path.join(workdir, LOCK_FILE)
-    if os.path.exists(path):  # a quick look now, before the data loads; taken for real later
+    if writer and os.path.exists(
+        path
+    ):  # a quick look now, before the data loads; taken for real later
         fd = os.open(path, os.O_RDWR)  # NFS grants an exclusive flock to a writable fd only
         try:
             _flock_or_refuse(fd, workdir)

@@ -65,7 +65,8 @@ def test_a_held_lock_refuses_a_second_run_naming_its_holder(tmp_path):
         with pytest.raises(workdir.WorkdirLockedError, match="in use by another run"):
             with workdir.lock(wd):
                 pass
-        with workdir.lock(wd, writer=False):  # another process of the same multi-host run
+        workdir.check(wd, writer=False)  # another process of the same multi-host run
+        with workdir.lock(wd, writer=False):
             pass
     workdir.check(wd)  # released on exit
     with workdir.lock(wd):
