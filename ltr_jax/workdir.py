@@ -90,9 +90,7 @@ def check(workdir: str, *, writer: bool = True) -> None:
             "was written; give a new or empty folder, e.g. a sub-folder of it."
         )
     path = os.path.join(workdir, LOCK_FILE)
-    if writer and os.path.exists(
-        path
-    ):  # a quick look now, before the data loads; taken for real later
+    if writer and os.path.exists(path):  # a look now, before the data loads; taken later
         fd = os.open(path, os.O_RDWR)  # NFS grants an exclusive flock to a writable fd only
         try:
             _flock_or_refuse(fd, workdir)
