@@ -11,7 +11,7 @@ from ml_collections import FrozenConfigDict
 from PIL import Image
 
 from ltr_jax import config_lib, validation
-from ltr_jax.data import datasets, streaming, user_sources
+from ltr_jax.data import datasets, decoded_store, streaming, user_sources
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "tests"))
@@ -69,6 +69,8 @@ def test_sixteen_bit_png_is_scaled_not_clipped(tmp_path):
     Image.fromarray(ramp).save(buffer, format="PNG")
     crop = streaming.center_crop_image(buffer.getvalue(), 16)
     assert abs(float(crop.mean()) - expected.mean()) < 2.0  # was ~254 (clipped)
+    stored = decoded_store.decode_square(buffer.getvalue(), 16)  # data.format=decoded
+    np.testing.assert_array_equal(stored[..., 0], expected)
 
 
 def test_empty_class_folder_is_named_not_blamed_on_the_long_tail(capsys, tmp_path):
