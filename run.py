@@ -1,4 +1,4 @@
-"""Command line: run an ltr_jax experiment.
+r"""Command line: run an ltr_jax experiment.
 
     python run.py --config=configs/cifar10_lt.py --workdir=workdirs/c10
     python run.py --config=configs/cifar10_lt.py:smoke          # whole pipeline in < 1 min on CPU
@@ -13,6 +13,10 @@ auto-detected and may be left out):
 
     python run.py --config=... --workdir=<shared folder> --multihost \
         --coordinator_address=host0:1234 --num_processes=2 --process_id=<0 or 1>
+
+Every config key (--config.<section>.<key>=...), its default and its valid values: README.md,
+section "Configuration reference"; what a run refuses before training, and why: section
+"Errors before training".
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import os
 import shlex
 from typing import NoReturn
 
+import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
@@ -28,7 +33,11 @@ from ltr_jax import config_lib, pipeline, runtime
 from ltr_jax.data.input import make
 
 _CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "Experiment config file.", lock_config=True
+    "config",
+    None,
+    "Experiment config file, e.g. configs/cifar10_lt.py or configs/cifar10_lt.py:smoke; "
+    'every key: README "Configuration reference".',
+    lock_config=True,
 )
 _WORKDIR = flags.DEFINE_string(
     "workdir", None, "Run folder (default: workdirs/<config name>[_<arg>])."
@@ -55,6 +64,11 @@ _DEBUG = flags.DEFINE_bool(
 )
 flags.mark_flags_as_required(["config"])
 USAGE_ERROR = pipeline.USAGE_ERROR  # exit code of every user error
+USAGE = (
+    "usage: python run.py --config=<config file>[:smoke] [--workdir=<folder>] "
+    "[--config.<section>.<key>=<value> ...], e.g. python run.py "
+    "--config=configs/cifar10_lt.py:smoke (python run.py --help: every flag)"
+)
 
 
 def default_workdir(config_arg: str) -> str:
@@ -126,6 +140,7 @@ def report_hint(config_arg: str, workdir: str) -> str | None:
 
 def prepare_data(config) -> None:
     """Prepares the configured dataset (if needed) and logs what a run would train on."""
+    pipeline.validate(config, config.pipeline, jax.device_count())  # e.g. misspelt keys
     data = make.load_input(config.data, runtime.make_mesh())
     counts = data.class_counts
     logging.info(
@@ -171,7 +186,7 @@ def _parse_flags(argv: list[str]) -> list[str]:
     try:
         return flags.FLAGS(argv)
     except flags.Error as e:
-        fail(e)
+        fail(USAGE if "--config must have a value" in str(e) else e)  # e.g. no argument at all
 
 
 if __name__ == "__main__":

@@ -15,6 +15,15 @@ class CorruptCheckpointError(UserError, RuntimeError):
     """A checkpoint exists but cannot be read back into the expected state."""
 
 
+class _UnretrievedFutures(logging.Filter):
+    """Drops asyncio's "Future exception was never retrieved" reports. A failed restore
+    leaves one per array read that failed, each with a TensorStore traceback (thousands of
+    lines), burying the one-line error that says what to do."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "exception was never retrieved" not in record.getMessage()
+
+
 class Checkpointer:
     """Saves and restores a pytree per step under one directory (newest ``max_to_keep``)."""
 
@@ -31,6 +40,12 @@ class Checkpointer:
     def save(self, step: int, state) -> None:
         self._manager.save(step, args=ocp.args.StandardSave(state), force=True)
 
+    def replace(self, step: int, state) -> None:
+        """Saves ``step``, first deleting a checkpoint of that step if one exists."""
+        if step in self._manager.all_steps():
+            self._manager.delete(step)
+        self.save(step, state)
+
     def restore_latest(self, target):
         """Restores the newest checkpoint into the structure of ``target``; ``target`` if none.
 
@@ -42,6 +57,8 @@ class Checkpointer:
         if step is None:
             return target
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
+        quiet, asyncio_log = _UnretrievedFutures(), logging.getLogger("asyncio")
+        asyncio_log.addFilter(quiet)  # kept after a failure: its futures are collected later
         try:
             restored = self._manager.restore(step, args=ocp.args.StandardRestore(abstract))
         except Exception as e:  # Orbax raises many types for truncated/corrupt files
@@ -58,6 +75,7 @@ class Checkpointer:
                 "It may be "
                 f"truncated or from an incompatible config. Nothing was changed: {hint}."
             ) from e
+        asyncio_log.removeFilter(quiet)
         logging.info("Restored %s at step %d.", self.directory, step)
         return restored
 

@@ -16,6 +16,7 @@ import ml_collections as mlc
 from ml_collections import config_dict
 
 from ltr_jax.data.datasets import registry
+from ltr_jax.errors import UserError
 
 SMOKE_PER_CLASS = 50  # ``:smoke`` on your own data: at most this many images per class
 
@@ -271,6 +272,26 @@ def apply_arg(config: mlc.ConfigDict, arg: str | None) -> mlc.ConfigDict:
     return config
 
 
+def unknown_key(config, reference=None, prefix: str = "") -> tuple[str, list[str]] | None:
+    """The first key of ``config`` that ``base_config()`` lacks, as (dotted key, the valid
+    keys beside it); None when every key is known. Config files change values and never add
+    keys, so an unknown key is a misspelt one (``config.data.imbalance_factr = 50``)."""
+    reference = base_config() if reference is None else reference
+    for key in config.keys():
+        if key not in reference:
+            return prefix + key, sorted(reference.keys())
+        value, known = config[key], reference[key]
+        if hasattr(value, "keys") and hasattr(known, "keys"):
+            found = unknown_key(value, known, f"{prefix}{key}.")
+            if found is not None:
+                return found
+    return None
+
+
+class ConfigFileError(UserError, ValueError):
+    """A config file that cannot give a config: missing, broken, or without ``get_config``."""
+
+
 def load_config_file(path: str, arg: str | None = None) -> mlc.ConfigDict:
     """``get_config(arg)`` of a config file, e.g. a recipe that another config file extends.
 
@@ -280,13 +301,46 @@ def load_config_file(path: str, arg: str | None = None) -> mlc.ConfigDict:
 
     Returns:
       The (unlocked) config.
+
+    Raises:
+      ConfigFileError: the file does not exist, does not import (its line and error named)
+        or has no ``get_config``.
     """
     if arg is None:
         path, _, arg = path.partition(":")
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"Config file {path} does not exist.")
+    if not os.path.isfile(path):
+        raise ConfigFileError(f"Config file {path} does not exist.")
     name = "_ltr_config_" + os.path.splitext(os.path.basename(path))[0]
     spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(arg or None)
+    try:
+        spec.loader.exec_module(module)
+    except Exception as e:  # the user's file: say where, not Python's import machinery
+        line = e.lineno if isinstance(e, SyntaxError) else _error_line(e, path)
+        raise ConfigFileError(
+            f"Config file {path} does not import: {type(e).__name__} at line {line}: "
+            f"{getattr(e, 'msg', None) or e}. Fix that line (--debug shows the traceback)."
+        ) from e
+    if not callable(getattr(module, "get_config", None)):
+        raise ConfigFileError(
+            f"Config file {path} has no get_config(arg=None) function returning the config: "
+            "define one (see configs/cifar10_lt.py)."
+        )
+    try:
+        return module.get_config(arg or None)
+    except Exception as e:  # e.g. a value of the wrong type for its key, an unknown variant
+        message = " ".join(str(e).split())
+        raise ConfigFileError(
+            f"get_config({arg or None!r}) of config file {path} failed at line "
+            f"{_error_line(e, path)}: {type(e).__name__}: {message}"
+        ) from e
+
+
+def _error_line(error: BaseException, path: str) -> int | str:
+    """The line of ``path`` where ``error`` was raised ("?" if it was not raised there)."""
+    tb, line = error.__traceback__, "?"
+    while tb is not None:
+        if os.path.abspath(tb.tb_frame.f_code.co_filename) == os.path.abspath(path):
+            line = tb.tb_lineno
+        tb = tb.tb_next
+    return line

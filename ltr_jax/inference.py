@@ -28,9 +28,10 @@ import numpy as np
 from flax import nnx
 from PIL import Image, UnidentifiedImageError
 
-from ltr_jax import checkpointing, config_lib, runtime
+from ltr_jax import checkpointing, runtime
 from ltr_jax.data.datasets import long_tail, records
 from ltr_jax.data.datasets import own_data as user_sources
+from ltr_jax.data.datasets import registry as dataset_registry
 from ltr_jax.data.input import augment
 from ltr_jax.data.input import grain_pipeline as streaming
 from ltr_jax.errors import UserError
@@ -60,14 +61,18 @@ PREPROCESSING = {
 }
 
 
+_CIFAR_SIZED = ("cifar10", "cifar100", "synthetic")  # 32 x 32 arrays, whatever image_size says
+
+
 def default_preprocessing(config) -> dict:
     """The evaluation transform of a run whose ``results.json`` does not record it (runs
     before it was recorded): streamed datasets centre-crop, others fit ``data.image_size``
     (32 for the CIFAR family)."""
     data = config.data
-    if data.name in config_lib.STREAMED_DATASETS:
+    entry = dataset_registry.DATASETS.get(data.name)  # None: tfds:<name> or a user's registration
+    if entry is not None and entry.kind == "streamed":
         return dict(kind="centre_crop", image_size=data.image_size)
-    size = 32 if data.name in config_lib.SMOKE_SYNTHETIC else data.image_size
+    size = 32 if data.name in _CIFAR_SIZED else data.image_size
     return dict(kind="fit", image_size=size)
 
 

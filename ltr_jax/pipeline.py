@@ -7,6 +7,7 @@ Rerunning the same command resumes from where it stopped.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -18,6 +19,7 @@ from typing import NoReturn, TypeVar
 import jax
 
 from ltr_jax import metrics, runtime, stopping, train_lib, validation, writers
+from ltr_jax import workdir as workdir_lib
 from ltr_jax.data.input import make
 from ltr_jax.errors import UserError
 from ltr_jax.stages import common, crt, probe, rebalance, representation, supervised
@@ -83,74 +85,114 @@ def stage_started(workdir: str, stage: str) -> bool:
     return any(d.isdigit() for _, dirs, _ in os.walk(folder) for d in dirs)
 
 
-def record_config(config, workdir: str) -> None:
-    """Writes WORKDIR/config.json, or checks that a resumed run uses the same config.
+def check_recorded_config(config, workdir: str) -> list[str] | None:
+    """Checks a rerun's config against WORKDIR/config.json (None: there is none yet).
 
     A change blocks only if a stage it affects has started (`stage_started`): a stage's
     section affects that stage, ``data``, ``model``, ``train`` and ``seed`` every stage,
     ``pipeline`` none. E.g. copy a workdir after stage 1 and the probe to try several stage-2
-    settings. The recorded config is then updated.
+    settings.
+
+    Returns:
+      The accepted changes (``key: old -> new``), or None when no config is recorded.
+
+    Raises:
+      validation.ConfigError: a change that affects a started stage.
     """
-    current = json.loads(config.to_json())
     path = os.path.join(workdir, "config.json")
-    if os.path.exists(path):
-        with open(path) as f:
-            saved = json.load(f)
-        diffs = _config_diff(saved, current)
-        any_started = any(stage_started(workdir, s) for s in STAGES)
-        started = lambda key: stage_started(workdir, key) if key in STAGES else any_started
-        section = lambda diff: diff.split(".")[0].split(":")[0]
-        blocking = [d for d in diffs if section(d) != "pipeline" and started(section(d))]
-        if blocking:
-            raise validation.ConfigError(
-                f"{workdir} holds a run with a different config ({'; '.join(blocking)}). "
-                "Use a new --workdir, or rerun with the recorded config to resume."
-            )
-        if not diffs:
-            return
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        saved = json.load(f)
+    diffs = _config_diff(saved, json.loads(config.to_json()))
+    any_started = any(stage_started(workdir, s) for s in STAGES)
+    started = lambda key: stage_started(workdir, key) if key in STAGES else any_started
+    section = lambda diff: diff.split(".")[0].split(":")[0]
+    blocking = [d for d in diffs if section(d) != "pipeline" and started(section(d))]
+    if blocking:
+        raise validation.ConfigError(
+            f"{workdir} holds a run with a different config ({'; '.join(blocking)}). "
+            "Use a new --workdir, or rerun with the recorded config to resume."
+        )
+    return diffs
+
+
+def record_config(config, workdir: str) -> None:
+    """Writes WORKDIR/config.json, or checks that a resumed run uses the same config
+    (`check_recorded_config`) and records the accepted changes."""
+    diffs = check_recorded_config(config, workdir)
+    if diffs == []:
+        return
+    if diffs:
         logging.info("Config changes for stages not yet started: %s", "; ".join(diffs))
     if jax.process_index() == 0:
-        writers.write_json(path, current)
+        writers.write_json(os.path.join(workdir, "config.json"), json.loads(config.to_json()))
 
 
-def check_workdir(workdir: str) -> None:
-    """Refuses a workdir that is a file, or that exists (or would be created) read-only."""
-    if os.path.exists(workdir) and not os.path.isdir(workdir):
-        raise validation.ConfigError(f"--workdir={workdir} is a file: give a folder.")
-    existing = workdir
-    while not os.path.exists(existing):
-        existing = os.path.dirname(os.path.abspath(existing))
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise validation.ConfigError(
-            f"--workdir={workdir}: {existing} is not writable: give a folder you can write to."
-        )
+class DiskFullError(UserError, OSError):
+    """The disk of the workdir (or of the data) filled up during the run."""
+
+
+def disk_full(error: BaseException) -> OSError | None:
+    """The "no space left" error in ``error``'s chain (Orbax and TensorStore wrap it)."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+            return error
+        if "No space left on device" in str(error) or "Disk quota exceeded" in str(error):
+            return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        error = error.__cause__ or error.__context__
+    return None
 
 
 def run(config, workdir: str, stages: Sequence[str] | None = None) -> dict[str, dict]:
     """Runs the pipeline (``config.pipeline`` unless ``stages`` is given).
+
+    Everything the user gives is checked before anything is written: the config (`validate`),
+    the environment (``$LTR_DEADLINE_UNIX``), the workdir (`ltr_jax.workdir.check`), the
+    earlier stages, the data and the stages' input files (``Stage.check_inputs``).
 
     Returns:
       The results of every requested stage, by name (read back for finished stages).
     """
     names = check_stages(stages if stages else config.pipeline)
     validate(config, names, jax.device_count())
-    check_workdir(workdir)
-    needs = {name: STAGES[name].needs(config) for name in names}
+    stopper = stopping.Stopper.from_env(agree_every=config.train.log_every_steps)
+    workdir_lib.check(workdir, writer=jax.process_index() == 0)
+    needs = {name: STAGES[name].needs(config) for name in STAGES}
     validation.check_earlier_stages(names, needs, workdir)
+    check_recorded_config(config, workdir)  # a rerun's config changes, before the data loads
     mesh = runtime.make_mesh()
     data = make.load_input(config.data, mesh)
     warnings = validation.validate_data(config, names, data.class_counts, data.class_names)
+    for name in names:
+        if STAGES[name].check_inputs is not None:
+            STAGES[name].check_inputs(config, data)
     for stage_warnings in warnings.values():
         for warning in stage_warnings:
             logging.warning("%s", warning)
     thresholds = config.data.many_threshold, config.data.few_threshold
     for note in metrics.empty_group_notes(data.class_counts, *thresholds):
         logging.warning("%s", note)
-    os.makedirs(workdir, exist_ok=True)
-    record_config(config, workdir)  # only once the config is valid and its data loads
-    ctx = common.StageContext(config, workdir, mesh, data, runtime.root_key(config.seed))
-    results = {}
-    stopper = stopping.Stopper.from_env(agree_every=config.train.log_every_steps)
+    try:
+        with workdir_lib.lock(workdir, writer=jax.process_index() == 0):
+            record_config(config, workdir)  # only once the config is valid and its data loads
+            ctx = common.StageContext(config, workdir, mesh, data, runtime.root_key(config.seed))
+            return _run_stages(ctx, names, stopper, warnings)
+    except Exception as e:  # a full disk surfaces wrapped in Orbax's and TensorStore's types
+        if isinstance(e, UserError) or (full := disk_full(e)) is None:
+            raise
+        path = full.filename or workdir
+        raise DiskFullError(
+            f"No space left on device while writing {path}: free space on that disk (or give a "
+            "--workdir on another one); rerunning the same command resumes from the last "
+            "checkpoint.",
+        ) from e
+
+
+def _run_stages(ctx: common.StageContext, names, stopper, warnings) -> dict[str, dict]:
+    results, workdir = {}, ctx.workdir
     with stopper.signals():  # a stop between stages; each training loop polls its own
         for name in names:
             path = common.results_path(workdir, name)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import signal
 import threading
@@ -27,9 +28,15 @@ from collections.abc import Callable, Iterator
 import jax
 import numpy as np
 
+from ltr_jax.errors import UserError
+
 EXIT_CODE = 75  # EX_TEMPFAIL of sysexits.h: stopped cleanly, rerun the same command to resume
 DEADLINE_ENV = "LTR_DEADLINE_UNIX"
 _SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+class EnvironmentVariableError(UserError, ValueError):
+    """An environment variable that ltr_jax reads holds a value it cannot use."""
 
 
 class Stopped(Exception):
@@ -46,18 +53,21 @@ def deadline_from_env(environ=None) -> float | None:
     """The deadline in ``$LTR_DEADLINE_UNIX`` (seconds since the epoch), None when unset.
 
     Raises:
-      ValueError: the variable is set but is not a number.
+      EnvironmentVariableError: the variable is set but is not a finite number.
     """
     value = (os.environ if environ is None else environ).get(DEADLINE_ENV, "").strip()
     if not value:
         return None
     try:
-        return float(value)
+        deadline = float(value)
     except ValueError:
-        raise ValueError(
+        deadline = math.nan
+    if not math.isfinite(deadline):
+        raise EnvironmentVariableError(
             f"{DEADLINE_ENV}={value!r} is not a number: set it to seconds since the epoch, "
             f"e.g. {DEADLINE_ENV}=$(( $(date +%s) + 560 )), or unset it."
-        ) from None
+        )
+    return deadline
 
 
 def _wall_clock() -> float:
@@ -71,12 +81,17 @@ def _allgather_flags(flags: np.ndarray) -> np.ndarray:
     return np.asarray(multihost_utils.process_allgather(flags))
 
 
-def _preemption_reached(step: int) -> bool:
-    """True on every process at the sync step after a preemption notice (TPU / Cloud)."""
+def _preemption_service_running() -> bool:
+    """True where ``jax.distributed`` runs with its preemption service (TPU / Cloud)."""
     from jax._src import distributed
 
     state = distributed.global_state
-    if state.client is None or state.preemption_sync_manager is None:
+    return state.client is not None and state.preemption_sync_manager is not None
+
+
+def _preemption_reached(step: int) -> bool:
+    """True on every process at the sync step after a preemption notice (TPU / Cloud)."""
+    if not _preemption_service_running():
         return False
     from jax.experimental import multihost_utils
 

@@ -11,13 +11,14 @@ error is one line naming the key, the bad value and the valid ones.
 
 from __future__ import annotations
 
+import difflib
 import math
 import os
 from collections.abc import Sequence
 
 import numpy as np
 
-from ltr_jax import train_lib
+from ltr_jax import config_lib, train_lib
 from ltr_jax.data.datasets import registry as datasets_registry
 from ltr_jax.data.input import decoded
 from ltr_jax.errors import UserError
@@ -83,6 +84,20 @@ CHECKS: dict[str, object] = {
     "data.many_threshold": NON_NEG,
     "data.few_threshold": NON_NEG,
     "data.max_per_class": NON_NEG,
+    "data.image_size": POS_INT,
+    "data.num_workers": NON_NEG,
+    "data.prefetch_steps": POS_INT,
+    "data.worker_processes": NON_NEG,
+    "data.stream_above": NON_NEG,
+    "data.decoded_size": POS_INT,
+    "data.prepare_processes": NON_NEG,
+    "data.test_fraction": ((lambda x: 0 < x < 1), "in (0, 1)"),
+    "data.synthetic.num_classes": ((lambda x: x >= 2), "an integer >= 2"),
+    "data.synthetic.train_per_class": POS_INT,
+    "data.synthetic.test_per_class": POS_INT,
+    "model.proj_hidden": POS_INT,
+    "model.proj_dim": POS_INT,
+    "model.init_head": choices(True, False),
     "model.encoder": _encoders,
     "model.dtype": _dtypes,
     "model.init": choices("flax", "torch"),
@@ -163,8 +178,19 @@ def validate(config, stages: Sequence[str], num_devices: int) -> None:
         entry = datasets_registry.DATASETS[config.data.name]
     except ValueError as e:
         raise ConfigError(f"config.data.name: {e}") from None
+    unknown = config_lib.unknown_key(config)
+    if unknown is not None:
+        key, valid = unknown
+        parent, _, leaf = f"config.{key}".rpartition(".")
+        close = difflib.get_close_matches(leaf, valid, n=1)
+        hint = f"did you mean {parent}.{close[0]}? " if close else ""
+        raise ConfigError(
+            f"Unknown config key config.{key} (set in the config file, where it would be "
+            f"ignored): {hint}Valid keys of {parent}: {', '.join(valid)}."
+        )
     for section in ("data", "model", "train"):
         check_section(config, section)
+    check_warmup(config, stages)
     if "checkpoint_every_minutes" not in config.train:  # steps are then the only cadence
         check_value("train.checkpoint_every_steps", config.train.checkpoint_every_steps, POS_INT)
     data = config.data
@@ -193,21 +219,52 @@ def validate(config, stages: Sequence[str], num_devices: int) -> None:
 def check_earlier_stages(
     stages: Sequence[str], needs: dict[str, tuple[str, ...]], workdir: str
 ) -> None:
-    """Refuses a stage whose earlier stage has neither finished nor been requested before it.
+    """Refuses stages whose earlier stages have neither finished nor been requested before
+    them, naming every missing stage at once (the needs of a missing stage count too).
 
     Args:
       stages: the requested stages, in order.
-      needs: the stages whose exported modules each requested stage loads.
+      needs: every stage's needs (the stages whose exported modules it loads), in the
+        pipeline's order (the order the fix lists the missing stages in).
       workdir: the run's folder.
     """
+    done = lambda s: os.path.exists(os.path.join(workdir, s, "results.json"))
+    missing: set[str] = set()
     for i, stage in enumerate(stages):
-        for need in needs.get(stage, ()):
-            done = os.path.exists(os.path.join(workdir, need, "results.json"))
-            if not done and need not in stages[:i]:
-                raise ConfigError(
-                    f"Stage {stage} needs stage {need}, which has not finished in {workdir}: "
-                    f"run --stages={need},{stage} (or the whole pipeline)."
-                )
+        pending = list(needs.get(stage, ()))
+        while pending:
+            need = pending.pop()
+            if need in missing or done(need) or need in stages[:i]:
+                continue
+            missing.add(need)
+            pending += needs.get(need, ())
+    if missing:
+        ordered = [s for s in needs if s in missing] + sorted(missing - set(needs))
+        run = ",".join(ordered + [s for s in stages if s not in missing])
+        raise ConfigError(
+            f"--stages={','.join(stages)} needs stage(s) {', '.join(ordered)}, not finished in "
+            f"{workdir}: run --stages={run} (or the whole pipeline)."
+        )
+
+
+def check_warmup(config, stages: Sequence[str]) -> None:
+    """Refuses a warm-up longer than its stage (the learning rate would never peak)."""
+    for stage in stages:
+        section = config[stage]
+        if "optim" not in section or "epochs" not in section:
+            continue
+        warmup, epochs = section.optim.warmup_epochs, section.epochs
+        if warmup > epochs:
+            raise ConfigError(
+                f"config.{stage}.optim.warmup_epochs={warmup} exceeds config.{stage}.epochs="
+                f"{epochs}: the learning rate would never reach its peak; set "
+                f"--config.{stage}.optim.warmup_epochs to at most {epochs} (e.g. "
+                f"{_shorter(epochs)}), or more epochs."
+            )
+
+
+def _shorter(epochs: int) -> str:
+    return f"{epochs * 0.1:g}" if epochs > 1 else f"{epochs * 0.5:g}"
 
 
 def train_examples(config, stage: str, class_counts: np.ndarray) -> int:
@@ -234,10 +291,10 @@ def validate_data(config, stages: Sequence[str], class_counts, class_names) -> d
     empty = np.flatnonzero(counts == 0)
     if len(empty):
         names = ", ".join(str(class_names[c]) for c in empty[:5])
-        raise ConfigError(
-            f"{len(empty)} class(es) have no training images ({names}) with "
-            f"config.data.imbalance_factor={config.data.imbalance_factor}: lower it "
-            f"(at most {int(counts.max())} for this dataset)."
+        raise ConfigError(  # a long tail that empties a class is refused as it is drawn
+            f"{len(empty)} class(es) have no training images ({names}) in the data itself "
+            "(not because of the long tail): add images of those classes, or remove the "
+            "classes from the dataset."
         )
     for stage in stages:
         if "batch_size" not in config[stage]:

@@ -36,9 +36,10 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 # Lowest first: a module may import its own layer and the layers below, never one above.
 # Every module of ltr_jax/ is in one (the longest prefix decides); a new module gets a place.
 LAYERS = (
-    ("ltr_jax.errors", "ltr_jax.registry"),  # leaves
+    ("ltr_jax.errors", "ltr_jax.registry", "ltr_jax.data.pixels"),  # leaves
     (
         "ltr_jax.runtime",
+        "ltr_jax.workdir",
         "ltr_jax.stopping",
         "ltr_jax.writers",
         "ltr_jax.param_groups",

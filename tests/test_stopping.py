@@ -12,6 +12,7 @@ import time
 import jax
 import numpy as np
 import pytest
+from jax.experimental import multihost_utils
 from ml_collections import FrozenConfigDict
 
 from ltr_jax import config_lib, pipeline, stopping, train_lib, writers
@@ -172,21 +173,46 @@ def uninterrupted(tmp_path_factory, compile_cache):
 def test_stops_in_stage1_and_stage2_then_reruns_give_the_uninterrupted_run(
     uninterrupted, tmp_path, monkeypatch
 ):
-    """SIGTERM inside stage 1, the deadline inside stage 2; each rerun resumes."""
+    """SIGTERM inside stage 1, a preemption notice inside the probe, the deadline inside
+    stage 2; each rerun resumes.
+
+    The preemption service is simulated at JAX's API: a notice arrives at probe step 5 and
+    ``multihost_utils.reached_preemption_sync_point`` names step 7 as the sync point (on a
+    real TPU / Cloud job every process learns it from the coordination service).
+    """
     straight_dir, straight = uninterrupted
     write = writers.MetricWriter.write
+    sync_point, asked = [None], []
+
+    def reached_preemption_sync_point(step):
+        asked.append(step)
+        return step == sync_point[0]
 
     def write_then_stop(self, step, metrics):
         write(self, step, metrics)
         if (self.stage, step) == ("stage1", 5) and "loss" in metrics:
             signal.raise_signal(signal.SIGTERM)
+        if (self.stage, step) == ("probe", 5) and "loss" in metrics:
+            sync_point[0] = 7  # a notice: the processes agree to stop after step 7
+            asked.clear()
         if (self.stage, step) == ("stage2", 10) and "loss" in metrics:
             monkeypatch.setattr(stopping, "_wall_clock", lambda: 2e9)  # the deadline passes
 
     monkeypatch.setattr(writers.MetricWriter, "write", write_then_stop)
+    monkeypatch.setattr(stopping, "_preemption_service_running", lambda: True)
+    monkeypatch.setattr(
+        multihost_utils, "reached_preemption_sync_point", reached_preemption_sync_point
+    )
     config, workdir = _shortened(), str(tmp_path)
     with pytest.raises(stopping.Stopped, match="stage1 stopped at step 5 .SIGTERM"):
         pipeline.run(config, workdir)
+    with pytest.raises(stopping.Stopped, match=r"probe stopped at step 7 \(preemption notice"):
+        pipeline.run(config, workdir)
+    # Asked after every step (JAX's contract; Orbax asks again as it saves step 7).
+    assert asked[:3] == [5, 6, 7] and set(asked) == {5, 6, 7}, asked
+    probe_steps = os.listdir(os.path.join(workdir, "probe", "checkpoints"))
+    assert "7" in probe_steps and not os.path.exists(os.path.join(workdir, "probe", "results.json"))
+    sync_point[0] = None
     monkeypatch.setenv(stopping.DEADLINE_ENV, "1999999999")
     with pytest.raises(stopping.Stopped, match="stage2 stopped at step 10 .deadline"):
         pipeline.run(config, workdir)
@@ -201,7 +227,7 @@ def test_stops_in_stage1_and_stage2_then_reruns_give_the_uninterrupted_run(
     assert timing["steps"] == results["stage1"]["num_steps"] and timing["processes"] == 2
     assert timing["wall_s"] >= timing["loop_s"] > 0 and timing["images_per_s"] > 0
     assert results["stage2"]["timing"]["processes"] == 2
-    assert results["probe"]["timing"]["processes"] == 1
+    assert results["probe"]["timing"]["processes"] == 2  # stopped by the preemption notice
     saved = json.loads(open(os.path.join(workdir, "stage1", "results.json")).read())
     assert saved == results["stage1"]
 

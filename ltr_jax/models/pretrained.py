@@ -23,15 +23,26 @@ from __future__ import annotations
 import logging
 import os
 import re
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from ltr_jax.errors import UserError
+
 HEAD_PREFIXES = ("head.", "head_dist.", "pre_logits.")
 # Buffers that timm recomputes and we compute on the fly.
 _IGNORED = ("relative_position_index", "attn_mask")
+
+
+class InitFromError(UserError, ValueError):
+    """``model.init_from`` cannot initialise the model: unreadable, or of another family."""
+
+
+class InitFromNotFoundError(InitFromError, FileNotFoundError):
+    """``model.init_from`` names a file that does not exist."""
 
 
 def read_timm(path: str) -> dict[str, np.ndarray]:
@@ -123,29 +134,50 @@ def _is_export(path: str) -> bool:
         return (f.metadata() or {}).get("format") == EXPORT_FORMAT
 
 
+def _is_export_safely(path: str) -> bool:
+    try:
+        return _is_export(path)
+    except Exception:  # an unreadable file: read_state_dict names it
+        return False
+
+
 def resolve_format(path: str, fmt: str = "auto") -> str:
     """The format of a local checkpoint: ``fmt``, or for ``auto`` by its suffix (a
     ``.safetensors`` that ``ltr_jax.export`` wrote says so in its metadata)."""
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"model.init_from={path} does not exist (nothing is downloaded).")
+    if not os.path.isfile(path):
+        raise InitFromNotFoundError(
+            f"model.init_from={path} does not exist (nothing is downloaded): give the path of "
+            "a local .safetensors (timm, or an ltr_jax export) or .npz (big_vision) file."
+        )
     if fmt == "auto":
         fmt = _SUFFIX_FORMAT.get(os.path.splitext(path)[1])
         if fmt is None:
-            raise ValueError(
-                f"Cannot tell the format of {path} from its suffix: set "
+            raise InitFromError(
+                f"Cannot tell the format of model.init_from={path} from its suffix: set "
                 f"model.init_format to one of {', '.join(FORMATS)}."
             )
-        if fmt == "timm" and _is_export(path):
+        if fmt == "timm" and _is_export_safely(path):
             fmt = EXPORT_FORMAT
     if fmt not in FORMATS:
-        raise ValueError(f"Unknown model.init_format {fmt!r}; valid: auto, {', '.join(FORMATS)}.")
+        raise InitFromError(
+            f"Unknown model.init_format {fmt!r}; valid: auto, {', '.join(FORMATS)}."
+        )
     return fmt
 
 
 def read_state_dict(path: str, fmt: str = "auto", prefix: str = "") -> dict[str, np.ndarray]:
     """Reads a local checkpoint as a dict (timm names, or ours for an ``ltr_jax`` export);
     ``prefix`` is stripped from its keys."""
-    state = FORMATS[resolve_format(path, fmt)](path)
+    fmt = resolve_format(path, fmt)
+    try:
+        state = FORMATS[fmt](path)
+    except Exception as e:  # safetensors, zipfile and NumPy raise many types for a bad file
+        message = " ".join(str(e).split())[:200]
+        raise InitFromError(
+            f"model.init_from={path} cannot be read as a {fmt} checkpoint ({type(e).__name__}: "
+            f"{message}): give a timm .safetensors or a big_vision .npz file, or set "
+            "model.init_format to its format."
+        ) from e
     return {k.removeprefix(prefix): v for k, v in state.items() if not k.endswith(_IGNORED)}
 
 
@@ -249,13 +281,40 @@ def load_into(model: nnx.Module, state: dict[str, np.ndarray], *, keep_head: boo
             value = resize_pos_embed(value, target.shape[1], target.shape[1] - _grid_tokens(model))
             report["resized"].append(name)
         if value.shape != target.shape:
-            raise ValueError(
+            raise InitFromError(
                 f"{name}: shape {value.shape} in the file, {target.shape} in "
                 f"model {'.'.join(map(str, path))}: pick the matching encoder."
             )
         target.set_value(jnp.asarray(value, target.get_value().dtype))
         report["loaded"].append(name)
     report["missing"] = sorted(".".join(map(str, p)) for p in ours)
+    return report
+
+
+def check_init_from(make_model: Callable[[], nnx.Module], model_config) -> None:
+    """Loads ``model.init_from`` (if set) into an abstract model (`nnx.eval_shape`: no
+    parameter is allocated) to refuse a bad file before anything is written or trained.
+
+    Raises:
+      InitFromError: as `init_from_config`.
+    """
+    if model_config.get("init_from"):
+        _load_file(nnx.eval_shape(make_model), model_config)
+
+
+def _load_file(model: nnx.Module, model_config) -> dict:
+    path = model_config.init_from
+    fmt = resolve_format(path, model_config.init_format)
+    state = read_state_dict(path, fmt, model_config.init_prefix)
+    load = load_exported if fmt == EXPORT_FORMAT else load_into
+    report = load(model, state, keep_head=model_config.init_head)
+    if not report["loaded"]:
+        example = ", ".join(sorted(state)[:3])
+        raise InitFromError(
+            f"model.init_from={path} sets no parameter of model.encoder={model_config.encoder} "
+            f"(its keys look like {example}): give a checkpoint of this encoder's family, or "
+            "set model.init_prefix to the prefix its keys carry."
+        )
     return report
 
 
@@ -266,21 +325,15 @@ def _grid_tokens(model: nnx.Module) -> int:
 def init_from_config(model: nnx.Module, model_config) -> dict | None:
     """Applies ``model.init_from`` (if set) to a freshly built model; returns the report.
 
-    Fails when the file sets none of the encoder's parameters (wrong family or prefix).
+    Raises:
+      InitFromError: the file is missing or unreadable, sets none of the encoder's parameters
+        (another family, or a wrong prefix) or holds a tensor of another shape.
     """
     path = model_config.get("init_from")
     if not path:
         return None
-    fmt = resolve_format(path, model_config.init_format)
-    state = read_state_dict(path, fmt, model_config.init_prefix)
-    load = load_exported if fmt == EXPORT_FORMAT else load_into
-    report = load(model, state, keep_head=model_config.init_head)
+    report = _load_file(model, model_config)
     counts = {k: len(v) for k, v in report.items()}
-    if not report["loaded"]:
-        raise ValueError(
-            f"model.init_from={path} set no parameter of {model_config.encoder}: "
-            "check the encoder and model.init_prefix."
-        )
     logging.info("init_from %s: %s.", path, counts)
     for kind in ("missing", "unexpected", "resized"):
         if report[kind]:

@@ -40,6 +40,9 @@ class Stage:
       needs: ``needs(config)``: the earlier stages whose exports it loads.
       label: ``label(config, stages) -> str | None``: its part of a method's name in reports,
         from a workdir's ``config.json`` (a dict) and its finished ``stages``; None: no part.
+      check_inputs: ``check_inputs(config, data)``: checks of the files the stage reads
+        beyond the data (e.g. ``model.init_from``), run once the data has loaded and before
+        anything is written; None: none.
     """
 
     name: str
@@ -49,6 +52,7 @@ class Stage:
     invariants: Callable | None = None
     needs: Callable = lambda config: ()
     label: Callable[[Mapping, Sequence[str]], str | None] = lambda config, stages: None
+    check_inputs: Callable | None = None
 
     def validate(self, config) -> None:
         """Checks the stage's section (``checks``, then ``invariants``); cheap, runs before
@@ -194,7 +198,7 @@ def _module_dir(workdir: str, stage: str, what: str) -> str:
 def save_module(ctx: StageContext, stage: str, what: str, module: nnx.Module) -> None:
     """Exports a module's variables (params and batch stats) for later stages."""
     ckpt = checkpointing.Checkpointer(_module_dir(ctx.workdir, stage, what), max_to_keep=1)
-    ckpt.save(0, nnx.state(module))
+    ckpt.replace(0, nnx.state(module))  # a run killed before its results.json left one
     ckpt.close()
 
 

@@ -18,7 +18,7 @@ from flax import nnx
 from ltr_jax import train_lib, validation
 from ltr_jax.data.input import augment, in_memory
 from ltr_jax.losses import bns, stage1
-from ltr_jax.models import registry
+from ltr_jax.models import pretrained, registry
 from ltr_jax.stages import common
 
 STAGE = "stage1"
@@ -123,10 +123,18 @@ def run(ctx: common.StageContext) -> dict:
     }
 
 
+def check_inputs(config, data) -> None:
+    """Refuses a ``model.init_from`` file that cannot initialise the encoder (before writing)."""
+    del data
+    make = lambda: registry.make_contrastive(config.model, rngs=nnx.Rngs(0))
+    pretrained.check_init_from(make, config.model)
+
+
 DECLARATION = common.Stage(
     STAGE,
     checks=CHECKS,
     run=run,
     make_setup=make_setup,
+    check_inputs=check_inputs,
     label=lambda config, stages: stage1.report_label(config["stage1"]),
 )

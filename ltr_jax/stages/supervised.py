@@ -19,7 +19,7 @@ from flax import nnx
 from ltr_jax import train_lib, validation
 from ltr_jax.data.input import augment_registry, sampler, sampler_registry
 from ltr_jax.losses import classification
-from ltr_jax.models import registry
+from ltr_jax.models import pretrained, registry
 from ltr_jax.stages import common
 
 # The stage's own keys (relative to its section) and their checks (`ltr_jax.validation`).
@@ -118,6 +118,14 @@ def run(ctx: common.StageContext, stage: str = "ce") -> dict:
     return results
 
 
+def check_inputs(config, data, stage: str = "ce") -> None:
+    """Refuses a ``model.init_from`` file that cannot initialise the model (before writing)."""
+    make = lambda: registry.make_classifier(
+        config.model, data.num_classes, rngs=nnx.Rngs(0), head=config[stage].head
+    )
+    pretrained.check_init_from(make, config.model)
+
+
 def declare(name: str = "ce") -> common.Stage:
     """The declaration of a supervised stage whose section is ``config.<name>``."""
     bound = lambda fn: functools.partial(fn, stage=name)
@@ -128,6 +136,7 @@ def declare(name: str = "ce") -> common.Stage:
         checks=CHECKS,
         invariants=bound(invariants),
         label=lambda config, stages: report_label(config[name]),
+        check_inputs=bound(check_inputs),
     )
 
 

@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from ltr_jax.data import pixels
 from ltr_jax.data.datasets import records
 from ltr_jax.data.datasets.records import DatasetError, StreamedDataset
 
@@ -87,7 +88,7 @@ def to_rgb(images: np.ndarray, what: str) -> np.ndarray:
 
 def fit_image(image: Image.Image, size: int) -> np.ndarray:
     """uint8 [size, size, 3]: RGB, shorter side resized to ``size``, centre-cropped."""
-    image = image.convert("RGB")
+    image = pixels.eight_bit(image).convert("RGB")
     width, height = image.size
     scale = size / min(width, height)
     new_w, new_h = max(size, round(width * scale)), max(size, round(height * scale))
@@ -138,8 +139,17 @@ def _dataset(train: records.Split, test: records.Split, class_names) -> records.
         if len(split.labels) and (split.labels.min() < 0 or split.labels.max() >= num_classes):
             raise DatasetError(
                 f"{name} labels span {split.labels.min()}..{split.labels.max()}, outside the "
-                f"{num_classes} classes 0..{num_classes - 1}."
+                f"{num_classes} classes 0..{num_classes - 1}: number the labels 0..C-1 (C: "
+                "the number of classes, also the length of class_names)."
             )
+    empty = np.flatnonzero(np.bincount(train.labels, minlength=num_classes) == 0)
+    if len(empty):  # before any long tail: the data itself lacks these classes
+        shown = ", ".join(f"{c} ({class_names[c]})" for c in empty[:5])
+        raise DatasetError(
+            f"{len(empty)} of {num_classes} classes have no training image in your data: "
+            f"{shown}. Labels are class indices 0..C-1: renumber them without gaps, or drop "
+            "those classes from class_names."
+        )
     return records.Dataset(
         train=train,
         test=test,
@@ -194,6 +204,13 @@ def list_image_folder(root: str, class_names: tuple[str, ...] | None = None):
             chosen = sorted(f for f in files if _is_image(f))
             paths += [os.path.join(folder, f) for f in chosen]
             labels += [label] * len(chosen)
+    empty = [n for c, n in enumerate(names) if c not in set(labels)]
+    if paths and empty and class_names is None:
+        raise DatasetError(
+            f"{root}: class folder(s) {', '.join(empty[:5])} hold no image file (extensions "
+            "Pillow reads): put that class's images in it, or move the folder out of "
+            f"{root} to train without the class."
+        )
     if not paths:
         raise DatasetError(
             f"{root}: no image files (extensions Pillow reads) in its class folders."
@@ -202,11 +219,26 @@ def list_image_folder(root: str, class_names: tuple[str, ...] | None = None):
 
 
 def _decode(paths, size: int) -> np.ndarray:
-    """uint8 [N, size, size, 3] of image files."""
+    """uint8 [N, size, size, 3] of image files.
+
+    Raises:
+      DatasetError: files that cannot be decoded (truncated, not an image, 32-bit), named.
+    """
     out = np.empty((len(paths), size, size, 3), np.uint8)
+    bad = []
     for i, path in enumerate(paths):
-        with Image.open(path) as image:
-            out[i] = fit_image(image, size)
+        try:
+            with Image.open(path) as image:
+                out[i] = fit_image(image, size)
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+            bad.append(f"{path} ({type(e).__name__}: {' '.join(str(e).split())})")
+    if bad:
+        more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
+        raise DatasetError(
+            f"{len(bad)} image file(s) cannot be read: {'; '.join(bad[:3])}{more}. Re-save "
+            "them (e.g. from a good copy), or move them out of the class folders to train "
+            "without them; then rerun."
+        )
     return out
 
 
@@ -231,9 +263,10 @@ def load_image_folder(data_config) -> records.Dataset | StreamedDataset:
         size,
         size,
     )
-    train = records.Split(_decode(paths, size), labels, np.arange(len(labels), dtype=np.int64))
+    decoded = _decode([*paths, *test_paths], size)  # one pass: every unreadable file named
+    train = records.Split(decoded[: len(paths)], labels, np.arange(len(labels), dtype=np.int64))
     test = records.Split(
-        _decode(test_paths, size), test_labels, np.arange(len(test_labels), dtype=np.int64)
+        decoded[len(paths) :], test_labels, np.arange(len(test_labels), dtype=np.int64)
     )
     return _dataset(train, test, names)
 
@@ -380,5 +413,5 @@ def _decoded(value: Any) -> np.ndarray:
     """A record's image as an array (decoded by TFDS, or still encoded bytes)."""
     if isinstance(value, bytes | np.bytes_):
         with Image.open(io.BytesIO(value)) as image:
-            return np.asarray(image.convert("RGB"))
+            return np.asarray(pixels.eight_bit(image).convert("RGB"))
     return np.asarray(value)

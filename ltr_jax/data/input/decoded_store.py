@@ -43,6 +43,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from ltr_jax.data import pixels
+
 FORMAT_VERSION = 1
 RESIZE_RULE = "centre square, antialiased bilinear resize to S x S (JPEG draft to >= S first)"
 _METADATA = "metadata.json"
@@ -83,7 +85,7 @@ def decode_square(encoded: bytes | np.ndarray, size: int) -> np.ndarray:
         image.draft("RGB", (size, size))  # DCT scaling; keeps both sides >= S (JPEG only)
     else:
         image = Image.fromarray(np.asarray(encoded))
-    image = image.convert("RGB")
+    image = pixels.eight_bit(image).convert("RGB")  # a 16-bit PNG scaled, not clipped
     width, height = image.size
     side = min(width, height)
     left, top = (width - side) / 2, (height - side) / 2

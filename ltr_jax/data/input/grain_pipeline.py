@@ -71,6 +71,7 @@ from absl import flags
 from PIL import Image
 
 from ltr_jax import runtime
+from ltr_jax.data import pixels
 from ltr_jax.data.input import augment, sampler
 
 # Distinct seed streams so the permutation and the augmentation draws never share a generator.
@@ -292,8 +293,8 @@ def crop_box_from_uniforms(
 
 def _open_image(value: Any) -> Image.Image:
     """A PIL image from encoded bytes (JPEG, PNG, ...) or an already decoded [H, W, C] array."""
-    if isinstance(value, bytes | np.bytes_):
-        return Image.open(io.BytesIO(value))
+    if isinstance(value, bytes | np.bytes_):  # 16-bit PNGs scaled to 8 bits, not clipped
+        return pixels.eight_bit(Image.open(io.BytesIO(value)))
     return Image.fromarray(np.asarray(value))
 
 
