@@ -29,19 +29,43 @@ def _num_params(module) -> int:
     return sum(x.size for x in jax.tree.leaves(nnx.state(module, nnx.Param)))
 
 
-@pytest.mark.parametrize(
-    "name, expected",
-    [  # timm's counts with the 1000-class head
-        ("vit_base_patch16_224", 86_567_656),
-        ("deit_small_patch16_224", 22_050_664),
-        ("swin_tiny_patch4_window7_224", 28_288_354),
-        ("swin_base_patch4_window7_224", 87_768_224),
-    ],
-)
+# timm 1.0's counts with the 1000-class head (``timm.create_model(name).parameters()``): every
+# encoder with a count in README's transformer table.
+TIMM_COUNTS = {
+    "vit_tiny_patch16_224": 5_717_416,
+    "vit_small_patch16_224": 22_050_664,
+    "vit_base_patch16_224": 86_567_656,
+    "deit_tiny_patch16_224": 5_717_416,
+    "deit_small_patch16_224": 22_050_664,
+    "deit_base_patch16_224": 86_567_656,
+    "swin_tiny_patch4_window7_224": 28_288_354,
+    "swin_base_patch4_window7_224": 87_768_224,
+}
+
+
+@pytest.mark.parametrize("name, expected", list(TIMM_COUNTS.items()))
 def test_parameter_counts_equal_the_originals(name, expected):
     config = mlc.ConfigDict(dict(encoder=name, dtype="float32"))
     model = nnx.eval_shape(lambda: registry.make_classifier(config, 1000, rngs=nnx.Rngs(0)))
     assert _num_params(model) == expected
+
+
+def test_readme_transformer_table_states_the_tested_counts():
+    """Every count in README's transformer table is one tested above, rounded to 0.01 M."""
+    readme = open(os.path.join(os.path.dirname(FIXTURES), "..", "..", "README.md")).read()
+    blocks = readme[readme.index("## Transformers (ViT, DeiT, Swin)") :].split("\n\n")
+    table = next(b for b in blocks if b.startswith("|"))
+    stated = {}
+    for line in table.splitlines():
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        names = [n.strip(" `") for n in cells[0].split(",")]
+        counts = [c.strip() for c in cells[-1].split(",") if c.strip().endswith("M")]
+        if counts:
+            assert len(counts) == len(names), line
+            stated.update(zip(names, counts))
+    assert set(stated) == set(TIMM_COUNTS)
+    for name, count in stated.items():
+        assert count == f"{TIMM_COUNTS[name] / 1e6:.2f}M", name
 
 
 def _classifier(encoder: str, num_classes: int = 10) -> heads.Classifier:
