@@ -26,6 +26,7 @@ from ltr_jax.stages import representation
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIXTURES = os.path.join(ROOT, "tests", "fixtures", "parity")
+RESNET_FIXTURES = os.path.join(ROOT, "tests", "fixtures", "resnet")  # bench/resnet50_fixture.py
 SEED = 12
 NUM_CLASSES = 10
 # Stage-1 steps of row d: the released schedule's shape (warm-up, cosine) at a small peak lr:
@@ -116,6 +117,17 @@ def contrastive_net(encoder: str = "cifar_resnet18", seed: int = SEED) -> heads.
 def classifier(seed: int = SEED) -> heads.Classifier:
     config = model_config()
     return seed_weights(registry.make_classifier(config, NUM_CLASSES, rngs=nnx.Rngs(0)), seed)
+
+
+def imagenet_resnet(name: str) -> nnx.Module:
+    """An ImageNet ResNet-50 / ResNeXt-50 encoder with seeded weights (``bench/resnet50_fixture.py``
+    copies the same weights into torchvision's model)."""
+    return seed_weights(registry.make_encoder(name, rngs=nnx.Rngs(0)))
+
+
+def imagenet_resnet_inputs() -> np.ndarray:
+    """[2, 64, 64, 3] float32: :func:`images` of ``SEED``, each pixel repeated 2 x 2."""
+    return images(SEED, 2).repeat(2, 1).repeat(2, 2)
 
 
 def images(seed: int, n: int) -> np.ndarray:
