@@ -124,13 +124,81 @@ def _to_big_vision(state: dict) -> dict:
     return out
 
 
-def test_big_vision_npz_round_trip(tmp_path):
+def test_augreg_npz_round_trip(tmp_path):
     state = pretrained.read_timm(os.path.join(FIXTURES, "vit_cls.safetensors"))
     path = str(tmp_path / "augreg.npz")
     np.savez(path, **_to_big_vision(state))
     model = _classifier("deit_smoke")
     report = pretrained.load_into(model, pretrained.read_state_dict(path), keep_head=True)
     assert report["missing"] == [] and report["unexpected"] == []
+    _check_outputs(model, "vit_cls")
+
+
+# big_vision's ViT (``big_vision/models/vit.py``, ``pool_type="tok"``) at depth 2: its
+# parameter tree as ``.npz`` keys. Unlike AugReg's, the block's modules are numbered per kind
+# (LayerNorm_0/1, MultiHeadDotProductAttention_0, MlpBlock_0) and ``pos_embedding`` is a
+# top-level [1, h * w, D] added to the patches BEFORE the class token is prepended: the class
+# token carries no position embedding.
+BIG_VISION_KEYS = {
+    "cls",
+    "pos_embedding",
+    "embedding/kernel",
+    "embedding/bias",
+    "Transformer/encoder_norm/scale",
+    "Transformer/encoder_norm/bias",
+    "head/kernel",
+    "head/bias",
+} | {
+    f"Transformer/encoderblock_{i}/{m}/{leaf}"
+    for i in range(2)
+    for m, leaves in (
+        ("LayerNorm_0", ("scale", "bias")),
+        ("LayerNorm_1", ("scale", "bias")),
+        *(
+            (f"MultiHeadDotProductAttention_0/{n}", ("kernel", "bias"))
+            for n in ("query", "key", "value", "out")
+        ),
+        ("MlpBlock_0/Dense_0", ("kernel", "bias")),
+        ("MlpBlock_0/Dense_1", ("kernel", "bias")),
+    )
+    for leaf in leaves
+}
+
+
+def _to_big_vision_tok(state: dict) -> dict:
+    """A timm ViT (class token) as big_vision's own ViT checkpoint: the names above, Flax
+    layouts, and timm's class-token position embedding folded into ``cls`` (timm adds
+    ``pos_embed[0]`` to the class token; big_vision adds nothing): the same function."""
+    augreg = _to_big_vision(state)
+    out = {
+        "cls": state["cls_token"] + state["pos_embed"][:, :1],
+        "pos_embedding": state["pos_embed"][:, 1:],
+    }
+    rename = {
+        "LayerNorm_2": "LayerNorm_1",
+        "MultiHeadDotProductAttention_1": "MultiHeadDotProductAttention_0",
+        "MlpBlock_3": "MlpBlock_0",
+    }
+    for key, value in augreg.items():
+        if key in ("cls", "Transformer/posembed_input/pos_embedding"):
+            continue
+        parts = key.split("/")
+        out["/".join(rename.get(p, p) for p in parts)] = value
+    return out
+
+
+def test_big_vision_npz_layout_loads_to_the_same_outputs(tmp_path):
+    """A checkpoint in big_vision's real naming (``params/`` prefix as in its .npz files) loads
+    with nothing missing or unexpected and gives the timm fixture's features and logits."""
+    state = pretrained.read_timm(os.path.join(FIXTURES, "vit_cls.safetensors"))
+    checkpoint = _to_big_vision_tok(state)
+    assert set(checkpoint) == BIG_VISION_KEYS
+    assert checkpoint["pos_embedding"].shape == (1, 16, 32)  # the 4 x 4 grid, no class token
+    path = str(tmp_path / "big_vision.npz")
+    np.savez(path, **{f"params/{k}": v for k, v in checkpoint.items()})
+    model = _classifier("deit_smoke")
+    report = pretrained.load_into(model, pretrained.read_state_dict(path), keep_head=True)
+    assert report["missing"] == [] and report["unexpected"] == [] and report["resized"] == []
     _check_outputs(model, "vit_cls")
 
 
