@@ -36,11 +36,11 @@ FIXTURES = (
         "metrics.json",
         "stage1_train.json",
         "classifier_steps.json",
-        "table.json",
         "sampler.json",
         "augment.json",
     ]
     + [f"lr_{n}.npy" for n in ("stage1_cifar10", "probe_cifar10", "stage2_cifar10")]
+    + [f"step_{k}_{w}.npy" for k in ("probe", "stage2") for w in ("grads", "stats")]
     + [
         f"forward_{e}_{m}_{w}.npy"
         for e in pl.BLOCKS
@@ -50,12 +50,14 @@ FIXTURES = (
 )
 
 
-def test_every_fixture_exists_and_the_harness_table_passed():
+def test_every_fixture_exists_and_is_small():
+    """The fixtures only: the harness's own verdicts (``table.json``) are not read, every row
+    is recomputed from the fixtures by the tests below."""
     missing = [f for f in FIXTURES if not os.path.exists(pl.fixture_path(f))]
     assert not missing, f"missing parity fixtures {missing}: run python bench/parity.py"
-    assert all(r["ok"] for r in pl.load_json("table.json"))
-    size = sum(os.path.getsize(pl.fixture_path(f)) for f in os.listdir(pl.FIXTURES))
-    assert size < 2_000_000
+    sizes = {f: os.path.getsize(pl.fixture_path(f)) for f in os.listdir(pl.FIXTURES)}
+    assert max(sizes.values()) < 300_000, sizes
+    assert sum(sizes.values()) < 1_500_000
 
 
 def test_lt_split_matches_released_selection():
@@ -110,23 +112,68 @@ def test_learning_rate_every_step_matches_released(name, lr, epochs, warmup, spe
     assert pl.rel_err(ours, pl.load_npy(f"lr_{name}.npy")) <= 1e-6
 
 
-def _assert_digest(ours: dict, ref: dict, tol: float) -> None:
-    assert set(ours) == set(ref)
-    for name in ref:
-        assert pl.rel_err(ours[name], ref[name]) <= tol, name
+@pytest.fixture(scope="module")
+def stage_setups(tmp_path_factory):
+    """The probe's and stage 2's ``make_setup`` on configs/reference/cifar10_lt.py, from a
+    workdir holding the seeded network as stage 1's encoder (``parity_lib.stage_context``)."""
+    ctx = pl.stage_context(str(tmp_path_factory.mktemp("parity_stages")))
+    return {kind: pl.stage_setup(ctx, kind) for kind in pl.STAGES}
+
+
+# Gradients per tensor, each scaled by itself (``parity_lib.fingerprint_errors``). The probe's
+# head agrees to 4e-6. Stage 2's encoder gradients on this batch (train-mode BatchNorm over 8
+# images) are ill-conditioned in fp32: our own jitted and op-by-op gradients differ by up to
+# 3.1e-2 per tensor, and ours vs the released ones by up to 3.4e-2 (CPU-2); the tolerance is
+# three times that spread (a gradient lost, doubled or of a wrong layer still fails).
+GRAD_TOL = {"probe": 1e-4, "stage2": 0.1}
 
 
 @pytest.mark.parametrize("kind", ["probe", "stage2"])
-def test_probe_and_stage2_loss_and_gradients_match_released(kind):
-    # The optimiser step itself (AdamW, decay groups) is covered by the stage-1 run above.
-    x, y = pl.images(pl.SEED + 4, 8), pl.labels(pl.SEED + 4, 8)
-    loss, grads, stats = pl.classifier_grads(x, y, head_only=kind == "probe")
+def test_probe_and_stage2_loss_and_gradients_match_released(stage_setups, kind):
+    """The stage's own model, trainable filter and loss (``make_setup``) against the released
+    probe (frozen encoder, BatchNorm in train mode) and stage 2 (everything trained)."""
+    x = pl.images(pl.SEED + 4, pl.STEP["batch"])
+    y = pl.labels(pl.SEED + 4, pl.STEP["batch"])
+    loss, grads, stats = pl.stage_grads(stage_setups[kind], x, y)
     ref = pl.load_json("classifier_steps.json")[kind]
     assert pl.rel_err(loss, ref["loss"]) <= 1e-5
-    _assert_digest(pl.param_digest(grads), ref["grads"], 1e-4)
-    # model.bn_running_var="unbiased" (parity_lib.model_config): PyTorch's running variances
-    variances = {p: v for p, v in stats.items() if p.endswith("var")}
-    _assert_digest(pl.param_digest(variances), ref["running_var"], 1e-5)
+    errs = pl.fingerprint_errors(grads, ref["grads"], pl.load_npy(f"step_{kind}_grads.npy"))
+    assert max(errs.values()) <= GRAD_TOL[kind], max(errs.items(), key=lambda e: e[1])
+    # model.bn_running_var="unbiased" (the reference config): PyTorch's running variances
+    errs = pl.fingerprint_errors(stats, ref["stats"], pl.load_npy(f"step_{kind}_stats.npy"))
+    assert max(errs.values()) <= 1e-5, max(errs.items(), key=lambda e: e[1])
+
+
+def test_fingerprint_scales_each_tensor_by_itself():
+    """A zero-sum error of 1 % of a large tensor's L2 norm, or an error in one entry of a small
+    tensor, fails at the gradient tolerance; the old digest (64 entries, sum and norm in one
+    vector, scaled by its largest member: the norm) saw the first below 1e-4."""
+    rng = np.random.default_rng(0)
+    big = rng.normal(size=(3, 3, 256, 256))
+    names, ref = pl.fingerprint({"big": big, "small": np.arange(1.0, 5.0)})
+    noise = rng.normal(size=big.shape) * 0.01 * np.linalg.norm(big) / np.sqrt(big.size)
+    noise -= noise.mean()
+    errs = pl.fingerprint_errors({"big": big + noise, "small": np.arange(1.0, 5.0)}, names, ref)
+    assert errs["big"] > 1e-2 and errs["small"] == 0.0  # projections: 1.3e-2; samples 5.8e-3
+    old = pl.param_digest({"big": big + noise})["big"]
+    assert pl.rel_err(old, pl.param_digest({"big": big})["big"]) < 1e-4
+    small = np.arange(1.0, 5.0)
+    small[2] += 0.01
+    errs = pl.fingerprint_errors({"big": big, "small": small}, names, ref)
+    assert errs["big"] == 0.0 and errs["small"] >= 0.002  # 0.01 / its largest entry, 4
+
+
+@pytest.mark.parametrize("kind", ["probe", "stage2"])
+def test_weight_decay_alone_matches_released_adamw(stage_setups, kind):
+    """The stage's optimiser on zero gradients for a few steps at lr 1e-2 moves every decayed
+    tensor by what the released AdamW's decay does (about 1e-4 of its norm), to 1e-4 of that
+    move, and leaves the others: no decay, or ten times too much, fails."""
+    ours = pl.decay_only(stage_setups[kind])
+    ref = pl.load_json("classifier_steps.json")[kind]["decay_only"]
+    assert set(ours) == set(ref)
+    assert any(v > 0 for v in ref.values()) and any(v == 0 for v in ref.values())
+    for name, moved in ref.items():
+        assert abs(ours[name] - moved) <= 1e-4 * (moved if moved > 0 else 1e-3), name
 
 
 def test_many_medium_few_match_released_metrics():
@@ -174,6 +221,31 @@ def test_simclr_draws_match_released_pipeline_statistics(strength):
         assert pl.cdf_gap(sample, ref[name]) <= AUGMENT_TOL, name
     assert abs(on.mean() - ref["jitter_rate"]) <= AUGMENT_TOL * 0.75
     assert abs(ours["gray"].mean() - ref["gray_rate"]) <= AUGMENT_TOL * 0.75
+
+
+@pytest.mark.parametrize("strength", [1.0, 2.0])
+def test_simclr_outputs_and_op_order_match_released_pipeline(strength):
+    """The pixel outputs of ``augment.simclr`` on the seeded synthetic images of the harness
+    (per-channel mean and std, mean HSV saturation and value, the gray share) and the order
+    of the four jitter ops against the released pipeline's: fails if e.g. an op is dropped,
+    the jitter order is fixed, or a factor's range moves."""
+    from scipy import stats
+
+    from ltr_jax.data.input import augment
+
+    ref = pl.load_json("augment.json")[f"s{strength:g}"]
+    images = pl.augment_images(pl.AUGMENT["image_seed"], 1000)
+    views = augment.simclr(jax.random.key(pl.AUGMENT["seed"]), augment.to_float(images), strength)
+    ours, want = pl.output_stats(np.asarray(views)), ref["synthetic_outputs"]
+    for name in ("mean", "std"):
+        for c in range(3):
+            assert pl.cdf_gap(ours[name][:, c], want[name][c]) <= AUGMENT_TOL, (name, c)
+    for name in ("saturation", "value"):
+        assert pl.cdf_gap(ours[name], want[name]) <= AUGMENT_TOL, name
+    assert abs(ours["gray"].mean() - want["gray_rate"]) <= AUGMENT_TOL * 0.75
+    params = pl.our_simclr_params(strength, 1000, pl.AUGMENT["seed"])
+    counts = np.bincount(params["order"][params["jitter"]], minlength=len(pl.ORDERS))
+    assert stats.chi2_contingency(np.stack([counts, ref["order_counts"]])).pvalue >= 1e-3
 
 
 def test_cdf_gap_reads_a_ks_distance_at_the_fixture_quantiles():

@@ -1,7 +1,8 @@
 """The ImageNet-LT split-list parser: synthetic lists, malformed lines, the real val/test lists.
 
-The real lists are read from ``../shared/data/lt_splits`` next to this checkout when present
-(a user's clone has no such folder: those tests are then skipped, saying so).
+Lists in the real ImageNet-LT format and size are built in the tests; the real lists are
+checked too when ``../shared/data/lt_splits`` is next to this checkout (a user's clone has
+no such folder).
 """
 
 import os
@@ -60,17 +61,40 @@ def test_empty_list_and_inconsistent_synsets_fail(tmp_path):
         split_lists.synset_labels(["t/n00/a.JPEG", "t/n01/b.JPEG"], np.array([0, 0]))
 
 
+def _imagenet_lt_list(tmp_path, split: str, per_class: int) -> str:
+    """A list in the real ImageNet-LT format and size (1,000 WordNet-style ids, labels by the
+    sorted id, ``per_class`` lines a class, grouped by class as released) written to tmp_path:
+    val names train images (``train/<wnid>/<wnid>_<n>.JPEG``), test the official validation
+    images (``val/<wnid>/ILSVRC2012_val_<8 digits>.JPEG``)."""
+    rng = np.random.default_rng(0)
+    wnids = sorted({f"n{i:08d}" for i in rng.choice(10**8, 1000, replace=False)})
+    numbers = iter(rng.permutation(50_000) + 1)  # the validation images' numbers
+    lines = []
+    for label, wnid in enumerate(wnids):
+        for k in rng.choice(10**4, per_class, replace=False):
+            name = f"train/{wnid}/{wnid}_{k}" if split == "val" else f"val/{wnid}/ILSVRC2012_val_"
+            lines.append(
+                f"{name}{next(numbers):08d}.JPEG {label}"
+                if split == "test"
+                else f"{name}.JPEG {label}"
+            )
+    return _write(tmp_path, lines, f"ImageNet_LT_{split}.txt")
+
+
+# The real lists (``../shared/data/lt_splits``) ship only beside the development checkout and
+# are data that is never committed: CI reads lists built in their format and size instead, and
+# a checkout that has the real lists checks them too.
 @pytest.mark.parametrize("split, per_class, folder", [("val", 20, "train/"), ("test", 50, "val/")])
-def test_real_imagenet_lt_lists(split, per_class, folder):
-    path = os.path.join(SPLITS, f"ImageNet_LT_{split}.txt")
-    if not os.path.exists(path):
-        pytest.skip(f"{path} not present (it ships only beside the development checkout).")
-    paths, labels = split_lists.read_split_list(path, num_classes=split_lists.NUM_CLASSES)
-    assert len(paths) == split_lists.IMAGENET_LT_SIZES[split]
-    counts = split_lists.class_counts(labels, split_lists.NUM_CLASSES)
-    assert (counts == per_class).all()
-    assert all(p.startswith(folder) and p.endswith(".JPEG") for p in paths)
-    synsets = split_lists.synset_labels(paths, labels)
-    assert len(synsets) == 1000
-    # Labels follow the sorted WordNet ids, as in torchvision's ImageFolder and TFDS.
-    assert [synsets[s] for s in sorted(synsets)] == list(range(1000))
+def test_imagenet_lt_lists(tmp_path, split, per_class, folder):
+    real = os.path.join(SPLITS, f"ImageNet_LT_{split}.txt")
+    built = _imagenet_lt_list(tmp_path, split, per_class)
+    for path in [built] + ([real] if os.path.exists(real) else []):
+        paths, labels = split_lists.read_split_list(path, num_classes=split_lists.NUM_CLASSES)
+        assert len(paths) == split_lists.IMAGENET_LT_SIZES[split], path
+        counts = split_lists.class_counts(labels, split_lists.NUM_CLASSES)
+        assert (counts == per_class).all()
+        assert all(p.startswith(folder) and p.endswith(".JPEG") for p in paths)
+        synsets = split_lists.synset_labels(paths, labels)
+        assert len(synsets) == 1000
+        # Labels follow the sorted WordNet ids, as in torchvision's ImageFolder and TFDS.
+        assert [synsets[s] for s in sorted(synsets)] == list(range(1000))

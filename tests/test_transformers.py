@@ -29,19 +29,43 @@ def _num_params(module) -> int:
     return sum(x.size for x in jax.tree.leaves(nnx.state(module, nnx.Param)))
 
 
-@pytest.mark.parametrize(
-    "name, expected",
-    [  # timm's counts with the 1000-class head
-        ("vit_base_patch16_224", 86_567_656),
-        ("deit_small_patch16_224", 22_050_664),
-        ("swin_tiny_patch4_window7_224", 28_288_354),
-        ("swin_base_patch4_window7_224", 87_768_224),
-    ],
-)
+# timm 1.0's counts with the 1000-class head (``timm.create_model(name).parameters()``): every
+# encoder with a count in README's transformer table.
+TIMM_COUNTS = {
+    "vit_tiny_patch16_224": 5_717_416,
+    "vit_small_patch16_224": 22_050_664,
+    "vit_base_patch16_224": 86_567_656,
+    "deit_tiny_patch16_224": 5_717_416,
+    "deit_small_patch16_224": 22_050_664,
+    "deit_base_patch16_224": 86_567_656,
+    "swin_tiny_patch4_window7_224": 28_288_354,
+    "swin_base_patch4_window7_224": 87_768_224,
+}
+
+
+@pytest.mark.parametrize("name, expected", list(TIMM_COUNTS.items()))
 def test_parameter_counts_equal_the_originals(name, expected):
     config = mlc.ConfigDict(dict(encoder=name, dtype="float32"))
     model = nnx.eval_shape(lambda: registry.make_classifier(config, 1000, rngs=nnx.Rngs(0)))
     assert _num_params(model) == expected
+
+
+def test_readme_transformer_table_states_the_tested_counts():
+    """Every count in README's transformer table is one tested above, rounded to 0.01 M."""
+    readme = open(os.path.join(os.path.dirname(FIXTURES), "..", "..", "README.md")).read()
+    blocks = readme[readme.index("## Transformers (ViT, DeiT, Swin)") :].split("\n\n")
+    table = next(b for b in blocks if b.startswith("|"))
+    stated = {}
+    for line in table.splitlines():
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        names = [n.strip(" `") for n in cells[0].split(",")]
+        counts = [c.strip() for c in cells[-1].split(",") if c.strip().endswith("M")]
+        if counts:
+            assert len(counts) == len(names), line
+            stated.update(zip(names, counts))
+    assert set(stated) == set(TIMM_COUNTS)
+    for name, count in stated.items():
+        assert count == f"{TIMM_COUNTS[name] / 1e6:.2f}M", name
 
 
 def _classifier(encoder: str, num_classes: int = 10) -> heads.Classifier:
@@ -100,13 +124,81 @@ def _to_big_vision(state: dict) -> dict:
     return out
 
 
-def test_big_vision_npz_round_trip(tmp_path):
+def test_augreg_npz_round_trip(tmp_path):
     state = pretrained.read_timm(os.path.join(FIXTURES, "vit_cls.safetensors"))
     path = str(tmp_path / "augreg.npz")
     np.savez(path, **_to_big_vision(state))
     model = _classifier("deit_smoke")
     report = pretrained.load_into(model, pretrained.read_state_dict(path), keep_head=True)
     assert report["missing"] == [] and report["unexpected"] == []
+    _check_outputs(model, "vit_cls")
+
+
+# big_vision's ViT (``big_vision/models/vit.py``, ``pool_type="tok"``) at depth 2: its
+# parameter tree as ``.npz`` keys. Unlike AugReg's, the block's modules are numbered per kind
+# (LayerNorm_0/1, MultiHeadDotProductAttention_0, MlpBlock_0) and ``pos_embedding`` is a
+# top-level [1, h * w, D] added to the patches BEFORE the class token is prepended: the class
+# token carries no position embedding.
+BIG_VISION_KEYS = {
+    "cls",
+    "pos_embedding",
+    "embedding/kernel",
+    "embedding/bias",
+    "Transformer/encoder_norm/scale",
+    "Transformer/encoder_norm/bias",
+    "head/kernel",
+    "head/bias",
+} | {
+    f"Transformer/encoderblock_{i}/{m}/{leaf}"
+    for i in range(2)
+    for m, leaves in (
+        ("LayerNorm_0", ("scale", "bias")),
+        ("LayerNorm_1", ("scale", "bias")),
+        *(
+            (f"MultiHeadDotProductAttention_0/{n}", ("kernel", "bias"))
+            for n in ("query", "key", "value", "out")
+        ),
+        ("MlpBlock_0/Dense_0", ("kernel", "bias")),
+        ("MlpBlock_0/Dense_1", ("kernel", "bias")),
+    )
+    for leaf in leaves
+}
+
+
+def _to_big_vision_tok(state: dict) -> dict:
+    """A timm ViT (class token) as big_vision's own ViT checkpoint: the names above, Flax
+    layouts, and timm's class-token position embedding folded into ``cls`` (timm adds
+    ``pos_embed[0]`` to the class token; big_vision adds nothing): the same function."""
+    augreg = _to_big_vision(state)
+    out = {
+        "cls": state["cls_token"] + state["pos_embed"][:, :1],
+        "pos_embedding": state["pos_embed"][:, 1:],
+    }
+    rename = {
+        "LayerNorm_2": "LayerNorm_1",
+        "MultiHeadDotProductAttention_1": "MultiHeadDotProductAttention_0",
+        "MlpBlock_3": "MlpBlock_0",
+    }
+    for key, value in augreg.items():
+        if key in ("cls", "Transformer/posembed_input/pos_embedding"):
+            continue
+        parts = key.split("/")
+        out["/".join(rename.get(p, p) for p in parts)] = value
+    return out
+
+
+def test_big_vision_npz_layout_loads_to_the_same_outputs(tmp_path):
+    """A checkpoint in big_vision's real naming (``params/`` prefix as in its .npz files) loads
+    with nothing missing or unexpected and gives the timm fixture's features and logits."""
+    state = pretrained.read_timm(os.path.join(FIXTURES, "vit_cls.safetensors"))
+    checkpoint = _to_big_vision_tok(state)
+    assert set(checkpoint) == BIG_VISION_KEYS
+    assert checkpoint["pos_embedding"].shape == (1, 16, 32)  # the 4 x 4 grid, no class token
+    path = str(tmp_path / "big_vision.npz")
+    np.savez(path, **{f"params/{k}": v for k, v in checkpoint.items()})
+    model = _classifier("deit_smoke")
+    report = pretrained.load_into(model, pretrained.read_state_dict(path), keep_head=True)
+    assert report["missing"] == [] and report["unexpected"] == [] and report["resized"] == []
     _check_outputs(model, "vit_cls")
 
 

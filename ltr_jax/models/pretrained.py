@@ -6,7 +6,8 @@ Three formats, a registry of readers that each return a state dict of NumPy arra
   as ``blocks.0.attn.qkv.weight``), read with the ``safetensors`` NumPy API (no torch);
 - ``big_vision``: a big_vision / AugReg ``.npz`` ViT checkpoint (Flax layouts, names such as
   ``Transformer/encoderblock_0/MultiHeadDotProductAttention_1/query/kernel``), re-laid out
-  to the timm names;
+  to the timm names; big_vision's own class-token ViTs keep a top-level ``pos_embedding`` of
+  the patch grid only (the class token gets none): its class-token entry becomes 0;
 - ``ltr_jax``: a model that ``python -m ltr_jax.export`` wrote (``model.safetensors``, told
   apart by its metadata): our own flat names (``encoder.layers.0.conv1.kernel``) and layouts,
   BatchNorm statistics included, loaded as they are (`load_exported`).
@@ -84,6 +85,7 @@ def _big_vision_block(block: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 _BIG_VISION_TOP = {
     "cls": "cls_token",
     "Transformer/posembed_input/pos_embedding": "pos_embed",
+    "Transformer/pos_embedding": "pos_embed",
     "pos_embedding": "pos_embed",
     "Transformer/encoder_norm/scale": "norm.weight",
     "Transformer/encoder_norm/bias": "norm.bias",
@@ -112,6 +114,11 @@ def read_big_vision(path: str) -> dict[str, np.ndarray]:
             out[key] = value  # reported as unexpected
     for i, block in blocks.items():
         out.update({f"blocks.{i}.{k}": v for k, v in _big_vision_block(block).items()})
+    pos = flat.get("pos_embedding")
+    if pos is not None and "cls" in flat and int(np.sqrt(pos.shape[1])) ** 2 == pos.shape[1]:
+        # big_vision's own ViT adds ``pos_embedding`` to the patches before it prepends the
+        # class token: in timm's layout (one embedding per token) the class token's is 0.
+        out["pos_embed"] = np.concatenate([np.zeros_like(pos[:, :1]), pos], axis=1)
     return out
 
 
