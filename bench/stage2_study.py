@@ -1,0 +1,206 @@
+"""Stage 2 beyond the paper: balanced objectives and balanced subsets on the IP-DPP draw, over
+seeds, against the paper's stage 2 and the single-stage baselines (CIFAR-10-LT, one CPU).
+
+    python bench/stage2_study.py OUT --archive_dir=DIR --tfds_dir=DIR [--jobs=2]
+
+ONE stage 1 (BNS, reference form) + linear probe in ``OUT/stage1``; every stage-2 variant
+continues its own copy of it, ``OUT/<variant>/seed_<s>``, with ``stage2.seed=s``; the
+single-stage baselines (``ce`` section) run from scratch with ``seed=s`` at the same total
+number of backbone gradient steps (stage-1 steps + stage-2 steps; the probe's head-only steps
+not counted). Every stage-2 variant takes the same number of steps as the paper's stage 2
+(``--e2`` epochs of the paper's subset; a larger subset gets fewer epochs), with two draws.
+
+Resumable: the same command again skips finished runs (``run.py`` skips finished stages and
+resumes a cut one from its checkpoint; a copy is made under a temporary name, then renamed).
+Runs go seed by seed (all variants of seed 0 first), so a cut study still has whole seeds.
+At the end: ``python -m ltr_jax.report`` over every finished workdir (table of mean +- std,
+per-class figure) into ``OUT/report``, and ``bench/results/stage2_study/summary.json`` with
+the table and the budget when ``--results`` is given. Reproduction script, not a test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+
+from ltr_jax import config_lib  # noqa: E402
+from ltr_jax.data import sampler  # noqa: E402
+from ltr_jax.stages import rebalance  # noqa: E402
+
+COUNTS = np.array([5000, 2997, 1796, 1077, 645, 387, 232, 139, 83, 50])  # CIFAR-10-LT IF100
+CE_BATCH = 128  # the ce section's batch (configs/baselines/ce_cifar10_lt.py)
+
+# name -> stage-2 overrides (besides the epochs); the first two are the paper's stage 2 and
+# the released code's draw, the others beyond the paper.
+VARIANTS = {
+    "paper_ipdpp_ce": [],
+    "uniform_ce": ["stage2.sampler=uniform"],
+    "paper_subset_balanced_softmax": ["stage2.loss=balanced_softmax"],
+    "balanced_subset_ce": ["stage2.subset=balanced"],
+    "sqrt_subset_balanced_softmax": ["stage2.subset=sqrt", "stage2.loss=balanced_softmax"],
+}
+BASELINES = {
+    "ce": "configs/baselines/ce_cifar10_lt.py",
+    "cb_resample": "configs/baselines/cb_resample_cifar10_lt.py",
+    "balanced_softmax": "configs/baselines/balanced_softmax_cifar10_lt.py",
+}
+
+
+def stage2_steps(overrides: list[str], batch_size: int) -> int:
+    """Steps per epoch of a stage-2 variant on CIFAR-10-LT IF100 (its subset's size)."""
+    cfg = config_lib.base_config().stage2
+    for o in overrides:
+        key, value = o.split("=")
+        if key == "stage2.subset":
+            cfg.subset = value
+    size = int(rebalance.subset_counts(cfg, COUNTS).sum())
+    return sampler.steps_per_epoch(size, batch_size, True)
+
+
+def plan(args) -> tuple[list[tuple[str, list[str], str]], dict]:
+    """Every run (workdir, run.py arguments, kind) in order, and the budget."""
+    data = [
+        f"--config.data.manual_dir={args.archive_dir}",
+        "--config.data.download=False",
+        "--config.data.allow_unverified_archive=True",
+        f"--config.data.data_dir={args.tfds_dir}",
+    ]
+    common = data + [
+        f"--config.model.encoder={args.encoder}",
+        "--config.train.eval_every_epochs=0",
+        "--config.train.checkpoint_every_steps=100",
+    ]
+    s1_steps = args.e1 * sampler.steps_per_epoch(int(COUNTS.sum()), 256, True)
+    paper_steps = args.e2 * stage2_steps([], 64)
+    stage1 = ["--config=configs/cifar10_lt.py", *common] + [
+        "--config.seed=0",
+        f"--config.stage1.epochs={args.e1}",
+        "--config.stage1.batch_size=256",
+        "--config.stage1.optim.warmup_epochs=0.5",
+        f"--config.probe.epochs={args.probe_epochs}",
+    ]
+    runs = [("stage1", stage1 + ["--stages=stage1,probe"], "stage1")]
+    ce_spe = sampler.steps_per_epoch(int(COUNTS.sum()), CE_BATCH, True)
+    ce_epochs = max(1, round((s1_steps + paper_steps) / ce_spe))
+    budget = {
+        "encoder": args.encoder,
+        "stage1_epochs": args.e1,
+        "stage1_steps": s1_steps,
+        "probe_epochs": args.probe_epochs,
+        "stage2_steps_paper": paper_steps,
+        "baseline_epochs": ce_epochs,
+        "baseline_steps": ce_epochs * ce_spe,
+        "variants": {},
+    }
+    for seed in args.seeds:
+        for name, overrides in VARIANTS.items():
+            if name not in args.variants:
+                continue
+            spe = stage2_steps(overrides, 64)
+            epochs = max(2, round(paper_steps / spe))
+            budget["variants"][name] = {"epochs": epochs, "steps": epochs * spe}
+            extra = [f"--config.{o}" for o in overrides] + [
+                f"--config.stage2.epochs={epochs}",
+                f"--config.stage2.redraw_every_epochs={(epochs + 1) // 2}",
+                "--config.stage2.optim.warmup_epochs=0.5",
+                f"--config.stage2.seed={seed}",
+            ]
+            runs.append((f"{name}/seed_{seed}", stage1 + extra + ["--stages=stage2"], "stage2"))
+        for name, config in BASELINES.items():
+            if name not in args.baselines:
+                continue
+            extra = [
+                f"--config.seed={seed}",
+                f"--config.ce.epochs={ce_epochs}",
+                "--config.ce.optim.warmup_epochs=1",
+            ]
+            runs.append(
+                (f"{name}/seed_{seed}", [f"--config={config}", *common, *extra], "baseline")
+            )
+    return runs, budget
+
+
+def execute(args, workdir: str, argv: list[str], kind: str) -> str:
+    """Runs one workdir to completion (a no-op when finished); returns a status line."""
+    path = os.path.join(args.out, workdir)
+    final = {"stage1": "probe", "stage2": "stage2", "baseline": "ce"}[kind]
+    if os.path.exists(os.path.join(path, final, "results.json")):
+        return f"{workdir}: done"
+    if kind == "stage2" and not os.path.exists(path):
+        tmp = path + ".copying"
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(os.path.join(args.out, "stage1"), tmp)
+        os.rename(tmp, path)
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    log = path + ".log"
+    began = time.time()
+    cmd = [sys.executable, "run.py", f"--workdir={path}", *argv]
+    with open(log, "a") as f:
+        rc = subprocess.call(cmd, cwd=REPO, stdout=f, stderr=subprocess.STDOUT)
+    return f"{workdir}: rc {rc} in {time.time() - began:.0f} s (log {log})"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("out")
+    parser.add_argument("--archive_dir", required=True, help="folder of cifar-10-binary.tar.gz")
+    parser.add_argument("--tfds_dir", required=True, help="TFDS data folder (prepared once)")
+    parser.add_argument("--encoder", default="cifar_resnet8")
+    parser.add_argument("--e1", type=int, default=8, help="stage-1 epochs (B 256)")
+    parser.add_argument("--probe_epochs", type=int, default=30)
+    parser.add_argument("--e2", type=int, default=6, help="stage-2 epochs of the paper subset")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS))
+    parser.add_argument("--baselines", nargs="+", default=list(BASELINES))
+    parser.add_argument("--jobs", type=int, default=1, help="runs at once (after stage 1)")
+    parser.add_argument("--results", default="", help="also write summary.json here")
+    parser.add_argument("--dry_run", action="store_true", help="print the plan only")
+    args = parser.parse_args()
+    os.makedirs(args.out, exist_ok=True)
+    os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(args.out, "jax_cache"))
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    os.environ["PYTHONPATH"] = REPO
+    runs, budget = plan(args)
+    print(json.dumps(budget, indent=1))
+    if args.dry_run:
+        for workdir, argv, _ in runs:
+            print(workdir, " ".join(argv))
+        return 0
+    print(execute(args, *runs[0]), flush=True)  # stage 1 + probe, once
+    with concurrent.futures.ThreadPoolExecutor(args.jobs) as pool:
+        for line in pool.map(lambda r: execute(args, *r), runs[1:]):
+            print(time.strftime("%H:%M:%S"), line, flush=True)
+    finished = []
+    for workdir, _, kind in runs[1:]:
+        final = {"stage2": "stage2", "baseline": "ce"}[kind]
+        if os.path.exists(os.path.join(args.out, workdir, final, "results.json")):
+            finished.append(os.path.join(args.out, workdir))
+    report = os.path.join(args.out, "report")
+    subprocess.call([sys.executable, "-m", "ltr_jax.report", *finished, f"--out={report}"])
+    if args.results:
+        os.makedirs(args.results, exist_ok=True)
+        with open(os.path.join(report, "report.json")) as f:
+            table = json.load(f)
+        summary = {"machine": "CPU-2", "budget": budget, "report": table}
+        with open(os.path.join(args.results, "summary.json"), "w") as f:
+            json.dump(summary, f, indent=1)
+        for name in ("report.md", "per_class_accuracy.png"):
+            if os.path.exists(os.path.join(report, name)):
+                shutil.copy(os.path.join(report, name), args.results)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
