@@ -2,6 +2,7 @@
 seeds, against the paper's stage 2 and the single-stage baselines (CIFAR-10-LT, one CPU).
 
     python bench/stage2_study.py OUT --archive_dir=DIR --tfds_dir=DIR [--jobs=2]
+    python bench/stage2_study.py /tmp/rehearse --smoke --seeds 0 1   # synthetic, minutes
 
 ONE stage 1 (BNS, reference form) + linear probe in ``OUT/stage1``; every stage-2 variant
 continues its own copy of it, ``OUT/<variant>/seed_<s>``, with ``stage2.seed=s``; the
@@ -10,9 +11,12 @@ number of backbone gradient steps (stage-1 steps + stage-2 steps; the probe's he
 not counted). Every stage-2 variant takes the same number of steps as the paper's stage 2
 (``--e2`` epochs of the paper's subset; a larger subset gets fewer epochs), with two draws.
 
-Resumable: the same command again skips finished runs (``run.py`` skips finished stages and
+Resumable: the same command again skips finished runs (the pipeline skips finished stages and
 resumes a cut one from its checkpoint; a copy is made under a temporary name, then renamed).
 Runs go seed by seed (all variants of seed 0 first), so a cut study still has whole seeds.
+``--jobs`` worker processes share the runs (the baselines while stage 1 runs, then the stage-2
+runs): each loads the data once, claims the next run in plan order and runs it in process
+(``ltr_jax.pipeline.run``), logging to ``OUT/worker_<i>.log``.
 At the end: ``python -m ltr_jax.report`` over every finished workdir (table of mean +- std,
 per-class figure) into ``OUT/report``, and ``bench/results/stage2_study/summary.json`` with
 the table and the budget when ``--results`` is given. Reproduction script, not a test.
@@ -21,7 +25,6 @@ the table and the budget when ``--results`` is given. Reproduction script, not a
 from __future__ import annotations
 
 import argparse
-import concurrent.futures
 import json
 import os
 import shutil
@@ -128,49 +131,141 @@ def plan(args) -> tuple[list[tuple[str, list[str], str]], dict]:
             runs.append(
                 (f"{name}/seed_{seed}", [f"--config={config}", *common, *extra], "baseline")
             )
+    if args.smoke:  # the config files' :smoke sizes (synthetic data): a rehearsal in minutes
+        runs = [(w, [_smoke(a) for a in argv if _smoke(a)], kind) for w, argv, kind in runs]
     return runs, budget
 
 
-def execute(args, workdir: str, argv: list[str], kind: str) -> str:
-    """Runs one workdir to completion (a no-op when finished); returns a status line."""
-    path = os.path.join(args.out, workdir)
-    final = {"stage1": "probe", "stage2": "stage2", "baseline": "ce"}[kind]
-    if os.path.exists(os.path.join(path, final, "results.json")):
+SMOKE_KEPT = ("--stages=", "--config.seed=", "--config.stage2.seed=", "--config.stage2.subset=")
+SMOKE_KEPT += ("--config.stage2.loss=", "--config.stage2.sampler=")
+
+
+def _smoke(arg: str) -> str | None:
+    """A run's argument at smoke size: the config file's :smoke, only the seeds and variant
+    keys kept (None: dropped)."""
+    if arg.startswith("--config="):
+        return arg + ":smoke"
+    return arg if arg.startswith(SMOKE_KEPT) else None
+
+
+def make_config(argv: list[str]):
+    """The FrozenConfigDict of ``run.py`` arguments ``--config=FILE --config.a.b=V ...``."""
+    import ast
+
+    from ml_collections import FrozenConfigDict
+
+    path = next(a.split("=", 1)[1] for a in argv if a.startswith("--config="))
+    config = config_lib.load_config_file(os.path.join(REPO, path))
+    for arg in argv:
+        if not arg.startswith("--config."):
+            continue
+        dotted, text = arg[len("--config.") :].split("=", 1)
+        *parents, key = dotted.split(".")
+        node = config
+        for part in parents:
+            node = node[part]
+        try:
+            value = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            value = text
+        node[key] = type(node[key])(value) if isinstance(node[key], float) else value
+    return FrozenConfigDict(config)
+
+
+def execute(out: str, workdir: str, argv: list[str], kind: str) -> str:
+    """Runs one workdir to completion in this process (a no-op when finished)."""
+    from ltr_jax import pipeline
+
+    path = os.path.join(out, workdir)
+    if finished(out, workdir, kind):
         return f"{workdir}: done"
     if kind == "stage2" and not os.path.exists(path):
         tmp = path + ".copying"
         shutil.rmtree(tmp, ignore_errors=True)
-        shutil.copytree(os.path.join(args.out, "stage1"), tmp)
+        shutil.copytree(os.path.join(out, "stage1"), tmp)
         os.rename(tmp, path)
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    log = path + ".log"
     began = time.time()
-    cmd = [sys.executable, "run.py", f"--workdir={path}", *argv]
-    with open(log, "a") as f:
-        rc = subprocess.call(cmd, cwd=REPO, stdout=f, stderr=subprocess.STDOUT)
-    return f"{workdir}: rc {rc} in {time.time() - began:.0f} s (log {log})"
+    stages = next((a.split("=", 1)[1].split(",") for a in argv if a.startswith("--stages=")), None)
+    try:
+        pipeline.run(make_config(argv), path, stages)
+    except Exception as e:
+        return f"{workdir}: FAILED after {time.time() - began:.0f} s: {type(e).__name__}: {e}"
+    return f"{workdir}: done in {time.time() - began:.0f} s"
+
+
+FINAL = {"stage1": "probe", "stage2": "stage2", "baseline": "ce"}  # kind -> last stage
+
+
+def finished(out: str, workdir: str, kind: str) -> bool:
+    return os.path.exists(os.path.join(out, workdir, FINAL[kind], "results.json"))
+
+
+def claim(out: str, workdir: str) -> bool:
+    """Takes a run for this worker (an exclusive ``OUT/<workdir>.claim`` file)."""
+    path = os.path.join(out, workdir + ".claim")
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    try:
+        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+    except FileExistsError:
+        return False
+    return True
+
+
+def worker(args, runs) -> int:
+    """Takes the first unclaimed run in plan order, again and again, loading the data once (every
+    run shares one data config); a stage-2 run waits for stage 1 and the probe."""
+    from absl import logging
+
+    from ltr_jax.data import inputs
+
+    logging.set_verbosity(logging.INFO)  # the pipeline's progress lines, into the worker's log
+    load, loaded = inputs.load, {}
+
+    def load_once(config, mesh):
+        key = config.to_json()
+        if key not in loaded:
+            loaded[key] = load(config, mesh)
+        return loaded[key]
+
+    inputs.load = load_once
+    while True:
+        pending = [r for r in runs[1:] if not finished(args.out, r[0], r[2])]
+        ready = finished(args.out, *runs[0][::2])
+        eligible = [r for r in pending if r[2] != "stage2" or ready]
+        taken = next((r for r in eligible if claim(args.out, r[0])), None)
+        if taken is not None:
+            print(time.strftime("%H:%M:%S"), execute(args.out, *taken), flush=True)
+        elif ready or not pending:
+            return 0  # every run finished or taken by another worker
+        else:
+            time.sleep(15)  # stage-2 runs wait for stage 1
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("out")
-    parser.add_argument("--archive_dir", required=True, help="folder of cifar-10-binary.tar.gz")
-    parser.add_argument("--tfds_dir", required=True, help="TFDS data folder (prepared once)")
+    parser.add_argument("--archive_dir", default="", help="folder of cifar-10-binary.tar.gz")
+    parser.add_argument("--tfds_dir", default="", help="TFDS data folder (prepared once)")
     parser.add_argument("--encoder", default="cifar_resnet8")
-    parser.add_argument("--e1", type=int, default=8, help="stage-1 epochs (B 256)")
+    parser.add_argument("--e1", type=int, default=4, help="stage-1 epochs (B 256)")
     parser.add_argument("--probe_epochs", type=int, default=30)
     parser.add_argument("--e2", type=int, default=6, help="stage-2 epochs of the paper subset")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS))
     parser.add_argument("--baselines", nargs="+", default=list(BASELINES))
-    parser.add_argument("--jobs", type=int, default=1, help="runs at once (after stage 1)")
+    parser.add_argument("--jobs", type=int, default=2, help="worker processes")
     parser.add_argument("--results", default="", help="also write summary.json here")
     parser.add_argument("--dry_run", action="store_true", help="print the plan only")
+    parser.add_argument("--smoke", action="store_true", help="synthetic data, smoke sizes")
+    parser.add_argument("--worker", default="", help=argparse.SUPPRESS)  # i/N: internal
     args = parser.parse_args()
+    if not args.smoke and not (args.archive_dir and args.tfds_dir):
+        parser.error("--archive_dir and --tfds_dir are required (or --smoke)")
     os.makedirs(args.out, exist_ok=True)
     os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(args.out, "jax_cache"))
     os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    os.environ.setdefault("TQDM_DISABLE", "1")
     os.environ["PYTHONPATH"] = REPO
     runs, budget = plan(args)
     print(json.dumps(budget, indent=1))
@@ -178,17 +273,27 @@ def main() -> int:
         for workdir, argv, _ in runs:
             print(workdir, " ".join(argv))
         return 0
-    print(execute(args, *runs[0]), flush=True)  # stage 1 + probe, once
-    with concurrent.futures.ThreadPoolExecutor(args.jobs) as pool:
-        for line in pool.map(lambda r: execute(args, *r), runs[1:]):
-            print(time.strftime("%H:%M:%S"), line, flush=True)
-    finished = []
-    for workdir, _, kind in runs[1:]:
-        final = {"stage2": "stage2", "baseline": "ce"}[kind]
-        if os.path.exists(os.path.join(args.out, workdir, final, "results.json")):
-            finished.append(os.path.join(args.out, workdir))
+    if args.worker:
+        return worker(args, runs)
+    for root, _, files in os.walk(args.out):  # claims of an earlier, cut study
+        for name in files:
+            if name.endswith(".claim"):
+                os.remove(os.path.join(root, name))
+    me = [sys.executable, os.path.abspath(__file__), *sys.argv[1:]]
+    procs = []
+    for i in range(args.jobs):  # they take the baselines while stage 1 runs here
+        log = open(os.path.join(args.out, f"worker_{i}.log"), "a")
+        procs.append(subprocess.Popen([*me, f"--worker={i}"], stdout=log, stderr=log))
+    from absl import logging
+
+    logging.set_verbosity(logging.INFO)
+    if not finished(args.out, *runs[0][::2]):
+        print(execute(args.out, *runs[0]), flush=True)  # stage 1 + probe, once
+    for proc in procs:
+        proc.wait()
+    done = [os.path.join(args.out, w) for w, _, kind in runs[1:] if finished(args.out, w, kind)]
     report = os.path.join(args.out, "report")
-    subprocess.call([sys.executable, "-m", "ltr_jax.report", *finished, f"--out={report}"])
+    subprocess.call([sys.executable, "-m", "ltr_jax.report", *done, f"--out={report}"])
     if args.results:
         os.makedirs(args.results, exist_ok=True)
         with open(os.path.join(report, "report.json")) as f:

@@ -375,3 +375,34 @@ def test_stage2_defaults_are_the_papers():
     stage2 = config_lib.base_config().stage2
     assert (stage2.subset, stage2.loss, stage2.seed) == ("paper", "ce", -1)
     pipeline.STAGES["stage2"].validate(_config())  # and valid
+
+
+def test_gpu_beyond_variants_take_the_papers_stage2_steps():
+    """bench/gpu_reproduce.py (standard library only) states each variant's epochs; at the
+    paper's budget (100 epochs of the paper subset, batch 64) every variant takes within 1 %
+    of its steps, with 10 draws."""
+    import importlib.util
+
+    from ltr_jax.data import sampler
+
+    spec = importlib.util.spec_from_file_location(
+        "gpu_reproduce", os.path.join(ROOT, "bench", "gpu_reproduce.py")
+    )
+    gpu = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gpu)
+    base = config_lib.base_config().stage2
+    steps = lambda cfg, epochs: (
+        epochs
+        * sampler.steps_per_epoch(
+            int(rebalance.subset_counts(cfg, LT_COUNTS).sum()), base.batch_size, True
+        )
+    )
+    paper = steps(base, base.epochs)
+    for name, (overrides, epochs, every) in gpu.BEYOND_VARIANTS.items():
+        cfg = config_lib.base_config().stage2
+        for o in overrides:
+            key, value = o.split("=")
+            cfg[key.split(".")[1]] = value
+        cfg.update(epochs=epochs, redraw_every_epochs=every)
+        assert abs(steps(cfg, epochs) - paper) <= 0.01 * paper, name
+        assert len(rebalance.draw_epochs(cfg)) == 10, name
