@@ -500,6 +500,7 @@ def beyond_runs(args) -> list[tuple[str, str | None, list[str]]]:
     """``--beyond``'s runs in order, seed by seed: (name, config file or None for a stage-2
     variant on a copy of WORK/run, ``--config.*`` overrides)."""
     full = not (args.smoke or args.quick)
+    names = set(args.beyond_names.split(",")) if args.beyond_names else None
     runs = []
     for seed in range(args.beyond_seeds):
         for name, (overrides, epochs, every) in BEYOND_VARIANTS.items():
@@ -510,7 +511,7 @@ def beyond_runs(args) -> list[tuple[str, str | None, list[str]]]:
             sizes = [f"ce.epochs={BEYOND_BASELINE_EPOCHS}", "model.encoder=cifar_resnet18"]
             keys = (sizes if full else ["ce.epochs=1"] if args.quick else []) + [f"seed={seed}"]
             runs.append((f"{name}/seed_{seed}", config, keys))
-    return runs
+    return [r for r in runs if names is None or r[0].split("/")[0] in names]
 
 
 def _mean_std(values: list[float]) -> dict:
@@ -576,6 +577,11 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="then the stage-2 variants and baselines of README 'Beyond the paper', seeded",
     )
     parser.add_argument("--beyond_seeds", type=int, default=3, help="seeds 0..N-1 of --beyond")
+    parser.add_argument(
+        "--beyond_names",
+        default="",
+        help="comma-separated variant / baseline names of --beyond (default: all)",
+    )
     parser.add_argument("--quick", action="store_true", help="smoke sizes, real data path")
     parser.add_argument("--smoke", action="store_true", help="configs/cifar10_lt.py:smoke")
     parser.add_argument("--stage1_epochs", type=int, default=None)

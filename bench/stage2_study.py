@@ -7,15 +7,17 @@ seeds, against the paper's stage 2 and the single-stage baselines (CIFAR-10-LT, 
 ONE stage 1 (BNS, reference form) + linear probe in ``OUT/stage1``; every stage-2 variant
 continues its own copy of it, ``OUT/<variant>/seed_<s>``, with ``stage2.seed=s``; the
 single-stage baselines (``ce`` section) run from scratch with ``seed=s`` at the same total
-number of backbone gradient steps (stage-1 steps + stage-2 steps; the probe's head-only steps
-not counted). Every stage-2 variant takes the same number of steps as the paper's stage 2
-(``--e2`` epochs of the paper's subset; a larger subset gets fewer epochs), with two draws.
+number of backbone gradient steps (stage-1 steps + stage-2 steps, rounded to whole epochs; the
+probe's head-only steps not counted). A stage-2 variant takes at most the paper's stage-2 steps
+(``--e2`` epochs of the paper's subset; a larger subset gets the whole epochs that fit), with
+two draws.
 
 Resumable: the same command again skips finished runs (the pipeline skips finished stages and
 resumes a cut one from its checkpoint; a copy is made under a temporary name, then renamed).
-Runs go seed by seed (all variants of seed 0 first), so a cut study still has whole seeds.
-``--jobs`` worker processes share the runs (the baselines while stage 1 runs, then the stage-2
-runs): each loads the data once, claims the next run in plan order and runs it in process
+Plan order: the stage-2 runs seed by seed (all variants of seed 0 first), then the baselines
+seed by seed, so a cut study still has whole seeds of the stage-2 comparison.
+``--jobs`` worker processes share the runs: each loads the data once, claims the next run in
+plan order (waiting while that is a stage-2 run and stage 1 is not done) and runs it in process
 (``ltr_jax.pipeline.run``), logging to ``OUT/worker_<i>.log``.
 At the end: ``python -m ltr_jax.report`` over every finished workdir (table of mean +- std,
 per-class figure) into ``OUT/report``, and ``bench/results/stage2_study/summary.json`` with
@@ -48,10 +50,10 @@ CE_BATCH = 128  # the ce section's batch (configs/baselines/ce_cifar10_lt.py)
 # the released code's draw, the others beyond the paper.
 VARIANTS = {
     "paper_ipdpp_ce": [],
-    "uniform_ce": ["stage2.sampler=uniform"],
-    "paper_subset_balanced_softmax": ["stage2.loss=balanced_softmax"],
-    "balanced_subset_ce": ["stage2.subset=balanced"],
     "sqrt_subset_balanced_softmax": ["stage2.subset=sqrt", "stage2.loss=balanced_softmax"],
+    "balanced_subset_ce": ["stage2.subset=balanced"],
+    "paper_subset_balanced_softmax": ["stage2.loss=balanced_softmax"],
+    "uniform_ce": ["stage2.sampler=uniform"],
 }
 BASELINES = {
     "ce": "configs/baselines/ce_cifar10_lt.py",
@@ -106,12 +108,12 @@ def plan(args) -> tuple[list[tuple[str, list[str], str]], dict]:
         "baseline_steps": ce_epochs * ce_spe,
         "variants": {},
     }
-    for seed in args.seeds:
+    for seed in args.seeds:  # every stage-2 run first (seed by seed), then the baselines
         for name, overrides in VARIANTS.items():
             if name not in args.variants:
                 continue
             spe = stage2_steps(overrides, 64)
-            epochs = max(2, round(paper_steps / spe))
+            epochs = max(2, paper_steps // spe)  # never more steps than the paper's
             budget["variants"][name] = {"epochs": epochs, "steps": epochs * spe}
             extra = [f"--config.{o}" for o in overrides] + [
                 f"--config.stage2.epochs={epochs}",
@@ -120,6 +122,7 @@ def plan(args) -> tuple[list[tuple[str, list[str], str]], dict]:
                 f"--config.stage2.seed={seed}",
             ]
             runs.append((f"{name}/seed_{seed}", stage1 + extra + ["--stages=stage2"], "stage2"))
+    for seed in args.seeds:
         for name, config in BASELINES.items():
             if name not in args.baselines:
                 continue
@@ -229,16 +232,23 @@ def worker(args, runs) -> int:
 
     inputs.load = load_once
     while True:
-        pending = [r for r in runs[1:] if not finished(args.out, r[0], r[2])]
         ready = finished(args.out, *runs[0][::2])
-        eligible = [r for r in pending if r[2] != "stage2" or ready]
-        taken = next((r for r in eligible if claim(args.out, r[0])), None)
+        taken, waiting = None, False
+        for run in runs[1:]:  # strictly in plan order: a stage-2 run waits for stage 1
+            if finished(args.out, run[0], run[2]):
+                continue
+            if run[2] == "stage2" and not ready:
+                waiting = True
+                break
+            if claim(args.out, run[0]):
+                taken = run
+                break
         if taken is not None:
             print(time.strftime("%H:%M:%S"), execute(args.out, *taken), flush=True)
-        elif ready or not pending:
-            return 0  # every run finished or taken by another worker
+        elif waiting:
+            time.sleep(15)
         else:
-            time.sleep(15)  # stage-2 runs wait for stage 1
+            return 0  # every run finished or taken by another worker
 
 
 def main() -> int:

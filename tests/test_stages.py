@@ -295,10 +295,38 @@ def test_stage2_prior_of_each_draw_is_that_draws_counts(pretrained, tmp_path):
         np.testing.assert_allclose(loss, want, rtol=1e-5)
 
 
+BEYOND = os.path.join(ROOT, "configs", "beyond", "cifar10_lt.py") + ":smoke"
+
+
+def _beyond_config():
+    """configs/beyond/cifar10_lt.py:smoke at the sizes of `_config` (its stage 1 and probe are
+    those of the shared `pretrained` workdir)."""
+    config = config_lib.load_config_file(BEYOND)
+    for dotted, value in SHORTEN.items():
+        section, key = dotted.split(".")
+        config[section][key] = value
+    return FrozenConfigDict(config)
+
+
+def test_beyond_configs_validate_and_differ_from_the_recipe_only_in_stage2():
+    for name in ("cifar10_lt", "cifar100_lt"):
+        for arg in ("", ":smoke"):
+            path = os.path.join(ROOT, "configs", "beyond", f"{name}.py") + arg
+            config = config_lib.load_config_file(path)
+            recipe = config_lib.load_config_file(os.path.join(ROOT, "configs", f"{name}.py") + arg)
+            pipeline.validate(config, config.pipeline, 1)
+            diffs = pipeline._config_diff(
+                json.loads(recipe.to_json()), json.loads(config.to_json())
+            )
+            assert diffs and all(d.startswith("stage2.") for d in diffs), diffs
+            assert (config.stage2.subset, config.stage2.loss) == ("sqrt", "balanced_softmax")
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("subset,loss", [("balanced", "ce"), ("sqrt", "logit_adjust")])
+@pytest.mark.parametrize("subset,loss", [("balanced", "ce"), ("sqrt", "balanced_softmax")])
 def test_stage2_subset_counts_and_exact_resume(pretrained, tmp_path, monkeypatch, subset, loss):
-    config = _config(subset=subset, loss=loss)
+    # sqrt + balanced softmax: the named config configs/beyond/cifar10_lt.py:smoke, run.
+    config = _config(subset=subset, loss=loss) if subset != "sqrt" else _beyond_config()
     straight = _copy(pretrained, tmp_path / "straight")
     pipeline.run(config, straight)
     results = _stage2_results(straight)
