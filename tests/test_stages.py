@@ -277,6 +277,7 @@ def test_stage2_prior_of_each_draw_is_that_draws_counts(pretrained, tmp_path):
     _, state = train_lib.init_train_state(
         setup.model, optax.sgd(0.0), setup.trainable, setup.subset
     )
+    state = runtime.put_replicated(mesh, state)  # as the training loop holds it
     spe = setup.steps_per_epoch
     steps = [e * spe for e in rebalance.draw_epochs(config.stage2)]
     assert len(steps) == 2
