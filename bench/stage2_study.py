@@ -12,7 +12,8 @@ probe's head-only steps not counted). A stage-2 variant takes at most the paper'
 (``--e2`` epochs of the paper's subset; a larger subset gets the whole epochs that fit), with
 two draws.
 
-Resumable: the same command again skips finished runs (the pipeline skips finished stages and
+Resumable: SIGTERM stops every process at a step boundary with a checkpoint (a worker then
+ends); the same command again skips finished runs (the pipeline skips finished stages and
 resumes a cut one from its checkpoint; a copy is made under a temporary name, then renamed).
 Plan order: the stage-2 runs seed by seed (all variants of seed 0 first), then the baselines
 seed by seed, so a cut study still has whole seeds of the stage-2 comparison.
@@ -177,7 +178,7 @@ def make_config(argv: list[str]):
 
 def execute(out: str, workdir: str, argv: list[str], kind: str) -> str:
     """Runs one workdir to completion in this process (a no-op when finished)."""
-    from ltr_jax import pipeline
+    from ltr_jax import pipeline, stopping
 
     path = os.path.join(out, workdir)
     if finished(out, workdir, kind):
@@ -191,6 +192,8 @@ def execute(out: str, workdir: str, argv: list[str], kind: str) -> str:
     stages = next((a.split("=", 1)[1].split(",") for a in argv if a.startswith("--stages=")), None)
     try:
         pipeline.run(make_config(argv), path, stages)
+    except stopping.Stopped:  # SIGTERM / deadline: checkpointed; this worker stops here
+        raise
     except Exception as e:
         return f"{workdir}: FAILED after {time.time() - began:.0f} s: {type(e).__name__}: {e}"
     return f"{workdir}: done in {time.time() - began:.0f} s"
