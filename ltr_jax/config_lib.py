@@ -180,6 +180,13 @@ def base_config() -> mlc.ConfigDict:
             redraw_every_epochs=10,
             redraw_rule="every",  # every (epochs 0, E, 2E..) | reference (0, E-1, 2E-1..)
             fixed_subset=False,  # True: every draw uses the first draw's key (released code)
+            # Beyond the paper (README "Beyond the paper"); the defaults are the paper's.
+            subset="paper",  # paper (over k cut to k, others whole) | balanced (k each) | sqrt
+            loss="ce",  # ce | balanced_softmax | logit_adjust | ldam, prior of the current subset
+            logit_adjust=dict(tau=1.0),  # logits + tau * log prior of the current subset
+            # margins m_c ~ n_c^(-1/4) of the subset's counts; scale 1: the head is linear
+            ldam=dict(max_margin=0.5, scale=1.0),
+            seed=-1,  # the stage's own seed (-1: config.seed): stage-2 seeds on one stage 1
             drop_last=True,  # False: keep each epoch's last partial batch (released code)
             epochs=100,
             batch_size=64,

@@ -6,13 +6,14 @@
 
 Reads only the workdirs (``config.json``, ``<stage>/results.json``, ``metrics.jsonl``,
 ``stage2/draws.jsonl``), so it works on runs copied back from another machine. Workdirs are
-grouped into methods: by ``--labels`` (one per workdir) if given, else workdirs named
-``DIR/seed_<i>`` group under DIR's name, else by a label derived from the finished stages and
-their key settings. Runs that share a label but whose configs differ beyond the seed are kept
-apart, each label naming the differing keys (``ce [data.name=cifar10]``). For each
-method the table gives the final stage's top-1 / Many / Medium / Few (percent) as mean +- std
-over runs (sample std, ddof 1; no std for a single run); a note lists every configured stage a
-run did not finish (started but failed or stopped, or never run) and every stage whose
+grouped into methods: by ``--labels`` (one per workdir) if given, else workdirs
+named ``DIR/seed_<i>`` group under DIR's name, else by a label derived from the finished stages
+and their key settings (stage 2's loss and subset where not the paper's). Runs that share a
+label but whose configs differ beyond the seeds (``seed``, ``stage2.seed``) are kept apart, each
+label naming the differing keys (``ce [data.name=cifar10]``). For each method the table gives
+the final stage's top-1 / Many / Medium / Few (percent) as mean +- std over runs (sample std,
+ddof 1; no std for a single run); a note lists every configured stage a run did not finish
+(started but failed or stopped, or never run) and every stage whose
 training loss became non-finite. Writes to OUT (default ``reports``, git-ignored):
 ``report.md``, ``report.json`` and the figures ``per_class_accuracy.png``,
 ``training_curves.png`` and, when there are IP-DPP draws, ``ipdpp_confidence.png``. Plotting
@@ -42,6 +43,7 @@ METRICS = ("top1", "many", "medium", "few")
 HEADERS = ("top-1", "Many", "Medium", "Few")
 STAGE_ORDER = tuple(pipeline.STAGES)  # the declared stages, in the pipeline's order
 _SEED_DIR = re.compile(r"seed_\d+$")
+SEED_KEYS = ("seed", "stage2.seed")  # not differences between runs: what seeds vary
 _MAX_DIFF_KEYS = 3  # differing config keys named in a label; more are counted
 NOT_RUN = "not run"
 NOT_FINISHED = "started, not finished (failed, stopped or still running)"
@@ -126,10 +128,11 @@ def method_label(config: dict, stages: Sequence[str]) -> str:
 
 
 def flat_config(config: dict, prefix: str = "") -> dict[str, str]:
-    """``{"a.b": value as text}``: every leaf of ``config`` but the seed (lists are leaves)."""
+    """``{"a.b": value as text}``: every leaf of ``config`` but the seeds (``seed`` and a
+    stage's own, ``stage2.seed``; lists are leaves)."""
     flat = {}
     for key, value in config.items():
-        if not prefix and key == "seed":
+        if prefix + key in SEED_KEYS:
             continue
         if isinstance(value, dict):
             flat.update(flat_config(value, f"{prefix}{key}."))
@@ -209,6 +212,13 @@ def _per_class(results: Sequence[dict]) -> dict | None:
     return {"mean": np.nanmean(acc, axis=0).tolist(), "std": std.tolist()}
 
 
+def run_seed(config: dict, stage: str):
+    """The seed of a run's ``stage``: the stage's own seed where it has one set (>= 0), else
+    the run's ``seed`` (several stage-2 seeds can share one stage 1 and probe)."""
+    own = config.get(stage, {}).get("seed", -1) if isinstance(config.get(stage), dict) else -1
+    return own if own is not None and own >= 0 else config.get("seed")
+
+
 def summarise(groups: dict[str, list[Run]]) -> list[dict]:
     """One row per method: the final stage's metrics over runs, per-class accuracy, counts."""
     return [_row(method, runs, final_stage(runs)) for method, runs in groups.items()]
@@ -232,7 +242,7 @@ def _row(method: str, runs: Sequence[Run], stage: str) -> dict:
         "method": method,
         "stage": stage,
         "runs": len(runs),
-        "seeds": [r.config.get("seed") for r in runs],
+        "seeds": [run_seed(r.config, stage) for r in runs],
         "workdirs": [r.workdir for r in runs],
         "metrics": {m: mean_std([res.get(m) for res in results]) for m in METRICS},
         "train_class_counts": results[0].get("train_class_counts"),

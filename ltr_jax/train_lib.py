@@ -133,13 +133,16 @@ def make_train_step(graphdef, tx, batch_fn: Callable, loss_fn: Callable, mesh):
     """Builds ``train_step(state, data, root_key) -> (state, metrics)``, jitted, state donated.
 
     ``batch_fn(data, state)`` selects and shards the batch (a dict) on device, to which the
-    step adds ``step``; ``loss_fn(model, batch, key)`` returns (scalar loss, dict of scalar
-    metrics). State and metrics are replicated.
+    step adds ``step`` and, when the state has one, ``subset`` (its `TrainState.subset`);
+    ``loss_fn(model, batch, key)`` returns (scalar loss, dict of scalar metrics). State and
+    metrics are replicated.
     """
 
     def train_step(state: TrainState, data, root_key):
         key = jax.random.fold_in(root_key, state.step)
         batch = dict(batch_fn(data, state), step=state.step)  # the step, for losses that need it
+        if state.subset is not None:  # the current training subset, for losses of its prior
+            batch["subset"] = state.subset
 
         def objective(params, batch_stats):
             # Batch stats are differentiated too (their gradient is zero and dropped): NNX may

@@ -409,3 +409,29 @@ def test_per_class_figure_names_the_classes_when_they_are_few():
     ax = Figure().subplots()
     report._name_points(ax, [dict(row, class_names=[str(i) for i in range(3)])], max_classes=2)
     assert not ax.texts
+
+
+def test_stage2_variants_are_labelled_by_loss_and_subset_and_stage2_seeds_group():
+    def run(seed=0, **stage2):
+        config = _config(["stage1", "probe", "stage2"], 0)
+        config["stage2"].update(stage2)
+        return report.Run("w", config, {"stage1": {}, "probe": {}, "stage2": {}}, [], [])
+
+    label = lambda r: report.method_label(r.config, list(r.results))
+    assert label(run()) == "BNS(reference) + IP-DPP(structured)"  # the paper's stage 2: no suffix
+    assert label(run(loss="ce", subset="paper")) == "BNS(reference) + IP-DPP(structured)"
+    assert (
+        label(run(loss="balanced_softmax"))
+        == "BNS(reference) + IP-DPP(structured) [balanced_softmax]"
+    )
+    assert label(run(subset="balanced")) == "BNS(reference) + IP-DPP(structured) [balanced subset]"
+    both = run(loss="logit_adjust", logit_adjust={"tau": 0.5}, subset="sqrt")
+    assert label(both) == "BNS(reference) + IP-DPP(structured) [logit_adjust(tau=0.5), sqrt subset]"
+    # stage-2 seeds on one stage 1 are seeds of one method, not differing configs
+    seeds = [run(subset="sqrt", seed=s) for s in range(3)]
+    for r, s in zip(seeds, range(3)):
+        r.config["stage2"]["seed"] = s
+    groups = report.group_runs(seeds)
+    assert list(groups) == ["BNS(reference) + IP-DPP(structured) [sqrt subset]"]
+    assert [report.run_seed(r.config, "stage2") for r in seeds] == [0, 1, 2]
+    assert report.run_seed(run().config, "stage2") == 0  # -1 / unset: the run's seed

@@ -197,3 +197,241 @@ def test_stage2_resume_after_sigkill(pretrained, straight, tmp_path):
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert _stage2_results(workdir) == _stage2_results(straight)
+
+
+# --- Beyond the paper: stage2.subset, stage2.loss, stage2.seed --------------------------------
+
+LT_COUNTS = np.array([5000, 2997, 1796, 1077, 645, 387, 232, 139, 83, 50])  # CIFAR-10-LT IF100
+
+
+def test_subset_counts_of_each_rule():
+    counts = lambda rule: rebalance.subset_counts(
+        FrozenConfigDict(dict(subset=rule, k_per_class=0)), LT_COUNTS
+    ).tolist()
+    assert counts("paper") == [500] * 5 + [387, 232, 139, 83, 50]
+    assert counts("balanced") == [500] * 10
+    # sqrt(n_c k) under k: the paper subset's 10:1 ratio square-rooted (500 / 158 = 3.2).
+    assert counts("sqrt") == [500] * 5 + [440, 341, 264, 204, 158]
+
+
+def test_fill_subset_repeats_small_classes_to_their_counts():
+    labels = np.repeat(np.arange(3), [30, 7, 3])
+    table, valid = rebalance.class_table(labels, 3)
+    sel = valid.copy()
+    sel[0, 12:] = False  # class 0 "drawn" down to 12
+    targets = np.array([12, 12, 12])
+    pos = rebalance.fill_subset(jax.random.key(1), table, sel, targets)
+    assert np.bincount(labels[pos], minlength=3).tolist() == [12, 12, 12]
+    per_image = np.bincount(pos, minlength=len(labels))
+    assert per_image[:12].tolist() == [1] * 12 and per_image[12:30].sum() == 0  # drawn once
+    assert sorted(per_image[30:37].tolist()) == [1, 1, 2, 2, 2, 2, 2]  # 12 = 7 + 5 drawn
+    assert per_image[37:].tolist() == [4, 4, 4]  # 12 = 4 x 3
+    np.testing.assert_array_equal(
+        pos, rebalance.fill_subset(jax.random.key(1), table, sel, targets)
+    )
+    others = [rebalance.fill_subset(jax.random.key(s), table, sel, targets) for s in range(2, 6)]
+    assert any(not np.array_equal(pos, o) for o in others)  # the fill is seeded
+
+
+def _logits_batch(labels, subset, num_classes=3, rows=8):
+    rng = np.random.default_rng(0)
+    logits = jax.numpy.asarray(rng.normal(size=(rows, num_classes)), jax.numpy.float32)
+    batch = {"labels": jax.numpy.asarray(rng.integers(0, num_classes, rows)), "subset": subset}
+    return logits, batch
+
+
+@pytest.mark.parametrize("loss", ["balanced_softmax", "logit_adjust", "ldam"])
+def test_stage2_loss_uses_the_subset_counts(loss):
+    labels = np.repeat(np.arange(3), [30, 7, 3])
+    subset = jax.numpy.asarray(np.r_[np.arange(12), np.arange(30, 37), [37, 38, 39]])  # 12/7/3
+    cfg = FrozenConfigDict(
+        dict(loss=loss, logit_adjust=dict(tau=0.5), ldam=dict(max_margin=0.5, scale=1.0))
+    )
+    logits, batch = _logits_batch(labels, subset)
+    got = rebalance.make_stage2_loss(cfg, jax.numpy.asarray(labels), 3)(logits, batch)
+    from ltr_jax.losses import classification
+
+    params = cfg.get(loss)
+    want = classification.make_classification_loss(loss, np.array([12, 7, 3]), params)
+    full = classification.make_classification_loss(loss, np.array([30, 7, 3]), params)
+    np.testing.assert_allclose(got, want(logits, batch["labels"]), rtol=1e-6)
+    assert abs(float(got) - float(full(logits, batch["labels"]))) > 1e-3  # not the full prior
+
+
+@pytest.mark.slow
+def test_stage2_prior_of_each_draw_is_that_draws_counts(pretrained, tmp_path):
+    """Through the stage's own setup: after each draw (the before-step hook), the loss of a batch
+    equals balanced softmax with the prior of the state's subset, whose counts the draw logged."""
+    import optax
+
+    from ltr_jax import runtime, train_lib
+    from ltr_jax.data.input import make
+    from ltr_jax.losses import classification
+
+    config = _config(subset="sqrt", loss="balanced_softmax")
+    workdir = _copy(pretrained, tmp_path / "prior")
+    mesh = runtime.make_mesh()
+    data = make.load_input(config.data, mesh)
+    ctx = common.StageContext(config, workdir, mesh, data, runtime.root_key(config.seed))
+    setup = rebalance.make_setup(ctx)
+    _, state = train_lib.init_train_state(
+        setup.model, optax.sgd(0.0), setup.trainable, setup.subset
+    )
+    state = runtime.put_replicated(mesh, state)  # as the training loop holds it
+    spe = setup.steps_per_epoch
+    steps = [e * spe for e in rebalance.draw_epochs(config.stage2)]
+    assert len(steps) == 2
+    rng = np.random.default_rng(0)
+    for n, step in enumerate(steps):
+        state = setup.hooks[0].fn(step, state)
+        record = writers.read_jsonl(os.path.join(workdir, "stage2", "draws.jsonl"))[n]
+        counts = np.bincount(data.train_labels[np.asarray(state.subset)], minlength=10)
+        assert record["counts"] == counts.tolist()
+        assert counts.tolist() != data.class_counts.tolist()  # sqrt: small classes filled up
+        logits = jax.numpy.asarray(rng.normal(size=(16, 10)), jax.numpy.float32)
+        labels = jax.numpy.asarray(rng.integers(0, 10, 16))
+        batch = {"labels": labels, "subset": state.subset, "logits": logits}
+        loss, _ = setup.loss(lambda x: x, batch, jax.random.key(0), lambda k, b: b["logits"])
+        want = classification.cross_entropy(logits + np.log(counts / counts.sum()), labels)
+        np.testing.assert_allclose(loss, want, rtol=1e-5)
+
+
+BEYOND = os.path.join(ROOT, "configs", "beyond", "cifar10_lt.py") + ":smoke"
+
+
+def _beyond_config():
+    """configs/beyond/cifar10_lt.py:smoke at the sizes of `_config` (its stage 1 and probe are
+    those of the shared `pretrained` workdir)."""
+    config = config_lib.load_config_file(BEYOND)
+    for dotted, value in SHORTEN.items():
+        section, key = dotted.split(".")
+        config[section][key] = value
+    return FrozenConfigDict(config)
+
+
+def test_beyond_configs_validate_and_differ_from_the_recipe_only_in_stage2():
+    for name in ("cifar10_lt", "cifar100_lt"):
+        for arg in ("", ":smoke"):
+            path = os.path.join(ROOT, "configs", "beyond", f"{name}.py") + arg
+            config = config_lib.load_config_file(path)
+            recipe = config_lib.load_config_file(os.path.join(ROOT, "configs", f"{name}.py") + arg)
+            pipeline.validate(config, config.pipeline, 1)
+            diffs = pipeline._config_diff(
+                json.loads(recipe.to_json()), json.loads(config.to_json())
+            )
+            assert diffs and all(d.startswith("stage2.") for d in diffs), diffs
+            assert (config.stage2.subset, config.stage2.loss) == ("sqrt", "balanced_softmax")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("subset,loss", [("balanced", "ce"), ("sqrt", "balanced_softmax")])
+def test_stage2_subset_counts_and_exact_resume(pretrained, tmp_path, monkeypatch, subset, loss):
+    # sqrt + balanced softmax: the named config configs/beyond/cifar10_lt.py:smoke, run.
+    config = _config(subset=subset, loss=loss) if subset != "sqrt" else _beyond_config()
+    straight = _copy(pretrained, tmp_path / "straight")
+    pipeline.run(config, straight)
+    results = _stage2_results(straight)
+    assert results["subset"] == subset and results["loss"].startswith(loss)
+    want = rebalance.subset_counts(config.stage2, np.array(results["train_class_counts"]))
+    load = lambda d: writers.read_jsonl(os.path.join(d, "stage2", "draws.jsonl"))
+    assert [d["counts"] for d in load(straight)] == [want.tolist()] * 2
+    assert load(straight)[0]["subset_crc32"] != load(straight)[1]["subset_crc32"]
+    # A crash during the second draw, then the same command: the same draws and results.
+    workdir = _copy(pretrained, tmp_path / "crashed")
+    calls = {"n": 0}
+    original = rebalance.fill_subset
+
+    def crash_on_second_fill(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt("simulated kill during a re-draw")
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(rebalance, "fill_subset", crash_on_second_fill)
+    with pytest.raises(KeyboardInterrupt):
+        pipeline.run(config, workdir)
+    monkeypatch.setattr(rebalance, "fill_subset", original)
+    pipeline.run(config, workdir)
+    assert _stage2_results(workdir) == results
+    assert load(workdir) == load(straight)
+
+
+def test_stage2_seed_own_key_and_copied_workdir(tmp_path):
+    ctx = common.StageContext(_config(), None, None, None, jax.random.key(0))
+    key = lambda seed: jax.random.key_data(common.stage_key(ctx, "stage2", seed))
+    np.testing.assert_array_equal(key(-1), key(0))  # default: the run's seed (config.seed=0)
+    assert not np.array_equal(key(-1), key(1))
+    # A workdir whose stage 1 and probe are done takes another stage2.seed ...
+    workdir = str(tmp_path)
+    os.makedirs(os.path.join(workdir, "probe"))
+    writers.write_json(os.path.join(workdir, "probe", "results.json"), {})
+    pipeline.record_config(_config(), workdir)
+    pipeline.record_config(_config(seed=3), workdir)
+    # ... until its stage 2 started; the run's own seed never (it made stage 1).
+    bumped = _config(seed=3).as_configdict()
+    bumped.seed = 4
+    with pytest.raises(pipeline.validation.ConfigError, match=r"\(seed: 0 -> 4\)"):
+        pipeline.record_config(bumped, workdir)
+    os.makedirs(os.path.join(workdir, "stage2"))
+    writers.write_json(os.path.join(workdir, "stage2", "results.json"), {})
+    with pytest.raises(pipeline.validation.ConfigError, match="stage2.seed: 3 -> 5"):
+        pipeline.record_config(_config(seed=5), workdir)
+
+
+@pytest.mark.parametrize(
+    "key,value,message",
+    [
+        (
+            "subset",
+            "square",
+            "Unknown config.stage2.subset 'square'; valid: paper, balanced, sqrt.",
+        ),
+        ("loss", "focal", "valid: ce, balanced_softmax, logit_adjust, ldam."),
+        ("seed", -2, "config.stage2.seed=-2 is invalid: it must be an integer >= -1"),
+        ("logit_adjust", {"tau": -1.0}, "config.stage2.logit_adjust.tau=-1.0 is invalid"),
+        ("ldam", {"max_margin": 0.0, "scale": 1.0}, "config.stage2.ldam.max_margin=0.0 is"),
+        ("ldam", {"max_margin": 0.5, "scale": 0.0}, "config.stage2.ldam.scale=0.0 is invalid"),
+    ],
+)
+def test_stage2_new_keys_are_validated(key, value, message):
+    import re
+
+    with pytest.raises(pipeline.validation.ConfigError, match=re.escape(message)):
+        pipeline.STAGES["stage2"].validate(_config(**{key: value}))
+
+
+def test_stage2_defaults_are_the_papers():
+    stage2 = config_lib.base_config().stage2
+    assert (stage2.subset, stage2.loss, stage2.seed) == ("paper", "ce", -1)
+    pipeline.STAGES["stage2"].validate(_config())  # and valid
+
+
+def test_gpu_beyond_variants_take_the_papers_stage2_steps():
+    """bench/gpu_reproduce.py (standard library only) states each variant's epochs; at the
+    paper's budget (100 epochs of the paper subset, batch 64) every variant takes within 1 %
+    of its steps, with 10 draws."""
+    import importlib.util
+
+    from ltr_jax.data.input import sampler
+
+    spec = importlib.util.spec_from_file_location(
+        "gpu_reproduce", os.path.join(ROOT, "bench", "gpu_reproduce.py")
+    )
+    gpu = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gpu)
+    base = config_lib.base_config().stage2
+    steps = lambda cfg, epochs: (
+        epochs
+        * sampler.steps_per_epoch(
+            int(rebalance.subset_counts(cfg, LT_COUNTS).sum()), base.batch_size, True
+        )
+    )
+    paper = steps(base, base.epochs)
+    for name, (overrides, epochs, every) in gpu.BEYOND_VARIANTS.items():
+        cfg = config_lib.base_config().stage2
+        for o in overrides:
+            key, value = o.split("=")
+            cfg[key.split(".")[1]] = value
+        cfg.update(epochs=epochs, redraw_every_epochs=every)
+        assert abs(steps(cfg, epochs) - paper) <= 0.01 * paper, name
+        assert len(rebalance.draw_epochs(cfg)) == 10, name

@@ -3,11 +3,15 @@
 The registry `LOSSES` maps ``<section>.loss`` to its `ClassificationLoss` (builder from the
 loss's own config section ``<section>.<name>``, report label, defaults). Every loss made by
 :func:`make_classification_loss` has the signature
-``loss(logits, labels, class_weights=None) -> scalar float32``. ``class_weights`` ([C] or None)
-re-weights the examples by their class, normalised like PyTorch's ``cross_entropy(weight=)``:
-``sum_i w_{y_i} l_i / sum_i w_{y_i}``. Deferred re-weighting (DRW, Cao et al. 2019) is such a
-weight vector that switches on at a given step: :func:`make_drw_weights` builds it as a
-jittable function of the step, so one compiled training step serves both phases.
+``loss(logits, labels, class_weights=None, row_weights=None) -> scalar float32``.
+``class_weights`` ([C] or None) re-weights the examples by their class, normalised like PyTorch's
+``cross_entropy(weight=)``: ``sum_i w_{y_i} l_i / sum_i w_{y_i}``; ``row_weights`` ([B] or None)
+multiplies them per row (0: the padding of an epoch's last partial batch). The class counts a
+loss is made from may be a host array (a fixed prior: the supervised stages) or a device array
+traced inside the training step (stage 2's prior of its current subset, re-counted per draw).
+Deferred re-weighting (DRW, Cao et al. 2019) is such a weight vector that switches on at a given
+step: :func:`make_drw_weights` builds it as a jittable function of the step, so one compiled
+training step serves both phases.
 """
 
 from __future__ import annotations
@@ -58,18 +62,25 @@ def cross_entropy(
     return jnp.sum(w * per_example) / jnp.sum(w)
 
 
-def log_prior(class_counts: np.ndarray) -> np.ndarray:
-    """log of the training class frequencies, float32 [C]."""
+def log_prior(class_counts):
+    """log of the training class frequencies, float32 [C]: a numpy array for host counts
+    (computed in float64), a jax array for device counts (e.g. traced in a training step)."""
+    if isinstance(class_counts, jax.Array):
+        counts = class_counts.astype(jnp.float32)
+        return jnp.log(counts / counts.sum())
     counts = np.asarray(class_counts, np.float64)
     return np.log(counts / counts.sum()).astype(np.float32)
 
 
-def ldam_margins(class_counts: np.ndarray, max_margin: float = 0.5) -> np.ndarray:
+def ldam_margins(class_counts, max_margin: float = 0.5):
     """LDAM margins ``m_c ~ n_c^(-1/4)``, scaled so the largest (rarest class) is ``max_margin``.
 
     Returns:
-      float32 [C] margins.
+      float32 [C] margins (numpy for host counts, jax for device counts, as `log_prior`).
     """
+    if isinstance(class_counts, jax.Array):
+        m = class_counts.astype(jnp.float32) ** -0.25
+        return m * (max_margin / m.max())
     m = np.asarray(class_counts, np.float64) ** -0.25
     return (m * (max_margin / m.max())).astype(np.float32)
 
@@ -105,6 +116,7 @@ def ldam_loss(
     margins: jax.Array,
     scale: float = 30.0,
     class_weights: jax.Array | None = None,
+    row_weights: jax.Array | None = None,
 ) -> jax.Array:
     """LDAM (Cao et al. 2019): CE on ``scale * (logits - margin_y * onehot_y)``.
 
@@ -116,6 +128,7 @@ def ldam_loss(
       margins: float ``[C]`` per-class margins (see :func:`ldam_margins`).
       scale: the logit scale ``s``.
       class_weights: optional ``[C]`` weights (DRW), as in :func:`cross_entropy`.
+      row_weights: optional ``[B]`` row weights, as in :func:`cross_entropy`.
 
     Returns:
       The scalar float32 loss.
@@ -123,24 +136,25 @@ def ldam_loss(
     logits = logits.astype(jnp.float32)
     onehot = jax.nn.one_hot(labels, logits.shape[-1], dtype=jnp.float32)  # [B, C]
     shifted = logits - onehot * jnp.asarray(margins, jnp.float32)[labels][:, None]
-    return cross_entropy(scale * shifted, labels, class_weights)
+    return cross_entropy(scale * shifted, labels, class_weights, row_weights)
 
 
-def _shifted_by_prior(class_counts: np.ndarray, tau: float) -> Loss:
+def _shifted_by_prior(class_counts, tau: float) -> Loss:
     """CE on ``logits + tau * log prior`` (the prior shift is a training-time device only)."""
     shift = jnp.asarray(tau * log_prior(class_counts))  # [C]
 
-    def adjusted(logits, labels, class_weights=None):
-        return cross_entropy(logits.astype(jnp.float32) + shift, labels, class_weights)
+    def adjusted(logits, labels, class_weights=None, row_weights=None):
+        shifted = logits.astype(jnp.float32) + shift
+        return cross_entropy(shifted, labels, class_weights, row_weights)
 
     return adjusted
 
 
-def _ldam(class_counts: np.ndarray, params: Mapping) -> Loss:
+def _ldam(class_counts, params: Mapping) -> Loss:
     margins = jnp.asarray(ldam_margins(class_counts, params["max_margin"]))  # [C]
 
-    def ldam(logits, labels, class_weights=None):
-        return ldam_loss(logits, labels, margins, params["scale"], class_weights)
+    def ldam(logits, labels, class_weights=None, row_weights=None):
+        return ldam_loss(logits, labels, margins, params["scale"], class_weights, row_weights)
 
     return ldam
 
@@ -150,7 +164,8 @@ class ClassificationLoss:
     """One classification loss of the registry.
 
     Attributes:
-      make: ``make(class_counts [C], params) -> loss(logits, labels, class_weights=None)``;
+      make: ``make(class_counts [C], params) -> loss(logits, labels, class_weights=None,
+        row_weights=None)``;
         ``params`` is the loss's own config section (``<section>.<name>``, e.g.
         ``ce.ldam``), with every key of ``defaults``.
       label: ``label(params) -> str``, the loss's name in reports.
@@ -184,10 +199,9 @@ LOSSES: Registry[ClassificationLoss] = Registry(
 )
 
 
-def make_classification_loss(
-    name: str, class_counts: np.ndarray, params: Mapping | None = None
-) -> Loss:
-    """Returns ``loss(logits, labels, class_weights=None) -> scalar`` for a registered loss.
+def make_classification_loss(name: str, class_counts, params: Mapping | None = None) -> Loss:
+    """Returns ``loss(logits, labels, class_weights=None, row_weights=None) -> scalar`` for a
+    registered loss.
 
     - ``ce``: plain cross-entropy.
     - ``balanced_softmax`` (Ren et al. 2020): CE on logits + log prior.
@@ -199,7 +213,8 @@ def make_classification_loss(
 
     Args:
       name: a key of `LOSSES`.
-      class_counts: training images per class, ``[C]``.
+      class_counts: training images per class, ``[C]``: a host array, or a device array
+        (traced inside a jitted step: the prior then follows the counts it is given).
       params: the loss's own config section (e.g. ``config.ce.ldam``); missing keys take the
         entry's defaults.
 

@@ -21,7 +21,7 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from ltr_jax import checkpointing, metrics, train_lib, validation, writers
+from ltr_jax import checkpointing, metrics, runtime, train_lib, validation, writers
 from ltr_jax.data.input import augment, protocols
 from ltr_jax.data.input.streamed import StreamingInput
 from ltr_jax.models import modes, pretrained
@@ -77,9 +77,12 @@ class StageContext:
     root_key: jax.Array
 
 
-def stage_key(ctx: StageContext, stage: str) -> jax.Array:
-    """A key per stage name, stable across runs and Python processes."""
-    return jax.random.fold_in(ctx.root_key, zlib.crc32(stage.encode()) & 0x7FFFFFFF)
+def stage_key(ctx: StageContext, stage: str, seed: int = -1) -> jax.Array:
+    """A key per stage name, stable across runs and Python processes; from the run's seed
+    (``config.seed``), or from a stage's own ``seed`` when it is >= 0 (the same key when it
+    equals ``config.seed``)."""
+    root = ctx.root_key if seed < 0 else runtime.root_key(seed)
+    return jax.random.fold_in(root, zlib.crc32(stage.encode()) & 0x7FFFFFFF)
 
 
 def results_path(workdir: str, stage: str) -> str:
