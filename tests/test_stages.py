@@ -1,6 +1,6 @@
 """The two-stage pipeline end to end on synthetic data: stage1 -> probe -> stage2.
 
-Covers the frozen encoder of the probe, IP-DPP draws (counts, logging, distinct draws) and
+Covers the probe's results, IP-DPP draws (counts, logging, distinct draws) and
 exact resumes of stage 2 after a crash during a re-draw and after SIGKILL during fine-tuning.
 """
 
@@ -61,26 +61,17 @@ def _copy(src, dst):
     return str(dst)
 
 
-def _encoder_state(workdir):
-    config = _config()
-    encoder = registry.make_encoder(config.model.encoder, rngs=nnx.Rngs(0))
-    ctx = common.StageContext(config, workdir, None, None, None)
-    return jax.device_get(nnx.state(common.load_module(ctx, "stage1", "encoder", encoder)))
-
-
 @pytest.mark.slow
-def test_probe_results_and_frozen_encoder(pretrained, tmp_path):
+def test_probe_results(pretrained):
+    # That the probe trains a head alone, on features of the frozen stage-1 encoder, is
+    # tests/test_stage_contracts.py's (two steps of its real setup, not a second probe run).
     results = json.loads(open(os.path.join(pretrained, "probe", "results.json")).read())
     for key in ("top1", "many", "medium", "few", "per_class_acc", "max_over_epochs_top1"):
         assert key in results
     assert results["max_over_epochs_top1"] >= results["top1"]
-    before = _encoder_state(pretrained)
-    workdir = _copy(pretrained, tmp_path / "again")
-    shutil.rmtree(os.path.join(workdir, "probe"))
-    pipeline.run(_config(), workdir, ["probe"])
-    after = _encoder_state(workdir)
-    for a, b in zip(jax.tree.leaves(before), jax.tree.leaves(after)):
-        np.testing.assert_array_equal(a, b)  # parameters and BatchNorm statistics
+    assert results["encoder_from"] == "stage1" and results["probe_train_size"] == sum(
+        min(n, 20) for n in results["train_class_counts"]
+    )
 
 
 def test_features_fn_leaves_batchnorm_untouched():
