@@ -43,17 +43,17 @@ def _exports(ctx):
     """The earlier stages' exports, from seeded random networks: the states of the stage-1
     encoder, the probe's head and the ``ce`` encoder (another network).
 
-    BatchNorm statistics are set away from their initial (0, 1), so that reading them (or not)
-    shows.
+    BatchNorm variances are set away from their initial 1 (differently for the two
+    encoders), so that reading them, or reading the wrong encoder, shows.
     """
     exported = {}
     for seed, (stage, what) in enumerate((("stage1", "encoder"), ("ce", "encoder"))):
         model = registry.make_classifier(
             ctx.config.model, ctx.data.num_classes, rngs=nnx.Rngs(seed)
         )
-        for _, stat in nnx.iter_graph(model.encoder):
-            if isinstance(stat, nnx.BatchStat):
-                stat[...] = stat[...] + 0.25 * (seed + 1)
+        for path, stat in nnx.iter_graph(model.encoder):
+            if isinstance(stat, nnx.BatchStat) and path[-1] == "var":
+                stat[...] = stat[...] * (1.5 + seed)
         common.save_module(ctx, stage, what, model.encoder)
         exported[stage] = _host(model.encoder)
         if stage == "stage1":
@@ -131,13 +131,16 @@ def test_probe_and_crt_heads_learn_on_features_of_the_earlier_encoder(workdir):
         assert isinstance(setup.model, heads.LinearHead), stage
         labels = setup.input.train_labels
         if stage == "probe":  # a class-balanced subset: at most per_class images per class
-            subset = probe.balanced_subset(ctx.data.train_labels, 20, ctx.config.seed)
-            want = _features_of(ctx, exported["stage1"], "train", subset)
-            np.testing.assert_array_equal(labels, ctx.data.train_labels[subset])
+            positions = probe.balanced_subset(ctx.data.train_labels, 20, ctx.config.seed)
+            reads, other = "stage1", "ce"
         else:  # the whole long-tailed training set, sampled class-balanced
-            want = _features_of(ctx, exported["ce"], "train")
-            np.testing.assert_array_equal(labels, ctx.data.train_labels)
+            positions = np.arange(len(ctx.data.train_labels))
+            reads, other = "ce", "stage1"
             assert setup.sampler == "class_balanced"
+        np.testing.assert_array_equal(labels, ctx.data.train_labels[positions])
+        want = _features_of(ctx, exported[reads], "train", positions)
+        wrong = _features_of(ctx, exported[other], "train", positions)
+        assert np.abs(want).max() > 0.1 and np.abs(want - wrong).max() > 0.1  # they differ
         np.testing.assert_allclose(setup.input.features, want, rtol=1e-5, atol=1e-5)
         head = _host(setup.model)
         _assert_all_changed(head, _host(_train(ctx, setup)))
