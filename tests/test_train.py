@@ -4,6 +4,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections as mlc
 import numpy as np
+import optax
 import pytest
 from flax import nnx
 
@@ -81,6 +82,58 @@ def test_no_weight_decay_on_biases_and_1d_params(name):
     updates, _ = tx.update(zero, tx.init(params), params)
     assert float(jnp.abs(updates["bias"]).max()) == 0.0
     assert float(jnp.abs(updates["kernel"]).max()) > 0.0
+
+
+def _warmup_cosine(peak, warmup, total, t):
+    """The schedule's closed form: linear warm-up from 0, then half-cosine to 0 (SPEC §2)."""
+    if t < warmup:
+        return peak * t / warmup
+    return 0.5 * peak * (1 + np.cos(np.pi * (t - warmup) / (total - warmup)))
+
+
+# (stage whose optimiser section is used, batch size): AdamW as stages 1 and 2 and the probe
+# build it, SGD with momentum as the ce family does. A large batch scales the peak lr up
+# (linear scaling rule), so that 6 steps of decay move every entry well above float noise.
+@pytest.mark.parametrize(("stage", "batch_size"), [("stage2", 64 * 400), ("ce", 128 * 20)])
+def test_weight_decay_moves_each_tensor_by_the_formula(stage, batch_size):
+    optim = config_lib.base_config()[stage].optim
+    wd, steps, spe = optim.weight_decay, 6, 2  # warm-up 0.5 epoch (1 step), then cosine
+    optim.warmup_epochs = 0.5
+    tx, _ = train_lib.make_optimizer(
+        optim, batch_size=batch_size, num_steps=steps, steps_per_epoch=spe
+    )
+    model = registry.make_classifier(
+        mlc.ConfigDict(dict(encoder="cifar_resnet8", dtype="float32")), 4, rngs=nnx.Rngs(0)
+    )
+    with jax.enable_x64(True):  # float64: the decay of one step is ~1e-3 of each entry
+        params = jax.tree.map(lambda x: jnp.asarray(x, jnp.float64), nnx.state(model, nnx.Param))
+        zero = jax.tree.map(jnp.zeros_like, params)  # a zero loss gradient: decay alone moves
+        update = jax.jit(lambda p, s: tx.update(zero, s, p))
+        current, opt_state = params, tx.init(params)
+        for _ in range(steps):
+            updates, opt_state = update(current, opt_state)
+            current = optax.apply_updates(current, updates)
+    peak = optim.lr * batch_size / optim.lr_base_batch
+    lrs = [_warmup_cosine(peak, 1, steps, t) for t in range(steps)]
+    decayed = untouched = 0
+    flat = jax.tree_util.tree_leaves_with_path(params)
+    for (path, before), after in zip(flat, jax.tree.leaves(current), strict=True):
+        before, after = np.asarray(before), np.asarray(after)
+        if before.ndim < 2:  # biases, BatchNorm scales and offsets: no decay at all
+            np.testing.assert_array_equal(after, before, err_msg=jax.tree_util.keystr(path))
+            untouched += 1
+            continue
+        expected, trace = before.copy(), np.zeros_like(before)
+        for lr in lrs:  # AdamW: w -= lr wd w; SGD: g = wd w, trace = g + m trace, w -= lr trace
+            if optim.name == "adamw":  # (with a zero gradient Adam's own update is exactly 0)
+                expected = expected - lr * wd * expected
+            else:
+                trace = wd * expected + optim.momentum * trace
+                expected = expected - lr * trace
+        np.testing.assert_allclose(after - before, expected - before, rtol=1e-6, atol=0)
+        assert np.abs(after - before).max() > 1e-4 * np.abs(before).max()  # decay is visible
+        decayed += 1
+    assert (decayed, untouched) == (8, 15)  # 7 convolutions + head kernel; BN, head bias
 
 
 def test_unknown_optimizer():
