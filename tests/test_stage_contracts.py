@@ -17,7 +17,7 @@ from flax import nnx
 from ml_collections import FrozenConfigDict
 
 from ltr_jax import config_lib, runtime, train_lib
-from ltr_jax.data import inputs
+from ltr_jax.data.input import make
 from ltr_jax.models import heads, registry
 from ltr_jax.stages import common, crt, probe, rebalance
 
@@ -31,7 +31,7 @@ def _context(workdir, **sections):
     config = FrozenConfigDict(config)
     mesh = runtime.make_mesh(1)
     return common.StageContext(
-        config, str(workdir), mesh, inputs.load(config.data, mesh), jax.random.key(0)
+        config, str(workdir), mesh, make.load_input(config.data, mesh), jax.random.key(0)
     )
 
 

@@ -21,7 +21,7 @@ from flax import nnx
 from ml_collections import FrozenConfigDict
 
 from ltr_jax import config_lib, pipeline, runtime, train_lib, writers
-from ltr_jax.data import inputs
+from ltr_jax.data.input import make
 from ltr_jax.models import registry
 from ltr_jax.stages import common, probe, rebalance
 
@@ -121,13 +121,14 @@ def _redraws(workdir, **stage2):
     make them differ)."""
     config = _config(**stage2)
     mesh = runtime.make_mesh(1)
-    data = inputs.load(config.data, mesh)
+    data = make.load_input(config.data, mesh)
     ctx = common.StageContext(config, str(workdir), mesh, data, jax.random.key(0))
     p = jnp.asarray(np.random.default_rng(0).uniform(0.05, 1.0, len(data.train_labels)))
     conf = jax.jit(lambda state, images, labels, positions, key: p[positions])
     table, valid = rebalance.class_table(data.train_labels, data.num_classes)
     spe = 5
-    hook = rebalance.make_redraw(ctx, config.stage2, conf, table, valid, 20, spe, jax.random.key(3))
+    key, fill_key = jax.random.key(3), jax.random.key(4)
+    hook = rebalance.make_redraw(ctx, config.stage2, conf, table, valid, 20, spe, key, fill_key)
     assert hook.before_step and [s for s in range(3 * spe) if hook.due(s)] == [0, spe]
     state = train_lib.TrainState(jnp.zeros((), jnp.int32), {}, {}, {}, (), subset=None)
     subsets = [np.asarray(runtime.to_host(hook.fn(s, state).subset)) for s in (0, spe)]
