@@ -28,13 +28,7 @@ from flax import nnx  # noqa: E402
 
 FIXTURES = pl.RESNET_FIXTURES
 BLOCKS = [3, 4, 6, 3]
-_LEAF = {
-    "kernel": "weight",
-    "scale": "weight",
-    "bias": "bias",
-    "mean": "running_mean",
-    "var": "running_var",
-}
+_LEAF = pl._LEAF  # our leaf names -> torchvision's (the released code's, too)
 _SUB = {"proj_conv": "downsample.0", "proj_bn": "downsample.1"}
 
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import sys
 from collections.abc import Sequence
 
 import jax
@@ -28,7 +27,7 @@ import numpy as np
 from flax import nnx
 from PIL import Image, UnidentifiedImageError
 
-from ltr_jax import checkpointing, runtime
+from ltr_jax import checkpointing, pipeline, runtime
 from ltr_jax.data.datasets import long_tail, records
 from ltr_jax.data.datasets import own_data as user_sources
 from ltr_jax.data.datasets import registry as dataset_registry
@@ -335,13 +334,8 @@ def load_classifier(workdir: str, stage: str | None = None, *, mesh=None) -> Cla
 
 
 def run_command(prog: str, main_fn, *args):
-    """Runs a command's ``main_fn(*args)``; a `UserError` ends it with one line on stderr
-    (``prog: TypeName: message``) and exit code 2, without a traceback (``LTR_DEBUG=1``
-    shows it)."""
-    try:
-        return main_fn(*args)
-    except UserError as e:
-        if os.environ.get("LTR_DEBUG", "") not in ("", "0"):
-            raise
-        sys.stderr.write(f"{prog}: {type(e).__name__}: {' '.join(str(e).split())}\n")
-        raise SystemExit(2) from None
+    """Runs a command's ``main_fn(*args)`` with every command line's failure handling
+    (`pipeline.run_or_exit`: a `UserError` is one line and exit code 2; ``LTR_DEBUG=1``
+    shows its traceback)."""
+    debug = lambda: os.environ.get("LTR_DEBUG", "") not in ("", "0")
+    return pipeline.run_or_exit(prog, lambda: main_fn(*args), debug=debug)
