@@ -14,7 +14,8 @@ parity table (max relative difference vs tolerance); the fixtures that
 Rows: a. LT split, b. encoder + projection forward (ResNet-18/34, train and eval mode),
 c. BNS loss and gradients, d. optimiser (decay groups, learning rate over whole runs, 20
 stage-1 steps), e. one probe step and one stage-2 step built by the stages' own
-``make_setup`` (and their weight decay alone, on zero gradients), f. the SimCLR augmentation
+``make_setup`` (and their weight decay alone, on zero gradients; stage 2's step again with both
+sides in float64), f. the SimCLR augmentation
 by distribution on real CIFAR-10 (JPEG copy) images and on seeded synthetic images (two-sample
 tests; the synthetic images' output statistics go to the fixture), g. Many/Medium/Few
 metrics, h. the released IP-DPP sampler vs ``sampler="uniform"`` (needs DPPy).

@@ -302,7 +302,7 @@ def to_float64(model: nnx.Module) -> nnx.Module:
     compute and parameter dtype set to float64 (a ``None`` one follows its inputs), its values
     cast. Needs ``jax_enable_x64``; the float64 half of row e (both sides in float64)."""
     if not jax.config.jax_enable_x64:
-        raise RuntimeError("to_float64 needs jax.config.update('jax_enable_x64', True)")
+        raise RuntimeError("to_float64 needs float64: run it inside jax.enable_x64(True)")
     for _, layer in nnx.iter_modules(model):
         for attr in ("dtype", "param_dtype"):
             if getattr(layer, attr, None) is not None:
