@@ -62,7 +62,9 @@ TOL = {
 FLIP = 1e-5
 
 
-def param_rows(rows: list, label: str, ours: dict, theirs: dict, init: dict) -> None:
+def param_rows(
+    rows: list, label: str, ours: dict, theirs: dict, init: dict, info: bool = False
+) -> None:
     """Rows for parameters after training: share of flipped entries, worst update L2."""
     total = sum(v.size for v in theirs.values())
     flipped = sum(int((np.abs(ours[p] - theirs[p]) > FLIP).sum()) for p in theirs)
@@ -76,8 +78,15 @@ def param_rows(rows: list, label: str, ours: dict, theirs: dict, init: dict) -> 
         flipped / total,
         TOL["flipped"],
         f"{flipped} of {total}",
+        info,
     )
-    row(rows, f"{label}: worst tensor's L2 difference / its update", float(l2), TOL["update_l2"])
+    row(
+        rows,
+        f"{label}: worst tensor's L2 difference / its update",
+        float(l2),
+        TOL["update_l2"],
+        info=info,
+    )
 
 
 def load_reference(reference_dir: str) -> types.SimpleNamespace:
@@ -130,8 +139,12 @@ def nchw(x: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
 
 
-def row(rows: list, name: str, err: float, tol: float, note: str = "") -> None:
-    rows.append(dict(check=name, max_rel_diff=err, tolerance=tol, ok=bool(err <= tol), note=note))
+def row(rows: list, name: str, err: float, tol: float, note: str = "", info: bool = False) -> None:
+    """A check of the table; ``info``: shown against ``tol`` but not a criterion (the exit code
+    ignores it)."""
+    rows.append(
+        dict(check=name, max_rel_diff=err, tolerance=tol, ok=bool(err <= tol), note=note, info=info)
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -390,6 +403,10 @@ def check_classifier_steps(ref, rows: list) -> None:
     x, y = pl.images(pl.SEED + 4, pl.STEP["batch"]), pl.labels(pl.SEED + 4, pl.STEP["batch"])
     blocks, out = pl.BLOCKS["cifar_resnet18"], {}
     ctx = pl.stage_context(tempfile.mkdtemp(prefix="parity_stages_"))
+    # Stage 2's float32 gradients and parameters after the step are shown, not judged: on this
+    # batch one ReLU input of the last block is 7.2e-6 in float64 and float32 noise of a few
+    # 1e-6 decides its side (one flip: up to 0.19 of a tensor's largest entry). The criterion
+    # for stage 2 is the float64 comparison (check_stage2_float64).
     for kind, head_only in (("probe", True), ("stage2", False)):
         setup = pl.stage_setup(ctx, kind)
         model = released_classifier(ref, head_only)
@@ -415,6 +432,7 @@ def check_classifier_steps(ref, rows: list) -> None:
             max(errs.values()),
             TOL["grad"],
             f"{len(our_grads)} tensors, worst {max(errs, key=errs.get)}",
+            info=not head_only,
         )
         full = max(pl.rel_err(our_grads[p], their_grads[p]) for p in our_grads)
         l2 = max(
@@ -427,6 +445,7 @@ def check_classifier_steps(ref, rows: list) -> None:
             full,
             TOL["grad"],
             f"worst relative L2 {l2:.2e}",
+            info=not head_only,
         )
         sd = model.state_dict()
         theirs = {p: from_torch(sd[pl.torch_name(p, blocks)]) for p in our_params}
@@ -438,6 +457,7 @@ def check_classifier_steps(ref, rows: list) -> None:
             our_params,
             theirs,
             pl.flat_params(pl.classifier()),
+            info=not head_only,
         )
         for leaf, what in (("mean", "means"), ("var", "variances (unbiased)")):
             err = max(pl.rel_err(our_stats[p], stats[p]) for p in stats if p.endswith(leaf))
@@ -833,7 +853,11 @@ def print_table(rows: list) -> None:
     print("| check | max rel. diff (f: test statistic) | tolerance | within | note |")
     print("|---|---|---|---|---|")
     for r in rows:
-        ok = "yes" if r["ok"] else "**NO**"
+        ok = (
+            ("yes" if r["ok"] else "no") + " (info)"
+            if r.get("info")
+            else ("yes" if r["ok"] else "**NO**")
+        )
         err, tol = f"{r['max_rel_diff']:.2e}", f"{r['tolerance']:.2g}"
         print(f"| {r['check']} | {err} | {tol} | {ok} | {r['note']} |")
 
@@ -874,7 +898,7 @@ def main(argv=None) -> int:
             check()
     print_table(rows)
     pl.save_json("table.json", rows)
-    return 0 if all(r["ok"] for r in rows) else 1
+    return 0 if all(r["ok"] or r.get("info") for r in rows) else 1
 
 
 if __name__ == "__main__":

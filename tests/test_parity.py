@@ -127,10 +127,12 @@ def stage_setups(stage_context):
 
 
 # Gradients per tensor, each scaled by itself (``parity_lib.fingerprint_errors``), float32 on
-# both sides: the probe's head agrees to 4e-6, stage 2's to 7e-6 (the released side's own
-# float32 gradients are 6e-6 from its float64 ones). Flax's one-pass BatchNorm variance put
-# stage 2's at 0.19 (a ReLU input of 7e-6 in float64 turned <= 0: ``models/batchnorm.py``).
-GRAD_TOL = {"probe": 1e-4, "stage2": 1e-4}
+# both sides. The probe's head agrees to 4e-6. Stage 2's agree to 1.2e-5 on CPU-2, but one ReLU
+# input of the last block is 7.2e-6 in float64 and float32 noise of a few 1e-6 decides its side
+# (released 5.0e-6, ours 1.1e-7; 3.4e-2 per tensor when it flipped, bench/RESULTS.md row e): the
+# tolerance is a flip's size times three (a gradient lost, doubled or of a wrong layer still
+# fails); stage 2's tight check is in float64, below.
+GRAD_TOL = {"probe": 1e-4, "stage2": 0.1}
 
 
 @pytest.mark.parametrize("kind", ["probe", "stage2"])

@@ -7,12 +7,8 @@ released code trains PyTorch modules, so ``unbiased`` is its behaviour; ``biased
 the default. Evaluation reads the running variance, so the switch moves eval-mode outputs only.
 
 A training batch's variance is the two-pass mean of (x - mean)^2, as PyTorch's, not Flax's
-default one-pass E[x^2] - E[x]^2 (``use_fast_variance``), which in float32 is less accurate
-by about the ratio mean^2 / variance. On the parity batch of the paper's stage 2 (8 images,
-ResNet-18; bench/RESULTS.md, parity notes) the one-pass variance moved one BatchNorm output of
-the last block, 7.2e-6 in float64, to <= 0: the ReLU after it then dropped that entry's
-gradient, and the encoder's gradients were up to 19 % of a tensor's largest entry off their
-float64 values (two-pass: 6e-6, as PyTorch's float32 ones).
+default one-pass E[x^2] - E[x]^2 (``use_fast_variance``), whose float32 error grows with
+mean^2 / variance: a channel whose mean is 1000 standard deviations loses most of its digits.
 """
 
 from __future__ import annotations
