@@ -14,7 +14,8 @@ parity table (max relative difference vs tolerance); the fixtures that
 Rows: a. LT split, b. encoder + projection forward (ResNet-18/34, train and eval mode),
 c. BNS loss and gradients, d. optimiser (decay groups, learning rate over whole runs, 20
 stage-1 steps), e. one probe step and one stage-2 step built by the stages' own
-``make_setup`` (and their weight decay alone, on zero gradients), f. the SimCLR augmentation
+``make_setup`` (and their weight decay alone, on zero gradients; stage 2's step again with both
+sides in float64), f. the SimCLR augmentation
 by distribution on real CIFAR-10 (JPEG copy) images and on seeded synthetic images (two-sample
 tests; the synthetic images' output statistics go to the fixture), g. Many/Medium/Few
 metrics, h. the released IP-DPP sampler vs ``sampler="uniform"`` (needs DPPy).
@@ -47,9 +48,9 @@ TOL = {
     "train_loss": 1e-4,
     "step": 1e-5,
     "grad": 1e-3,
-    # Stage 2's encoder gradients of the parity batch in fp32: our jitted vs op-by-op ones
-    # differ by up to 3.1e-2 per tensor (each scaled by itself); 3x that spread.
-    "grad_stage2": 0.1,
+    # Stage 2 with both sides in float64 (row e): a float32 op anywhere on either side
+    # (about 1e-7 of a value, 1e-6 after the network) is 100x over this.
+    "float64": 1e-8,
     "flipped": 1e-3,
     "update_l2": 5e-2,
     "decay": 1e-4,
@@ -61,7 +62,9 @@ TOL = {
 FLIP = 1e-5
 
 
-def param_rows(rows: list, label: str, ours: dict, theirs: dict, init: dict) -> None:
+def param_rows(
+    rows: list, label: str, ours: dict, theirs: dict, init: dict, info: bool = False
+) -> None:
     """Rows for parameters after training: share of flipped entries, worst update L2."""
     total = sum(v.size for v in theirs.values())
     flipped = sum(int((np.abs(ours[p] - theirs[p]) > FLIP).sum()) for p in theirs)
@@ -75,8 +78,15 @@ def param_rows(rows: list, label: str, ours: dict, theirs: dict, init: dict) -> 
         flipped / total,
         TOL["flipped"],
         f"{flipped} of {total}",
+        info,
     )
-    row(rows, f"{label}: worst tensor's L2 difference / its update", float(l2), TOL["update_l2"])
+    row(
+        rows,
+        f"{label}: worst tensor's L2 difference / its update",
+        float(l2),
+        TOL["update_l2"],
+        info=info,
+    )
 
 
 def load_reference(reference_dir: str) -> types.SimpleNamespace:
@@ -129,8 +139,12 @@ def nchw(x: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
 
 
-def row(rows: list, name: str, err: float, tol: float, note: str = "") -> None:
-    rows.append(dict(check=name, max_rel_diff=err, tolerance=tol, ok=bool(err <= tol), note=note))
+def row(rows: list, name: str, err: float, tol: float, note: str = "", info: bool = False) -> None:
+    """A check of the table; ``info``: shown against ``tol`` but not a criterion (the exit code
+    ignores it)."""
+    rows.append(
+        dict(check=name, max_rel_diff=err, tolerance=tol, ok=bool(err <= tol), note=note, info=info)
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -389,6 +403,10 @@ def check_classifier_steps(ref, rows: list) -> None:
     x, y = pl.images(pl.SEED + 4, pl.STEP["batch"]), pl.labels(pl.SEED + 4, pl.STEP["batch"])
     blocks, out = pl.BLOCKS["cifar_resnet18"], {}
     ctx = pl.stage_context(tempfile.mkdtemp(prefix="parity_stages_"))
+    # Stage 2's float32 gradients and parameters after the step are shown, not judged: on this
+    # batch one ReLU input of the last block is 7.2e-6 in float64 and float32 noise of a few
+    # 1e-6 decides its side (one flip: up to 0.19 of a tensor's largest entry). The criterion
+    # for stage 2 is the float64 comparison (check_stage2_float64).
     for kind, head_only in (("probe", True), ("stage2", False)):
         setup = pl.stage_setup(ctx, kind)
         model = released_classifier(ref, head_only)
@@ -412,8 +430,9 @@ def check_classifier_steps(ref, rows: list) -> None:
             rows,
             f"e. {kind} step: gradients (worst tensor, each scaled by itself)",
             max(errs.values()),
-            TOL["grad" if head_only else "grad_stage2"],
+            TOL["grad"],
             f"{len(our_grads)} tensors, worst {max(errs, key=errs.get)}",
+            info=not head_only,
         )
         full = max(pl.rel_err(our_grads[p], their_grads[p]) for p in our_grads)
         l2 = max(
@@ -424,8 +443,9 @@ def check_classifier_steps(ref, rows: list) -> None:
             rows,
             f"e. {kind} step: gradients, whole tensors (worst max-entry error; L2 in the note)",
             full,
-            TOL["grad" if head_only else "grad_stage2"],
+            TOL["grad"],
             f"worst relative L2 {l2:.2e}",
+            info=not head_only,
         )
         sd = model.state_dict()
         theirs = {p: from_torch(sd[pl.torch_name(p, blocks)]) for p in our_params}
@@ -437,6 +457,7 @@ def check_classifier_steps(ref, rows: list) -> None:
             our_params,
             theirs,
             pl.flat_params(pl.classifier()),
+            info=not head_only,
         )
         for leaf, what in (("mean", "means"), ("var", "variances (unbiased)")):
             err = max(pl.rel_err(our_stats[p], stats[p]) for p in stats if p.endswith(leaf))
@@ -464,7 +485,67 @@ def check_classifier_steps(ref, rows: list) -> None:
             "stats": stat_names,
             "decay_only": their_decay,
         }
+    out["stage2"].update(check_stage2_float64(ref, rows, ctx, x, y))
     pl.save_json("classifier_steps.json", out)
+
+
+def check_stage2_float64(ref, rows: list, ctx, x: np.ndarray, y: np.ndarray) -> dict:
+    """Stage 2's step again with both sides in float64 (``jax.enable_x64``, the stage's model
+    cast by ``parity_lib.to_float64``; the released model ``.double()``): the same seeded
+    weights and batch, so float rounding is out of the comparison and the tolerance is tight.
+
+    Returns:
+      the fixture's entries: the released float64 loss, gradient and statistics names (their
+      fingerprints go to ``step_stage2_grads64.npy`` and ``step_stage2_stats64.npy``).
+    """
+    import jax
+
+    blocks, lr = pl.BLOCKS["cifar_resnet18"], pl.STEP["lr"]
+    model = released_classifier(ref, head_only=False).double()
+    opt = released_adamw(model, lr)
+    model.train()
+    loss = torch.nn.functional.cross_entropy(
+        model(nchw(x).double()), torch.from_numpy(y.astype(np.int64))
+    )
+    opt.zero_grad()
+    loss.backward()
+    grads = {n: from_torch(p.grad) for n, p in model.named_parameters()}
+    opt.step()
+    sd = model.state_dict()
+    with jax.enable_x64(True):
+        setup = pl.stage_setup(ctx, "stage2", float64=True)
+        _, our_grads, _ = pl.stage_grads(setup, x, y)
+        our_loss, our_params, our_stats = pl.stage_step(setup, x, y)
+    tag, tol = "e. stage2 step, float64 both sides", TOL["float64"]
+    their_grads = {p: grads[pl.torch_name(p, blocks)] for p in our_grads}
+    grad_names, grad_rows = pl.fingerprint(their_grads)
+    errs = pl.fingerprint_errors(our_grads, grad_names, grad_rows)
+    row(
+        rows,
+        f"{tag}: gradients (worst tensor, each scaled by itself)",
+        max(errs.values()),
+        tol,
+        f"{len(our_grads)} tensors, worst {max(errs, key=errs.get)}",
+    )
+    full = max(pl.rel_err(our_grads[p], their_grads[p]) for p in our_grads)
+    row(rows, f"{tag}: gradients, whole tensors (worst max-entry error)", full, tol)
+    row(rows, f"{tag}: loss", pl.rel_err(our_loss, loss.item()), tol)
+    theirs = {p: from_torch(sd[pl.torch_name(p, blocks)]) for p in our_params}
+    init = pl.flat_params(pl.classifier())
+    # L2, not the largest entry: Adam divides by |g| + eps (1e-8), so an entry with |g| ~ 4e-9
+    # turns float64's 1e-16 error of its gradient into 6e-9 of its move (measured).
+    l2 = max(
+        np.linalg.norm(our_params[p] - theirs[p]) / np.linalg.norm(theirs[p] - init[p])
+        for p in theirs
+    )
+    row(rows, f"{tag}: parameters after (worst tensor's L2 difference / its update)", l2, tol)
+    stats = {p: from_torch(sd[pl.torch_name(p, blocks)]) for p in our_stats}
+    err = max(pl.rel_err(our_stats[p], stats[p]) for p in stats)
+    row(rows, f"{tag}: BatchNorm running means and variances after", err, tol)
+    stat_names, stat_rows = pl.fingerprint(stats)
+    pl.save_npy("step_stage2_grads64.npy", grad_rows)
+    pl.save_npy("step_stage2_stats64.npy", stat_rows)
+    return {"loss64": loss.item(), "grads64": grad_names, "stats64": stat_names}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -772,7 +853,11 @@ def print_table(rows: list) -> None:
     print("| check | max rel. diff (f: test statistic) | tolerance | within | note |")
     print("|---|---|---|---|---|")
     for r in rows:
-        ok = "yes" if r["ok"] else "**NO**"
+        ok = (
+            ("yes" if r["ok"] else "no") + " (info)"
+            if r.get("info")
+            else ("yes" if r["ok"] else "**NO**")
+        )
         err, tol = f"{r['max_rel_diff']:.2e}", f"{r['tolerance']:.2g}"
         print(f"| {r['check']} | {err} | {tol} | {ok} | {r['note']} |")
 
@@ -813,7 +898,7 @@ def main(argv=None) -> int:
             check()
     print_table(rows)
     pl.save_json("table.json", rows)
-    return 0 if all(r["ok"] for r in rows) else 1
+    return 0 if all(r["ok"] or r.get("info") for r in rows) else 1
 
 
 if __name__ == "__main__":

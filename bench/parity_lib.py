@@ -284,12 +284,36 @@ def stage_context(workdir: str) -> common.StageContext:
     return ctx
 
 
-def stage_setup(ctx: common.StageContext, stage: str) -> train_lib.TrainSetup:
+def stage_setup(
+    ctx: common.StageContext, stage: str, float64: bool = False
+) -> train_lib.TrainSetup:
     """``make_setup`` of the probe or stage 2, its fresh head (the released code's probe and
-    stage 2 start from a new linear layer) replaced by the seeded one."""
+    stage 2 start from a new linear layer) replaced by the seeded one; ``float64``: the model
+    then cast to float64 (:func:`to_float64`, inside ``jax.enable_x64(True)``)."""
     setup = STAGES[stage].make_setup(ctx)
     nnx.update(setup.model.head, nnx.state(classifier().head))
+    if float64:
+        to_float64(setup.model)
     return setup
+
+
+def to_float64(model: nnx.Module) -> nnx.Module:
+    """``model`` (in place) computing and holding every float variable in float64: each layer's
+    compute and parameter dtype set to float64 (a ``None`` one follows its inputs), its values
+    cast. Needs ``jax_enable_x64``; the float64 half of row e (both sides in float64)."""
+    if not jax.config.jax_enable_x64:
+        raise RuntimeError("to_float64 needs float64: run it inside jax.enable_x64(True)")
+    for _, layer in nnx.iter_modules(model):
+        for attr in ("dtype", "param_dtype"):
+            if getattr(layer, attr, None) is not None:
+                setattr(layer, attr, jnp.float64)
+    flat = nnx.to_flat_state(nnx.state(model))
+    for _, var in flat:
+        value = var.get_value()
+        if jnp.issubdtype(value.dtype, jnp.floating):
+            var.set_value(jnp.asarray(value, jnp.float64))
+    nnx.update(model, nnx.from_flat_state(flat))
+    return model
 
 
 def _view(key, batch, v=0):

@@ -74,3 +74,15 @@ def test_registry_sets_the_rule_on_every_batchnorm_and_rejects_unknown_names():
     )
     with pytest.raises(ValueError, match="valid: biased, unbiased"):
         batchnorm.apply_running_var(model, "pytorch")
+
+
+def test_batch_variance_is_two_pass_in_float32():
+    """A channel whose mean is 1000 standard deviations: the two-pass variance (PyTorch's) keeps
+    float32's precision; Flax's one-pass E[x^2] - E[x]^2 loses mean^2 / var = 1e6 of it."""
+    rng = np.random.default_rng(0)
+    x = (1000.0 + rng.normal(size=(4, 4, 4, 2))).astype(np.float32)
+    bn = batchnorm.BatchNorm(2, rngs=nnx.Rngs(0))
+    y = np.asarray(bn(jnp.asarray(x)), np.float64)
+    flat = x.reshape(-1, 2).astype(np.float64)
+    ref = (flat - flat.mean(0)) / np.sqrt(flat.var(0) + 1e-5)
+    assert np.abs(y.reshape(-1, 2) - ref).max() < 1e-3

@@ -36,7 +36,7 @@ def cross_entropy(
     class_weights: jax.Array | None = None,
     row_weights: jax.Array | None = None,
 ) -> jax.Array:
-    """Softmax cross-entropy over the batch, computed in float32.
+    """Softmax cross-entropy over the batch, computed in float32 (float64 for float64 logits).
 
     Args:
       logits: ``[B, C]`` logits, any float dtype.
@@ -47,10 +47,10 @@ def cross_entropy(
         epoch's last partial batch (``sampler.epoch_batch``); multiplies ``class_weights``.
 
     Returns:
-      The scalar float32 loss.
+      The scalar float32 loss (float64 for float64 logits).
     """
     per_example = optax.softmax_cross_entropy_with_integer_labels(
-        logits.astype(jnp.float32), labels
+        logits.astype(jnp.promote_types(logits.dtype, jnp.float32)), labels
     )  # [B]
     if class_weights is None and row_weights is None:
         return per_example.mean()

@@ -5,6 +5,10 @@ running average: Flax folds in that biased variance, PyTorch the unbiased one (n
 times it), where n is the number of values per channel (batch x height x width). The paper's
 released code trains PyTorch modules, so ``unbiased`` is its behaviour; ``biased`` (Flax's) is
 the default. Evaluation reads the running variance, so the switch moves eval-mode outputs only.
+
+A training batch's variance is the two-pass mean of (x - mean)^2, as PyTorch's, not Flax's
+default one-pass E[x^2] - E[x]^2 (``use_fast_variance``), whose float32 error grows with
+mean^2 / variance: a channel whose mean is 1000 standard deviations loses most of its digits.
 """
 
 from __future__ import annotations
@@ -26,6 +30,9 @@ class BatchNorm(nnx.BatchNorm):
     """
 
     unbiased_running_var: bool = False
+
+    def __init__(self, *args, use_fast_variance: bool = False, **kwargs):
+        super().__init__(*args, use_fast_variance=use_fast_variance, **kwargs)
 
     def __call__(self, x: jax.Array, use_running_average: bool | None = None, *, mask=None):
         training = not (

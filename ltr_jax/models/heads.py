@@ -8,13 +8,13 @@ from flax import nnx
 
 
 class LinearHead(nnx.Module):
-    """Linear classifier; logits are returned in float32."""
+    """Linear classifier; logits are returned in float32 (float64 for float64 features)."""
 
     def __init__(self, in_dim: int, num_classes: int, *, rngs: nnx.Rngs):
         self.fc = nnx.Linear(in_dim, num_classes, rngs=rngs)
 
     def __call__(self, features: jax.Array) -> jax.Array:
-        return self.fc(features.astype(jnp.float32))
+        return self.fc(features.astype(jnp.promote_types(features.dtype, jnp.float32)))
 
 
 class CosineHead(nnx.Module):
@@ -32,14 +32,16 @@ class CosineHead(nnx.Module):
 
 
 class ProjectionHead(nnx.Module):
-    """Linear -> ReLU -> Linear (no BatchNorm); L2-normalised output (SPEC §2)."""
+    """Linear -> ReLU -> Linear (no BatchNorm); L2-normalised output (SPEC §2), float32 (float64
+    for a float64 model)."""
 
     def __init__(self, in_dim: int, hidden_dim: int, out_dim: int, *, dtype=jnp.float32, rngs):
         self.fc1 = nnx.Linear(in_dim, hidden_dim, dtype=dtype, rngs=rngs)
         self.fc2 = nnx.Linear(hidden_dim, out_dim, dtype=dtype, rngs=rngs)
 
     def __call__(self, features: jax.Array) -> jax.Array:
-        z = self.fc2(nnx.relu(self.fc1(features))).astype(jnp.float32)  # [B, out_dim]
+        z = self.fc2(nnx.relu(self.fc1(features)))  # [B, out_dim]
+        z = z.astype(jnp.promote_types(z.dtype, jnp.float32))
         return z / jnp.maximum(jnp.linalg.norm(z, axis=-1, keepdims=True), 1e-12)
 
 

@@ -132,7 +132,8 @@ class CifarResNet(nnx.Module):
         x = nnx.relu(self.stem_bn(self.stem_conv(x)))
         for layer in self.layers:
             x = layer(x)
-        return jnp.mean(x.astype(jnp.float32), axis=(1, 2))  # [B, feature_dim]
+        x = x.astype(jnp.promote_types(x.dtype, jnp.float32))  # float64 stays float64
+        return jnp.mean(x, axis=(1, 2))  # [B, feature_dim]
 
 
 def cifar_resnet18(*, dtype=jnp.float32, rngs: nnx.Rngs) -> CifarResNet:

@@ -10,7 +10,8 @@ per 64 of the stage's base width. Parameters without the classifier: 23.51M (Res
 22.98M (ResNeXt-50); with a 1000-class linear head 25.56M and 25.03M, as torchvision's.
 
 Dtype handling is that of :mod:`ltr_jax.models.resnet`: convolutions compute in ``dtype``,
-BatchNorm keeps its statistics and affine parameters in float32, features leave in float32.
+BatchNorm keeps its statistics and affine parameters in float32, features leave in float32
+(float64 from a float64 model).
 """
 
 from __future__ import annotations
@@ -114,7 +115,8 @@ class ImageNetResNet(nnx.Module):
         x = nnx.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))  # [B, H/4, W/4, 64]
         for layer in self.layers:
             x = layer(x)  # [B, H/32, W/32, 2048] after the last stage
-        return jnp.mean(x.astype(jnp.float32), axis=(1, 2))  # [B, 2048]
+        x = x.astype(jnp.promote_types(x.dtype, jnp.float32))  # float64 stays float64
+        return jnp.mean(x, axis=(1, 2))  # [B, 2048]
 
 
 def resnet50(*, dtype=jnp.float32, rngs: nnx.Rngs) -> ImageNetResNet:
