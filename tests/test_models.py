@@ -3,6 +3,7 @@
 import jax
 import jax.numpy as jnp
 import ml_collections as mlc
+import numpy as np
 import pytest
 from flax import nnx
 
@@ -71,3 +72,22 @@ def test_registry_errors_name_valid_choices():
         registry.make_encoder("resnet1000", rngs=nnx.Rngs(0))
     with pytest.raises(ValueError, match="bfloat16"):
         registry.compute_dtype("float8")
+
+
+@pytest.mark.parametrize("name", ["vit_smoke", "deit_smoke", "swin_smoke"])
+def test_every_layer_norm_is_two_pass_and_exact_on_offset_tokens(name):
+    """Tokens far from zero (mean 300, spread 0.05): the one-pass variance E[x^2] - E[x]^2 is
+    wrong by over 100 in the output in float32; the two-pass one is within 1e-3 of NumPy's
+    float64 LayerNorm. Every LayerNorm of the encoder must be the two-pass kind."""
+    encoder = registry.make_encoder(name, rngs=nnx.Rngs(0))
+    norms = [m for _, m in nnx.iter_modules(encoder) if isinstance(m, nnx.LayerNorm)]
+    assert norms and all(not m.use_fast_variance for m in norms)
+    norm = norms[0]
+    dim = norm.num_features
+    x = 300.0 + np.random.default_rng(0).normal(0.0, 0.05, (4, dim))
+    x = x.astype(np.float32).astype(np.float64)  # the input as the module sees it
+    centred = x - x.mean(-1, keepdims=True)
+    ref = centred / np.sqrt(centred.var(-1, keepdims=True) + norm.epsilon)
+    ref = ref * np.asarray(norm.scale[...]) + np.asarray(norm.bias[...])
+    out = norm(jnp.asarray(x, jnp.float32))
+    np.testing.assert_allclose(np.asarray(out, np.float64), ref, atol=1e-3)

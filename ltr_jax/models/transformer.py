@@ -50,7 +50,13 @@ def linear(cin: int, cout: int, dtype: Any, rngs: nnx.Rngs, use_bias: bool = Tru
 
 
 def layer_norm(dim: int, eps: float, dtype: Any, rngs: nnx.Rngs) -> nnx.LayerNorm:
-    return nnx.LayerNorm(dim, epsilon=eps, dtype=dtype, rngs=rngs)
+    """A LayerNorm whose variance is the two-pass mean of (x - mean)^2, as PyTorch's.
+
+    Flax's default one-pass E[x^2] - E[x]^2 (``use_fast_variance``) loses about
+    log10(mean^2 / variance) digits in float32: on tokens of mean 300 and spread 0.05 its
+    outputs are off by over 100, the two-pass ones by under 1e-3 (tests/test_models.py).
+    """
+    return nnx.LayerNorm(dim, epsilon=eps, dtype=dtype, use_fast_variance=False, rngs=rngs)
 
 
 def dropout(x: jax.Array, rate: float, key: jax.Array, deterministic: bool) -> jax.Array:
