@@ -82,19 +82,20 @@ def test_streamed_pipeline_resumes_exactly(tmp_path, monkeypatch):
 def test_streamed_ce_and_crt_with_class_balanced_sampling(tmp_path):
     config = config_lib.load_config_file(SMOKE)
     config.data.format = "jpeg"  # the JPEG-per-epoch pipeline end to end
-    config.ce.update(sampler="class_balanced", epochs=1)
-    # cRT learns on the ce encoder's features: 4 epochs at 10x the recipe's lr (0.0625 at
-    # batch 16), head updates only. Top-1 on the 200 balanced test images (10 % by chance),
-    # seeds 0, 1, 2 (0 is this test's), CPU-2: 100, 91.5, 90; at the recipe's lr and 1 epoch
-    # 10.5, 29.5, 10. The ce stage itself (1 epoch: 36.5, 46, 20) is not asserted: its
-    # threshold is tests/test_baselines.py's, at 2 epochs.
+    config.ce.update(sampler="class_balanced", epochs=2)
+    # Both stages must learn. Top-1 on the 200 balanced test images (10 % by chance), seeds 0-4
+    # (config.seed; 0 is this test's), CPU-2: ce (2 epochs, 24 steps) 70, 70, 90, 40, 55, at lr
+    # 0 10 (1 epoch: 36.5, 46, 20, too close to chance to set a threshold); cRT on its
+    # encoder, 4 epochs at 10x the recipe's lr (0.0625 at batch 16), head updates only: 100 for
+    # every seed (at the recipe's lr and 1 epoch 10.5, 29.5, 10 on a 1-epoch ce encoder). cRT's
+    # features need not be learned ones (on the lr-0 ce encoder it too gives 100): the ce
+    # threshold is the one that shows the streamed supervised stage learns.
     config.crt.update(epochs=4)
     config.crt.optim.lr = 2.0
     results = pipeline.run(FrozenConfigDict(config), str(tmp_path), ["ce", "crt"])
-    for name in ("ce", "crt"):
-        assert 0.0 <= results[name]["top1"] <= 100.0
+    for name, threshold in (("ce", 30.0), ("crt", 50.0)):
+        assert results[name]["top1"] >= threshold, (name, results[name]["per_class_acc"])
         assert results[name]["dataset"] == "synthetic_jpeg"
-    assert results["crt"]["top1"] >= 50.0, results["crt"]["per_class_acc"]
     assert results["ce"]["sampler"] == "class_balanced"
 
 

@@ -20,7 +20,7 @@ import pytest
 from flax import nnx
 from ml_collections import FrozenConfigDict
 
-from ltr_jax import config_lib, pipeline, runtime, train_lib, writers
+from ltr_jax import checkpointing, config_lib, pipeline, runtime, train_lib, writers
 from ltr_jax.data.input import make
 from ltr_jax.models import registry
 from ltr_jax.stages import common, probe, rebalance
@@ -224,6 +224,34 @@ def test_stage2_logs_distinct_draws(straight):
     assert len([r for r in records if r["stage"] == "stage2_draw"]) == 2
     results = _stage2_results(straight)
     assert results["sampler"] == "structured" and results["k_per_class"] == 20
+
+
+# The SimCLR stage 2 here (the recipe's views and lr, 22 steps, on a stage 1 and probe of 12
+# and 11 steps) learns too little to threshold: its top-1, seeds 0-4 (config.seed; 0 is the
+# fixture's), CPU-2: 23, 16.5, 13.5, 19.5, 14 (10 % by chance), from probes of 20, 5, 10, 20, 10;
+# at lr 0 10.5, 10, 10.5 (seeds 0-2; the BatchNorm statistics still move); the logged losses
+# rise as often as they fall. Its learning is thresholded on crop-and-flip views in
+# tests/test_baselines.py. Asserted here: fine-tuning moved the probe's head and the stage-1
+# encoder it started from (train="all"). Seed 0: relative changes 0.25 % (head kernel), 0.23 %
+# (stem convolution); at lr 0 none, and with the gradient stopped only weight decay's 0.003 %.
+MIN_RELATIVE_CHANGE = 5e-4
+
+
+@pytest.mark.slow
+def test_stage2_fine_tunes_encoder_and_head(straight):
+    raw = lambda sub: checkpointing.Checkpointer(os.path.join(straight, sub)).restore_latest_raw()
+    final = raw(os.path.join("stage2", "checkpoints"))["params"]
+    starts = {
+        "head": raw(os.path.join("probe", "head")),
+        "encoder": raw(os.path.join("stage1", "encoder")),
+    }
+    for part, path in (("head", ("fc", "kernel")), ("encoder", ("stem_conv", "kernel"))):
+        start, end = starts[part], final[part]
+        for key in path:
+            start, end = start[key], end[key]
+        start, end = np.asarray(start["value"]), np.asarray(end["value"])
+        change = np.linalg.norm(end - start) / np.linalg.norm(start)
+        assert change >= MIN_RELATIVE_CHANGE, (part, change)
 
 
 @pytest.mark.slow
