@@ -35,7 +35,6 @@ _LONGEST_FIRST = (  # by CPU seconds in one idle run of the whole suite (CPU-2, 
     "test_pipeline.py",
     "test_user_data.py",
     "test_run_errors.py",
-    "test_multihost_supervised.py",
     "test_stages.py",
     "test_stage_contracts.py",
     "test_parity.py",
@@ -50,3 +49,10 @@ _LONGEST_FIRST = (  # by CPU seconds in one idle run of the whole suite (CPU-2, 
 def pytest_collection_modifyitems(session, config, items):
     rank = {name: i for i, name in enumerate(_LONGEST_FIRST)}
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: others keep order
+
+
+def pytest_configure(config):
+    # pytest-xdist (>= 3.5) reorders files by their number of tests unless told not to, which
+    # would send the one-test multi-process files (the longest) last and leave a worker idle.
+    if hasattr(config.option, "loadscopereorder"):
+        config.option.loadscopereorder = False

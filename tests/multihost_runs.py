@@ -27,7 +27,12 @@ CONFIGS = {  # in device memory; streamed (synthetic JPEGs through the Grain pip
     "in_memory": os.path.join(ROOT, "configs", "cifar10_lt.py") + ":smoke",
     "streamed": os.path.join(ROOT, "configs", "imagenet_lt.py") + ":smoke",
 }
-SHORTEN = (  # a few steps per stage; two stage-2 draws
+SHORTEN = (  # a few steps per stage; two stage-2 draws; only the final evaluation, and only the
+    # checkpoints a stage always writes (its exported encoder / head, its last step): the
+    # in-stage ones cost 15 % of a run (CPU-2) and cross processes in test_multihost.py's
+    # library-helpers test
+    "--config.train.eval_every_epochs=0",
+    "--config.train.checkpoint_every_steps=0",
     "--config.stage1.epochs=1",
     "--config.probe.epochs=1",
     "--config.stage2.epochs=2",

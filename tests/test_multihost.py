@@ -2,9 +2,11 @@
 across 2 processes (``tests/multihost_worker.py``), and the pipeline with the data in device
 memory (CIFAR smoke), whose 2 processes x 2 CPU devices must give the results of 1 process x 4
 devices (``tests/multihost_runs.py``: how, and the tolerance): ``stage1 -> probe -> stage2``
-(two IP-DPP draws), shortened to a few steps. ``ce -> crt`` across processes:
-``tests/test_multihost_supervised.py``; the streamed data path: ``test_multihost_streamed.py``
-(files of their own, so that ``--dist loadfile`` spreads them over the workers).
+(two IP-DPP draws) and the supervised baseline ``ce -> crt`` (class-balanced sampling on the
+frozen ``ce`` encoder), in one run of each kind (every process start costs a JAX start and a
+load of the compiled steps), shortened to a few steps. The streamed data path:
+``test_multihost_streamed.py`` (a file of its own, so that ``--dist loadfile`` spreads the two
+over the workers).
 """
 
 import os
@@ -26,5 +28,5 @@ def test_library_helpers_across_two_processes(tmp_path):
 @pytest.mark.slow
 def test_two_processes_give_the_one_process_results_in_device_memory(tmp_path):
     mh.check_two_processes_give_the_one_process_results(
-        tmp_path, mh.CONFIGS["in_memory"], "stage1,probe,stage2"
+        tmp_path, mh.CONFIGS["in_memory"], "stage1,probe,stage2,ce,crt"
     )
