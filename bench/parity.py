@@ -30,6 +30,7 @@ import sys
 import tempfile
 import types
 
+import jax
 import numpy as np
 import torch
 
@@ -374,6 +375,25 @@ def released_adamw(model: torch.nn.Module, lr: float) -> torch.optim.Optimizer:
     return torch.optim.AdamW(param_groups_weight_decay(model, 0.05), lr=lr, betas=(0.9, 0.95))
 
 
+def released_step(ref, head_only: bool, x: np.ndarray, y: np.ndarray, double: bool = False):
+    """One released probe / stage-2 step on the batch (``double``: the model in float64).
+
+    Returns:
+      (loss, gradients by torch name, the state dict after the step).
+    """
+    model = released_classifier(ref, head_only)
+    model = model.double() if double else model
+    opt = released_adamw(model, pl.STEP["lr"])
+    model.train()
+    inputs = nchw(x).double() if double else nchw(x)
+    loss = torch.nn.functional.cross_entropy(model(inputs), torch.from_numpy(y.astype(np.int64)))
+    opt.zero_grad()
+    loss.backward()
+    grads = {n: from_torch(p.grad) for n, p in model.named_parameters() if p.requires_grad}
+    opt.step()
+    return loss.item(), grads, model.state_dict()
+
+
 def released_decay_only(ref, head_only: bool) -> dict[str, float]:
     """``||p_T - p_0|| / ||p_0||`` of every trained tensor (our path) after the released
     AdamW's ``pl.DECAY["steps"]`` steps on zero gradients, the released cosine schedule (no
@@ -409,17 +429,7 @@ def check_classifier_steps(ref, rows: list) -> None:
     # for stage 2 is the float64 comparison (check_stage2_float64).
     for kind, head_only in (("probe", True), ("stage2", False)):
         setup = pl.stage_setup(ctx, kind)
-        model = released_classifier(ref, head_only)
-        opt = released_adamw(model, pl.STEP["lr"])
-        model.train()
-        loss = torch.nn.functional.cross_entropy(
-            model(nchw(x)), torch.from_numpy(y.astype(np.int64))
-        )
-        opt.zero_grad()
-        loss.backward()
-        names = {n: p for n, p in model.named_parameters() if p.requires_grad}
-        grads = {n: from_torch(p.grad) for n, p in names.items()}
-        opt.step()
+        loss, grads, sd = released_step(ref, head_only, x, y)
         _, our_grads, _ = pl.stage_grads(setup, x, y)
         our_decay = pl.decay_only(setup)
         our_loss, our_params, our_stats = pl.stage_step(setup, x, y)
@@ -447,10 +457,9 @@ def check_classifier_steps(ref, rows: list) -> None:
             f"worst relative L2 {l2:.2e}",
             info=not head_only,
         )
-        sd = model.state_dict()
         theirs = {p: from_torch(sd[pl.torch_name(p, blocks)]) for p in our_params}
         stats = {p: from_torch(sd[pl.torch_name(p, blocks)]) for p in our_stats}
-        row(rows, f"e. {kind} step: loss", pl.rel_err(our_loss, loss.item()), TOL["step"])
+        row(rows, f"e. {kind} step: loss", pl.rel_err(our_loss, loss), TOL["step"])
         param_rows(
             rows,
             f"e. {kind} step: parameters after",
@@ -480,7 +489,7 @@ def check_classifier_steps(ref, rows: list) -> None:
         pl.save_npy(f"step_{kind}_grads.npy", grad_rows)
         pl.save_npy(f"step_{kind}_stats.npy", stat_rows)
         out[kind] = {
-            "loss": loss.item(),
+            "loss": loss,
             "grads": grad_names,
             "stats": stat_names,
             "decay_only": their_decay,
@@ -498,20 +507,8 @@ def check_stage2_float64(ref, rows: list, ctx, x: np.ndarray, y: np.ndarray) -> 
       the fixture's entries: the released float64 loss, gradient and statistics names (their
       fingerprints go to ``step_stage2_grads64.npy`` and ``step_stage2_stats64.npy``).
     """
-    import jax
-
-    blocks, lr = pl.BLOCKS["cifar_resnet18"], pl.STEP["lr"]
-    model = released_classifier(ref, head_only=False).double()
-    opt = released_adamw(model, lr)
-    model.train()
-    loss = torch.nn.functional.cross_entropy(
-        model(nchw(x).double()), torch.from_numpy(y.astype(np.int64))
-    )
-    opt.zero_grad()
-    loss.backward()
-    grads = {n: from_torch(p.grad) for n, p in model.named_parameters()}
-    opt.step()
-    sd = model.state_dict()
+    blocks = pl.BLOCKS["cifar_resnet18"]
+    loss, grads, sd = released_step(ref, False, x, y, double=True)
     with jax.enable_x64(True):
         setup = pl.stage_setup(ctx, "stage2", float64=True)
         _, our_grads, _ = pl.stage_grads(setup, x, y)
@@ -529,7 +526,7 @@ def check_stage2_float64(ref, rows: list, ctx, x: np.ndarray, y: np.ndarray) -> 
     )
     full = max(pl.rel_err(our_grads[p], their_grads[p]) for p in our_grads)
     row(rows, f"{tag}: gradients, whole tensors (worst max-entry error)", full, tol)
-    row(rows, f"{tag}: loss", pl.rel_err(our_loss, loss.item()), tol)
+    row(rows, f"{tag}: loss", pl.rel_err(our_loss, loss), tol)
     theirs = {p: from_torch(sd[pl.torch_name(p, blocks)]) for p in our_params}
     init = pl.flat_params(pl.classifier())
     # L2, not the largest entry: Adam divides by |g| + eps (1e-8), so an entry with |g| ~ 4e-9
@@ -545,7 +542,7 @@ def check_stage2_float64(ref, rows: list, ctx, x: np.ndarray, y: np.ndarray) -> 
     stat_names, stat_rows = pl.fingerprint(stats)
     pl.save_npy("step_stage2_grads64.npy", grad_rows)
     pl.save_npy("step_stage2_stats64.npy", stat_rows)
-    return {"loss64": loss.item(), "grads64": grad_names, "stats64": stat_names}
+    return {"loss64": loss, "grads64": grad_names, "stats64": stat_names}
 
 
 # ---------------------------------------------------------------------------------------------

@@ -307,12 +307,9 @@ def to_float64(model: nnx.Module) -> nnx.Module:
         for attr in ("dtype", "param_dtype"):
             if getattr(layer, attr, None) is not None:
                 setattr(layer, attr, jnp.float64)
-    flat = nnx.to_flat_state(nnx.state(model))
-    for _, var in flat:
-        value = var.get_value()
-        if jnp.issubdtype(value.dtype, jnp.floating):
-            var.set_value(jnp.asarray(value, jnp.float64))
-    nnx.update(model, nnx.from_flat_state(flat))
+    floating = lambda v: jnp.issubdtype(v.dtype, jnp.floating)
+    cast = lambda v: jnp.asarray(v, jnp.float64) if floating(v) else v
+    nnx.update(model, jax.tree.map(cast, nnx.state(model)))
     return model
 
 
